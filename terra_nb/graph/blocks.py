@@ -1,0 +1,117 @@
+"""Blocks: straight chains of deferred nodes, generated as ``torch.fx.GraphModule``.
+
+A block is described by its :class:`BlockSpec`: the nodes in program order, and for each
+tensor argument of each node its *wiring*: ``v >= 0`` is the ``v``-th value produced inside
+the block, ``-1 - k`` is the block's ``k``-th input (state, a feed, or a value an earlier block
+produced). Floats are inputs too, in order, so a changing learning rate never changes the
+graph. ``outputs`` are the values that Python or later blocks still hold.
+
+The generated module's ``forward(*inputs, *floats)`` returns those outputs. Grad mode is part
+of the graph (``torch._C._set_grad_enabled`` calls, as Dynamo emits them), because the block
+runs on the GraphRunner's thread, not the user's.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from ..trace.ops import NONE, TENSOR, fill
+from .tracegraph import Node
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """The structure of one block; equal specs share one compiled form."""
+
+    ops: tuple  # ((Node, wiring), ...)
+    n_inputs: int
+    outputs: tuple  # value indices
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [node for node, _ in self.ops]
+
+    @property
+    def n_floats(self) -> int:
+        return sum(node.n_floats for node, _ in self.ops)
+
+
+def produces(node: Node) -> int:
+    """How many new values ``node`` adds to its block."""
+    if node.alias >= 0 or node.out_struct is NONE:
+        return 0
+    return len(node.out_meta)
+
+
+def _run_in_inference_mode(func, *args, **kwargs):
+    with torch.inference_mode():
+        return func(*args, **kwargs)
+
+
+def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
+    """Generate the FX graph of a block; each call node carries ``meta['terra_op']`` (its index)."""
+    g = torch.fx.Graph()
+    inputs = [g.placeholder(f"in{k}") for k in range(spec.n_inputs)]
+    floats = [g.placeholder(f"f{k}") for k in range(spec.n_floats)]
+    values: list[torch.fx.Node] = []
+    grad_enabled = None
+    fbase = 0
+    for index, (node, wiring) in enumerate(spec.ops):
+        if node.grad[0] != grad_enabled:
+            grad_enabled = node.grad[0]
+            g.call_function(torch._C._set_grad_enabled, (grad_enabled,))
+        tvals = [values[w] if w >= 0 else inputs[-1 - w] for w in wiring]
+        fvals = floats[fbase:fbase + node.n_floats]
+        fbase += node.n_floats
+        args = fill(node.targs, tvals, fvals)
+        kwargs = fill(node.tkwargs, tvals, fvals)
+        fx_node = _emit(g, node, args, kwargs)
+        fx_node.meta["terra_op"] = index
+        if produces(node):
+            if node.out_struct is TENSOR:
+                values.append(fx_node)
+            else:
+                _, _cls, mask = node.out_struct
+                for i, is_tensor in enumerate(mask):
+                    if is_tensor:
+                        item = g.call_function(operator.getitem, (fx_node, i))
+                        item.meta["terra_op"] = index
+                        values.append(item)
+    g.output(tuple(values[v] for v in spec.outputs))
+    return torch.fx.GraphModule(torch.nn.Module(), g, class_name="TerraBlock")
+
+
+def _emit(g: torch.fx.Graph, node: Node, args, kwargs) -> torch.fx.Node:
+    info = node.info
+    if node.grad[1]:
+        return g.call_function(_run_in_inference_mode, (node.func, *args), kwargs)
+    if info.prop is not None:
+        if info.setter:
+            return g.call_function(setattr, (args[0], info.prop, args[1]))
+        return g.call_function(getattr, (args[0], info.prop))
+    if info.method is not None:
+        return g.call_method(info.method, tuple(args), kwargs)
+    return g.call_function(node.func, tuple(args), kwargs)
+
+
+def failing_op(gm: torch.fx.GraphModule, tb) -> int | None:
+    """The index of the op whose line of the generated code raised, from a traceback."""
+    filename = gm.forward.__code__.co_filename
+    lineno = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    if lineno is None:
+        return None
+    lines = gm.code.splitlines()  # forward is compiled from exactly this source
+    text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+    name = text.split("=", 1)[0].strip() if "=" in text else None
+    for fx_node in gm.graph.nodes:
+        if fx_node.name == name or (name is None and fx_node.op != "placeholder" and fx_node.name in text):
+            return fx_node.meta.get("terra_op")
+    return None

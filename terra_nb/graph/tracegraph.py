@@ -1,0 +1,196 @@
+"""The TraceGraph: every distinct tensor operation a session has seen, merged across iterations.
+
+A :class:`Node` is one distinct operation. Two calls are the same node when they have the same
+op, the same location (call-site stack), the same constant arguments, the same input tensor
+metadata (shape, dtype, device, requires_grad) and the same grad mode. Python floats are not
+part of the key: a float that changes between iterations (a learning rate) is a *feed* of the
+node. A changed shape makes another node: shapes are *variants*, never dynamic dimensions, so
+that every block has static shapes and a future tensor always knows its shape.
+
+Edges are successions (node A ran, then node B) with counts; the data flow of each tensor
+input is kept per slot as the set of producers seen (``(node id, output index)`` or
+``EXTERNAL`` for state and feeds).
+
+Node kinds:
+
+* ``op``     -- deferred; produces tensors (or is in place and returns one of its inputs)
+* ``effect`` -- deferred; returns ``None`` (``backward``, ``__setitem__``, ``p.grad = None``)
+* ``fetch``  -- Python needs the value (``item``, ``__bool__``, ``print``): runs synchronously
+* ``sync``   -- tensor output whose shape depends on data (``nonzero``): runs synchronously
+* ``feed``   -- a tensor made from Python data (``torch.tensor(list)``): runs at once
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from ..trace.location import SourceLine
+from ..trace.ops import OpInfo
+
+EXTERNAL = (-1, 0)
+DEFERRED = frozenset({"op", "effect"})
+
+
+class Node:
+    """One distinct operation of the TraceGraph."""
+
+    __slots__ = (
+        "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
+        "alias", "targs", "tkwargs", "n_floats", "sources", "succ", "pred", "count", "module",
+        "line", "floats_seen", "floats_vary", "ext_last", "ext_varies", "_end", "_end_version",
+        "cell_mark", "__weakref__",
+    )
+
+    def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
+        self.id = nid
+        self.func = func
+        self.info = info
+        self.site = site
+        self.spec = spec
+        self.in_meta = in_meta
+        self.grad = grad
+        self.kind = "op"
+        self.out_struct: tuple | None = None
+        self.out_meta: list = []
+        self.alias = -1
+        self.targs: tuple = ()
+        self.tkwargs: dict = {}
+        self.n_floats = 0
+        self.sources: list[set] = [set() for _ in in_meta]
+        self.succ: dict[Node, int] = {}
+        self.pred: dict[Node, int] = {}
+        self.count = 0
+        self.module = ""
+        self.line: SourceLine | None = None
+        self.floats_seen: list = []
+        self.floats_vary: set[int] = set()
+        self.ext_last: list = [None] * len(in_meta)
+        self.ext_varies: list[bool] = [False] * len(in_meta)
+        self._end = True
+        self._end_version = -1
+        self.cell_mark = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def __repr__(self) -> str:
+        return f"<Node {self.id} {self.info.name} {self.kind} x{self.count}>"
+
+
+class TraceGraph:
+    """Nodes merged by Terra's node equality, with succession edges and counts.
+
+    Example::
+
+        >>> g = TraceGraph()
+        >>> len(g.nodes)   # the root node stands for "the start of a cell"
+        1
+    """
+
+    def __init__(self) -> None:
+        self.root = Node(0, None, OpInfo("<start>", "root", None, None, False, False), (), (), (), ())
+        self.root.kind = "root"
+        self.nodes: list[Node] = [self.root]
+        self.index: dict[tuple, Node] = {}
+        self.version = 0
+
+    def find(self, key: tuple) -> Node | None:
+        return self.index.get(key)
+
+    def add_node(self, key: tuple, func, info: OpInfo) -> Node:
+        _func, site, spec, in_meta, grad = key
+        node = Node(len(self.nodes), func, info, site, spec, in_meta, grad)
+        self.nodes.append(node)
+        self.index[key] = node
+        self.version += 1
+        return node
+
+    def observe(self, node: Node, prev: Node, tensors: list, floats: list, sources: list) -> None:
+        """Count one traced execution of ``node`` after ``prev``: edges, producers, feeds."""
+        node.count += 1
+        self.step(prev, node)
+        for slot, src in enumerate(sources):
+            node.sources[slot].add(src)
+            if src is EXTERNAL:
+                last = node.ext_last[slot]
+                obj = tensors[slot]
+                if last is not None and last() is not obj:
+                    node.ext_varies[slot] = True
+                try:
+                    node.ext_last[slot] = weakref.ref(obj)
+                except TypeError:
+                    node.ext_varies[slot] = True
+        if not node.floats_seen:
+            node.floats_seen = list(floats)
+        else:
+            for i, (old, new) in enumerate(zip(node.floats_seen, floats)):
+                if old != new:
+                    node.floats_vary.add(i)
+
+    def step(self, prev: Node, node: Node) -> None:
+        """Count the edge ``prev -> node``; a new edge changes where blocks end."""
+        succ = prev.succ
+        if node in succ:
+            succ[node] += 1
+            node.pred[prev] += 1
+        else:
+            succ[node] = 1
+            node.pred[prev] = 1
+            self.version += 1
+
+    def block_end(self, node: Node) -> bool:
+        """Whether a block ends after ``node``: at a branch, before a merge point or a synchronous node."""
+        if node._end_version != self.version:
+            succ = node.succ
+            if len(succ) != 1:
+                end = True
+            else:
+                nxt = next(iter(succ))
+                end = nxt.kind not in DEFERRED or len(nxt.pred) != 1 or nxt is node
+            node._end = end
+            node._end_version = self.version
+        return node._end
+
+    def mature(self, node: Node, threshold: int) -> bool:
+        """Whether the skeleton may take over after ``node``: it and every known successor were traced enough."""
+        if node.count < threshold or not node.succ:
+            return False
+        return all(s.count >= threshold or s.kind == "root" for s in node.succ)
+
+    def data_edges(self):
+        """(producer id, output index, consumer id, input slot) for every producer seen."""
+        for node in self.nodes:
+            for slot, srcs in enumerate(node.sources):
+                for src in srcs:
+                    if src is not EXTERNAL and src[0] != "prop":
+                        yield src[0], src[1], node.id, slot
+
+    def blocks(self) -> list[list[Node]]:
+        """The static blocks: maximal chains of deferred nodes, cut where :meth:`block_end` says."""
+        starts = []
+        for node in self.nodes[1:]:
+            if node.kind not in DEFERRED:
+                continue
+            preds = list(node.pred)
+            if len(preds) != 1 or preds[0].kind not in DEFERRED or self.block_end(preds[0]):
+                starts.append(node)
+        seen: set[int] = set()
+        out = []
+        for start in starts + [n for n in self.nodes[1:] if n.kind in DEFERRED]:
+            if start.id in seen:
+                continue
+            chain = [start]
+            seen.add(start.id)
+            node = start
+            while not self.block_end(node):
+                node = next(iter(node.succ))
+                if node.id in seen:
+                    break
+                chain.append(node)
+                seen.add(node.id)
+            out.append(chain)
+        return out
+
+    def block_of(self) -> dict[int, int]:
+        return {node.id: b for b, chain in enumerate(self.blocks()) for node in chain}

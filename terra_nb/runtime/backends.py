@@ -1,0 +1,107 @@
+"""Backends: how a block's GraphModule becomes something the GraphRunner calls.
+
+* ``eager``      -- the GraphModule's own generated code, op by op: no compile cost, the same
+  kernels and random stream as eager PyTorch (the correctness oracle, the default in tests).
+* ``inductor``   -- ``torch.compile`` of the block. Compilation runs in a background thread on
+  clones of the block's first inputs; until it is ready the block runs eagerly, so no cell
+  ever waits for a compiler.
+* ``cudagraphs`` -- ``torch.compile(backend="cudagraphs")``: CUDA only, static shapes.
+* ``auto``       -- ``inductor`` on CUDA; on a CPU, where small blocks are rarely faster
+  compiled, each compiled block is *measured* against its eager form and kept only if faster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from ..graph.blocks import BlockSpec, build_graph_module
+
+BACKENDS = ("eager", "inductor", "cudagraphs", "auto")
+
+
+class BackendError(ValueError):
+    """An unknown or unusable backend name."""
+
+
+def check_backend(name: str, device: str = "cpu") -> str:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name == "cudagraphs" and not torch.cuda.is_available():
+        raise BackendError("the 'cudagraphs' backend needs a CUDA device; use 'inductor' or 'eager' on this machine")
+    return name
+
+
+class CompiledBlock:
+    """The callable the GraphRunner runs for one block spec, switching to a compiled form when ready."""
+
+    __slots__ = ("spec", "gm", "fn", "backend", "state", "compile_ms", "_trials", "_lock", "on_compiled")
+
+    def __init__(self, spec: BlockSpec, backend: str, on_compiled=None) -> None:
+        self.spec = spec
+        self.gm = build_graph_module(spec)
+        self.fn = self.gm
+        self.backend = backend
+        self.state = "eager" if backend == "eager" else "pending"
+        self.compile_ms = 0.0
+        self._trials: list = []
+        self._lock = threading.Lock()
+        self.on_compiled = on_compiled
+
+    def __call__(self, *args):
+        if self.state == "pending":
+            self._start_compile(args)
+        elif self.state == "measure":
+            return self._measured(args)
+        return self.fn(*args)
+
+    def _start_compile(self, args) -> None:
+        with self._lock:
+            if self.state != "pending":
+                return
+            self.state = "compiling"
+        examples = [_clone(a) for a in args]
+        threading.Thread(target=self._compile, args=(examples,), daemon=True, name="terra-compile").start()
+
+    def _compile(self, examples) -> None:
+        t0 = time.perf_counter()
+        kind = "cudagraphs" if self.backend == "cudagraphs" else "inductor"
+        try:
+            compiled = torch.compile(self.gm, backend=kind, dynamic=False)
+            compiled(*examples)
+        except Exception as exc:  # a block Dynamo cannot compile keeps running eagerly
+            self.compile_ms = (time.perf_counter() - t0) * 1e3
+            self.state = "eager"
+            if self.on_compiled:
+                self.on_compiled(self, f"kept eager: {type(exc).__name__}: {exc}")
+            return
+        self.compile_ms = (time.perf_counter() - t0) * 1e3
+        self.fn = compiled
+        self.state = "measure" if self.backend == "auto" else "compiled"
+        if self.on_compiled:
+            self.on_compiled(self, "")
+
+    def _measured(self, args):
+        """Alternate compiled and eager runs a few times; keep whichever was faster."""
+        use_compiled = len(self._trials) % 2 == 0
+        fn = self.fn if use_compiled else self.gm
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self._trials.append((use_compiled, time.perf_counter() - t0))
+        if len(self._trials) >= 10:
+            compiled = sorted(t for c, t in self._trials if c)
+            eager = sorted(t for c, t in self._trials if not c)
+            if compiled[len(compiled) // 2] >= eager[len(eager) // 2]:
+                self.fn = self.gm
+            self.state = "compiled" if self.fn is not self.gm else "eager"
+        return out
+
+
+def _clone(x):
+    if isinstance(x, torch.Tensor):
+        with torch.no_grad():
+            c = x.detach().clone()
+        return c.requires_grad_(x.requires_grad)
+    return x

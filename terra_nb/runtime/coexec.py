@@ -1,0 +1,485 @@
+"""Co-execution: the TorchFunctionMode that traces, validates and defers every tensor operation.
+
+Per intercepted call the :class:`CoExecutor` is in one of two states:
+
+* **trace** -- run the op for real, merge it into the TraceGraph, tag its outputs with their
+  producer. When the node just traced and all its known successors were traced
+  ``trace_iters`` times, switch to the skeleton.
+* **skeleton** -- do not run the op: find its node (same op, location, constants, input
+  metadata, grad mode; inputs from a producer seen before), answer with future tensors and
+  append it to the pending block. The block goes to the GraphRunner when the graph says it ends
+  (a branch, a merge, a synchronous node). A *fetch* flushes the block, waits, runs for real.
+  An op the graph does not know is a **fallback**: flush, wait, trace from here on.
+
+Iterations need no marks: the first node a cell runs twice is its *anchor*, and each pass
+through the anchor starts an iteration (``@coexecute`` marks them explicitly instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import weakref
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from ..graph.blocks import BlockSpec
+from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
+from ..trace.location import RootRegistry, location_key, module_path, user_line
+from ..trace.ops import (NONE, TENSOR, build_out, count_floats, has_bool_index, meta_of, op_info, out_structure,
+                         out_tensors, scan, template)
+from .backends import CompiledBlock, check_backend
+from .events import Event, EventLog, Iteration
+from .future import FutureTensor, real
+from .runner import BlockRun, GraphRunner
+
+TRACE, SKELETON = "trace", "skeleton"
+_is_grad_enabled = torch.is_grad_enabled
+_is_inference = torch.is_inference_mode_enabled
+_perf = time.perf_counter
+
+
+class PendingBlock:
+    """The validated ops the skeleton has not handed to the GraphRunner yet."""
+
+    __slots__ = ("ops", "inputs", "input_ids", "floats", "refs")
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[Node, tuple]] = []
+        self.inputs: list = []
+        self.input_ids: dict[int, int] = {}
+        self.floats: list = []
+        self.refs: list = []
+
+    def input(self, t) -> int:
+        k = self.input_ids.get(id(t))
+        if k is None:
+            k = self.input_ids[id(t)] = len(self.inputs)
+            # A tensor that shares memory with numpy may change before the block runs: snapshot it.
+            self.inputs.append(t.clone() if getattr(t, "_tn_numpy", False) else t)
+        return k
+
+
+class TerraMode(TorchFunctionMode):
+    """Routes every torch API call of the user's thread to the CoExecutor."""
+
+    def __init__(self, executor: CoExecutor) -> None:
+        super().__init__()
+        self.executor = executor
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return self.executor.on_op(func, args, kwargs)
+
+
+class CoExecutor:
+    """The engine: one TraceGraph, one GraphRunner, the per-op trace and skeleton paths."""
+
+    def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 256) -> None:
+        self.log = log
+        self.backend = check_backend(backend)
+        self.trace_iters = max(1, int(trace_iters))
+        self.max_block = max_block
+        self.graph = TraceGraph()
+        self.roots = RootRegistry()
+        self.runner = GraphRunner(on_run=self._on_run)
+        self.compiled: dict[tuple, CompiledBlock] = {}
+        self.block_ids: dict[int, int] = {}
+        self.passthrough: set = set()
+        self.mode = "auto"
+        self.state = TRACE
+        self.cursor: Node = self.graph.root
+        self.block = PendingBlock()
+        self.recording: list | None = None
+        self.cell = 0
+        self._depth = 0
+        self._validated = 0
+        self.anchor: Node | None = None
+        self.explicit_iterations = False
+        self._cell_token = object()
+        self._reset_iteration(0, _perf())
+
+    # -- entering and leaving ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def active(self, root_code, mode: str = "auto"):
+        """Run the block of a ``with`` under co-execution; ``root_code`` roots the locations."""
+        if mode not in ("auto", "trace", "eager"):
+            raise ValueError(f"unknown mode {mode!r}: use 'auto', 'trace' or 'eager'")
+        if self._depth:
+            yield self
+            return
+        self._depth += 1
+        self.roots.add(root_code)
+        self.mode = mode
+        self.state = SKELETON if mode == "auto" else TRACE
+        self._validated = 0
+        self.cursor = self.graph.root
+        patches = self._patch_torch()
+        try:
+            with TerraMode(self):
+                yield self
+        finally:
+            try:
+                self.flush()
+                error = self.runner.wait()
+            finally:
+                for owner, name, original in patches:
+                    setattr(owner, name, original)
+                self.roots.remove(root_code)
+                self._depth -= 1
+                self.cursor = self.graph.root
+            if error is not None:
+                self.raise_block_error()
+
+    def begin_cell(self, cell: int) -> None:
+        self.cell = cell
+        self.anchor = None
+        self.explicit_iterations = False
+        self._cell_token = object()
+        self._reset_iteration(0, _perf())
+
+    def end_cell(self) -> None:
+        if self.iter_index and (self.ops_traced or self.ops_coexec):
+            self._close_iteration(_perf())
+
+    def mark_iteration(self) -> None:
+        """Start a new iteration here (``@coexecute`` calls this on every call)."""
+        self.explicit_iterations = True
+        now = _perf()
+        if self.iter_index:
+            self._close_iteration(now)
+        self._reset_iteration(self.iter_index + 1, now)
+
+    def _patch_torch(self) -> list:
+        """Python-level torch calls that touch state the GraphRunner owns must wait for it first."""
+        def syncing(original):
+            def wrapper(*args, **kwargs):
+                self.materialize()
+                return original(*args, **kwargs)
+            return wrapper
+
+        def tagging(original):
+            def from_numpy(array):
+                tensor = original(array)
+                tensor._tn_numpy = True
+                return tensor
+            return from_numpy
+
+        patches = []
+        for owner in (torch, torch.random):
+            for name in ("manual_seed", "seed", "get_rng_state", "set_rng_state"):
+                original = getattr(owner, name)
+                patches.append((owner, name, original))
+                setattr(owner, name, syncing(original))
+        patches.append((torch, "from_numpy", torch.from_numpy))
+        torch.from_numpy = tagging(torch.from_numpy)
+        return patches
+
+    # -- the per-op entry ----------------------------------------------------------------------
+
+    def on_op(self, func, args, kwargs):
+        info = op_info(func)
+        if kwargs is None:
+            kwargs = {}
+        if info.kind == "meta":
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        tensors: list = []
+        floats: list = []
+        spec = scan(args, kwargs, tensors, floats)
+        if not tensors and func in self.passthrough:
+            return func(*args, **kwargs)
+        if self.mode == "eager":
+            return self._eager(func, args, kwargs, tensors)
+        frame = sys._getframe(2)
+        site = location_key(frame, self.roots)
+        grad = (_is_grad_enabled(), _is_inference())
+        if info.kind == "feed":
+            spec = "feed"
+        if self.state is SKELETON:
+            in_meta = tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad) for t in tensors])
+            try:
+                node = self.graph.index.get((func, site, spec, in_meta, grad))
+            except TypeError:
+                node = None
+            if node is None or node.count < self.trace_iters:
+                return self._fallback(f"{info.name}: an operation the trace has not seen here", frame,
+                                      func, info, args, kwargs, tensors, floats, spec, site, grad)
+            sources = node.sources
+            for slot, t in enumerate(tensors):
+                src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
+                if src not in sources[slot]:
+                    return self._fallback(f"{info.name}: input {slot} comes from a producer the trace has not seen",
+                                          frame, func, info, args, kwargs, tensors, floats, spec, site, grad)
+            if node.kind in DEFERRED:
+                return self._defer(node, tensors, floats, _out_src(node, tensors))
+            return self._run_now(node, func, info, args, kwargs, tensors, frame)
+        return self._trace(func, info, args, kwargs, tensors, floats, spec, site, grad, frame)
+
+    # -- skeleton ------------------------------------------------------------------------------
+
+    def _defer(self, node: Node, tensors: list, floats: list, getter_src):
+        blk = self.block
+        wiring = []
+        for t in tensors:
+            if type(t) is FutureTensor and t._tn_blk is blk:
+                wiring.append(t._tn_vidx)
+            else:
+                wiring.append(-1 - blk.input(t))
+        blk.ops.append((node, tuple(wiring)))
+        if floats:
+            blk.floats.extend(floats)
+        if node.alias >= 0:
+            out = tensors[node.alias]
+        elif node.out_struct is NONE:
+            out = None
+        else:
+            refs = blk.refs
+            values = []
+            for j, meta in enumerate(node.out_meta):
+                fut = FutureTensor(meta, getter_src or (node.id, j), self)
+                fut._tn_blk = blk
+                fut._tn_vidx = len(refs)
+                refs.append(weakref.ref(fut))
+                values.append(fut)
+            out = values[0] if node.out_struct is TENSOR else build_out(node.out_struct, values)
+        node.count += 1
+        self._advance(node)
+        self.ops_coexec += 1
+        self._validated += 1
+        if len(blk.ops) >= self.max_block or self.graph.block_end(node):
+            self.flush()
+        return out
+
+    def _run_now(self, node: Node, func, info, args, kwargs, tensors: list, frame):
+        """A fetch, a data-dependent op or a feed: run it for real, after the blocks before it."""
+        has_future = any(type(t) is FutureTensor for t in tensors)
+        waited_ms = -1.0
+        if (self.block.ops or self.runner.busy) and (has_future or node.kind != "feed"):
+            t0 = _perf()
+            self.flush()
+            self.sync()
+            waited_ms = (_perf() - t0) * 1e3
+        if has_future:
+            args, kwargs = real((args, kwargs))
+        out = func(*args, **kwargs)
+        struct = out_structure(out)
+        if struct != node.out_struct:
+            node.kind = "fetch"  # its output kind depends on state: always run it for real
+        if node.kind == "feed":
+            out = _snapshot(out)
+        if struct is not None:
+            getter_src = _out_src(node, tensors)
+            for j, t in enumerate(out_tensors(out, struct)):
+                t._tn_src = getter_src or (node.id, j)
+        node.count += 1
+        self._advance(node)
+        self.ops_coexec += 1
+        self._validated += 1
+        if waited_ms >= 0:
+            self.iter_syncs += 1
+            self.log.add(Event("sync", self.cell, self.iter_index, f"{info.name}: Python needs a value",
+                               str(user_line(frame) or ""), waited_ms))
+        return out
+
+    def flush(self) -> None:
+        """Hand the pending block to the GraphRunner."""
+        blk = self.block
+        if not blk.ops:
+            return
+        refs = blk.refs
+        outputs = tuple([i for i, r in enumerate(refs) if r() is not None])
+        key = (tuple(blk.ops), len(blk.inputs), outputs)
+        compiled = self.compiled.get(key)
+        if compiled is None:
+            compiled = self._new_block(key)
+        self.runner.submit(BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
+                                    [refs[i] for i in outputs], self.cell))
+        self.block = PendingBlock()
+        self.iter_blocks += 1
+
+    def _new_block(self, key: tuple) -> CompiledBlock:
+        ops, n_inputs, outputs = key
+        spec = BlockSpec(ops, n_inputs, outputs)
+        compiled = CompiledBlock(spec, self.backend, on_compiled=self._on_compiled)
+        self.compiled[key] = compiled
+        block_id = self.block_ids[id(compiled)] = len(self.block_ids)
+        self.log.add(Event("block", self.cell, self.iter_index, block=block_id,
+                           nodes=tuple(node.id for node, _ in ops), backend=self.backend))
+        return compiled
+
+    def _on_compiled(self, compiled: CompiledBlock, problem: str) -> None:
+        self.log.add(Event("compile", self.cell, self.iter_index, problem, "", compiled.compile_ms,
+                           block=self.block_ids.get(id(compiled), -1), backend=compiled.backend))
+
+    def _on_run(self, run: BlockRun, elapsed: float) -> None:
+        self.log.add(Event("run", run.cell, -1, duration_ms=elapsed * 1e3, block=run.block_id))
+
+    def sync(self) -> None:
+        """Wait for the GraphRunner; re-raise here what a block raised."""
+        if self.runner.wait() is not None:
+            self.raise_block_error()
+
+    def materialize(self) -> None:
+        """Make every future the program holds real: flush, then wait."""
+        self.flush()
+        self.sync()
+
+    def raise_block_error(self) -> None:
+        error = self.runner.take_error()
+        if error is None:
+            return
+        self.block = PendingBlock()
+        self.state = TRACE
+        self._validated = 0
+        exc = error.exc
+        if error.node is not None and error.node.line is not None:
+            exc.add_note(f"terra_nb: raised by {error.node.name} at {error.node.line}: {error.node.line.text}")
+        self.log.add(Event("error", self.cell, self.iter_index, f"{type(exc).__name__}: {exc}",
+                           str(error.node.line) if error.node is not None and error.node.line else ""))
+        raise exc.with_traceback(None)
+
+    def _fallback(self, reason: str, frame, func, info, args, kwargs, tensors, floats, spec, site, grad):
+        self.flush()
+        self.sync()
+        if self._validated:
+            self.iter_fallbacks += 1
+            self.log.add(Event("fallback", self.cell, self.iter_index, reason, str(user_line(frame) or "")))
+        self.state = TRACE
+        return self._trace(func, info, args, kwargs, tensors, floats, spec, site, grad, frame)
+
+    # -- trace ---------------------------------------------------------------------------------
+
+    def _trace(self, func, info, args, kwargs, tensors: list, floats: list, spec, site: tuple, grad: tuple, frame):
+        sources = [t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL) for t in tensors]
+        if any(type(t) is FutureTensor for t in tensors):
+            self.materialize()
+            tensors = [t.value() if type(t) is FutureTensor else t for t in tensors]
+            args, kwargs = real((args, kwargs))
+        out = func(*args, **kwargs)
+        struct = out_structure(out)
+        if not tensors and (struct is None or struct is NONE):
+            try:
+                self.passthrough.add(func)
+            except TypeError:
+                pass
+            return out
+        in_meta = tuple([meta_of(t) for t in tensors])
+        key = (func, site, spec, in_meta, grad)
+        try:
+            node = self.graph.index.get(key)
+        except TypeError:
+            return out  # an unhashable constant (a numpy array argument): runs eagerly, untracked
+        outs = out_tensors(out, struct) if struct is not None else []
+        if node is None:
+            node = self._new_node(key, func, info, args, kwargs, tensors, struct, outs, frame)
+        elif struct != node.out_struct:
+            node.kind = "fetch"
+        elif node.kind == "op" and [meta_of(t) for t in outs] != node.out_meta:
+            node.kind = "sync"  # same inputs, another output shape: the shape depends on data
+        if node.kind == "feed":
+            out = _snapshot(out)
+            outs = out_tensors(out, struct)
+        if node.alias < 0:
+            getter_src = _out_src(node, tensors, sources)
+            for j, t in enumerate(outs):
+                t._tn_src = getter_src or (node.id, j)
+        self.graph.observe(node, self.cursor, tensors, floats, sources)
+        self._advance(node)
+        self.ops_traced += 1
+        if self.recording is not None:
+            self.recording.append((node, tensors, floats, outs))
+        if self.mode == "auto" and self.graph.mature(node, self.trace_iters):
+            self.state = SKELETON
+            self._validated = 0
+        return out
+
+    def _new_node(self, key, func, info, args, kwargs, tensors, struct, outs, frame) -> Node:
+        node = self.graph.add_node(key, func, info)
+        if info.kind == "feed":
+            node.kind = "feed"
+        elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
+            node.kind = "fetch"
+        elif info.data_dependent or has_bool_index(info, tensors):
+            node.kind = "sync"
+        elif struct is NONE:
+            node.kind = "effect"
+        node.out_struct = struct
+        node.out_meta = [meta_of(t) for t in outs]
+        if struct is TENSOR:
+            node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
+        node.targs, node.tkwargs = template(args, kwargs)
+        node.n_floats = count_floats(node.spec)
+        node.module = module_path(frame)
+        node.line = user_line(frame)
+        return node
+
+    def _eager(self, func, args, kwargs, tensors):
+        if any(type(t) is FutureTensor for t in tensors):
+            args, kwargs = real((args, kwargs))
+        return func(*args, **kwargs)
+
+    # -- iterations ----------------------------------------------------------------------------
+
+    def _advance(self, node: Node) -> None:
+        if self.state is SKELETON:
+            self.graph.step(self.cursor, node)
+        self.cursor = node
+        if node is self.anchor:
+            now = _perf()
+            self._close_iteration(now)
+            self._reset_iteration(self.iter_index + 1, now)
+        elif self.anchor is None and not self.explicit_iterations:
+            if node.cell_mark is self._cell_token:
+                self.anchor = node
+                now = _perf()
+                self._close_iteration(now)
+                self._reset_iteration(self.iter_index + 1, now)
+            else:
+                node.cell_mark = self._cell_token
+                if not self.iter_index:
+                    self.iter_index = 1
+
+    def _reset_iteration(self, index: int, now: float) -> None:
+        self.iter_index = index
+        self.iter_start = now
+        self.iter_blocks = self.iter_syncs = self.iter_fallbacks = 0
+        self.ops_traced = self.ops_coexec = 0
+
+    def _close_iteration(self, now: float) -> None:
+        if not self.iter_index:
+            return
+        if self.mode == "eager":
+            mode = "eager"
+        elif self.iter_fallbacks:
+            mode = "fallback"
+        elif self.ops_coexec and not self.ops_traced:
+            mode = "coexec"
+        else:
+            mode = "trace"
+        self.log.iterations.append(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
+                                             self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
+                                             self.ops_traced, self.ops_coexec))
+
+
+def _out_src(node: Node, tensors: list, sources: list | None = None):
+    """The provenance of a property read's output: ("prop", name, the owner's provenance).
+
+    ``p.grad`` read twice returns one tensor object when traced but two futures in the
+    skeleton; naming the output by what it is read from makes both agree.
+    """
+    if node.info.prop is None or node.info.setter:
+        return None
+    if sources is not None:
+        return ("prop", node.info.prop, sources[0])
+    t = tensors[0]
+    return ("prop", node.info.prop, t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL))
+
+
+def _snapshot(out):
+    """A feed's tensors may share memory with Python data that can still change: copy them."""
+    if isinstance(out, torch.Tensor):
+        return out.clone() if out.is_leaf and not out.requires_grad else out
+    return out

@@ -1,0 +1,69 @@
+"""The event log: what the engine did, appended as it happens, read by every view.
+
+The speedup table, the pandas export, the CLI summary and the graph explorer are functions of
+this log alone. Two record types:
+
+* :class:`Iteration` -- one pass of the dominant loop: its mode and wall time;
+* :class:`Event` -- something worth a user's attention, with its reason and source line:
+  ``sync`` (Python waited for the GraphRunner), ``fallback`` (co-execution switched to
+  tracing), ``compile`` (a block got a compiled form), ``block`` (a new block was generated),
+  ``run`` (the GraphRunner ran a block), ``error`` (a user exception ended a cell).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+MODES = ("eager", "trace", "coexec", "fallback")
+EVENT_KINDS = ("sync", "fallback", "compile", "block", "run", "error")
+
+
+@dataclass(slots=True)
+class Iteration:
+    """One iteration of a cell's dominant loop."""
+
+    cell: int
+    iteration: int
+    mode: str
+    wall_ms: float
+    blocks: int
+    syncs: int
+    fallbacks: int
+    ops_traced: int
+    ops_coexec: int
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class Event:
+    """A sync, fallback, compile, block, run or error, with its reason and location."""
+
+    kind: str
+    cell: int
+    iteration: int
+    reason: str = ""
+    location: str = ""
+    duration_ms: float = 0.0
+    block: int = -1
+    nodes: tuple = ()
+    backend: str = ""
+    time: float = field(default_factory=time.time)
+
+
+class EventLog:
+    """Append-only lists of iterations and events (appends are atomic under the GIL)."""
+
+    def __init__(self) -> None:
+        self.iterations: list[Iteration] = []
+        self.events: list[Event] = []
+
+    def add(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of_kind(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.kind == kind]
+
+    def clear(self) -> None:
+        self.iterations.clear()
+        self.events.clear()

@@ -1,0 +1,83 @@
+"""Future tensors: what the skeleton answers a deferred op with.
+
+A :class:`FutureTensor` is a tensor without storage (a wrapper subclass). It knows its shape,
+dtype, device and ``requires_grad`` from the trace, so metadata reads never wait. Anything that
+needs its value -- ``item()``, ``print``, ``numpy()``, an op outside ``%%terra``, ``torch.save``,
+pickling, storage access -- waits for the block that produces it and then uses the real tensor.
+Once materialised, a future behaves as its real tensor for the rest of its life.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_map
+
+
+class ValueLostError(RuntimeError):
+    """A future tensor's block never ran, because an earlier block raised."""
+
+
+class FutureTensor(torch.Tensor):
+    """A placeholder for a tensor that a block of the GraphRunner will produce.
+
+    Example::
+
+        >>> f = FutureTensor((torch.Size([2]), torch.float32, torch.device("cpu"), False), (1, 0), None)
+        >>> f.shape
+        torch.Size([2])
+    """
+
+    _tn_meta: tuple
+    _tn_src: tuple
+    _tn_val: torch.Tensor | None
+    _tn_owner: object
+    _tn_blk: object
+    _tn_vidx: int
+
+    @staticmethod
+    def __new__(cls, meta: tuple, src: tuple, owner) -> FutureTensor:
+        shape, dtype, device, requires_grad = meta
+        self = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device, requires_grad=requires_grad)
+        self._tn_meta = meta
+        self._tn_src = src
+        self._tn_val = None
+        self._tn_owner = owner
+        return self
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def value(self) -> torch.Tensor:
+        """The real tensor, waiting for the GraphRunner if it has not produced it yet."""
+        val = self._tn_val
+        if val is None:
+            owner = self._tn_owner
+            if owner is not None:
+                owner.materialize()
+            val = self._tn_val
+            if val is None:
+                raise ValueLostError(
+                    "this tensor was never computed: an earlier operation of the same co-executed "
+                    "program raised an exception. Re-run the cell to recompute it."
+                )
+        return val
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        args, kwargs = tree_map(_real, (args, kwargs or {}))
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        args, kwargs = tree_map(_real, (args, kwargs or {}))
+        return func(*args, **kwargs)
+
+
+def _real(x):
+    return x.value() if type(x) is FutureTensor else x
+
+
+def real(x):
+    """``x`` with futures replaced by their values (waiting if needed)."""
+    return tree_map(_real, x)

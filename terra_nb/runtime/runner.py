@@ -1,0 +1,127 @@
+"""The GraphRunner: a thread that runs validated blocks, in order.
+
+The skeleton hands it a :class:`BlockRun` only once every node of the block has been
+validated, so the runner never runs ahead of the program. When a block raises, the runner
+keeps the exception (with the op that raised it), drops the blocks queued behind it -- as eager
+execution would never have reached them -- and the skeleton re-raises it in the user's frame
+at its next interaction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import torch
+
+from ..graph.blocks import failing_op
+from .future import FutureTensor, ValueLostError
+
+
+class BlockRun:
+    """One execution of a compiled block: its inputs, floats and the futures its outputs fill."""
+
+    __slots__ = ("block", "block_id", "inputs", "floats", "out_refs", "cell")
+
+    def __init__(self, block, block_id: int, inputs: list, floats: list, out_refs: list, cell: int) -> None:
+        self.block = block
+        self.block_id = block_id
+        self.inputs = inputs
+        self.floats = floats
+        self.out_refs = out_refs
+        self.cell = cell
+
+
+class BlockError:
+    """An exception a block raised, with the node it came from."""
+
+    def __init__(self, exc: BaseException, run: BlockRun, op_index: int | None) -> None:
+        self.exc = exc
+        self.run = run
+        self.node = run.block.spec.ops[op_index][0] if op_index is not None else None
+
+
+class GraphRunner:
+    """Executes :class:`BlockRun` items on a daemon thread; ``wait()`` is the only sync point."""
+
+    def __init__(self, on_run=None) -> None:
+        self._queue: deque[BlockRun] = deque()
+        self._cv = threading.Condition()
+        self._pending = 0
+        self.error: BlockError | None = None
+        self.on_run = on_run
+        self.replay_log: list | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="terra-graph-runner")
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._pending > 0
+
+    def submit(self, run: BlockRun) -> None:
+        with self._cv:
+            if self.error is not None:
+                return
+            self._queue.append(run)
+            self._pending += 1
+            self._cv.notify_all()
+
+    def wait(self) -> BlockError | None:
+        """Block until every submitted block ran (or one raised); return the error, if any."""
+        if self._pending:
+            with self._cv:
+                while self._pending:
+                    self._cv.wait()
+        return self.error
+
+    def take_error(self) -> BlockError | None:
+        error, self.error = self.error, None
+        return error
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(True)
+        while True:
+            with self._cv:
+                while not self._queue:
+                    self._cv.wait()
+                run = self._queue.popleft()
+            try:
+                self._execute(run)
+            except BaseException as exc:  # surfaces in the user's frame, see Skeleton.raise_block_error
+                op = failing_op(run.block.gm, exc.__traceback__)
+                with self._cv:
+                    self.error = BlockError(exc, run, op)
+                    self._pending = 0
+                    self._queue.clear()
+                    self._cv.notify_all()
+                continue
+            with self._cv:
+                self._pending -= 1
+                if not self._pending:
+                    self._cv.notify_all()
+
+    def _execute(self, run: BlockRun) -> None:
+        args = [_resolved(x) for x in run.inputs]
+        args.extend(run.floats)
+        t0 = time.perf_counter()
+        outs = run.block(*args)
+        elapsed = time.perf_counter() - t0
+        torch._C._set_grad_enabled(True)
+        for ref, val in zip(run.out_refs, outs):
+            fut = ref()
+            if fut is not None:
+                fut._tn_val = val
+        if self.replay_log is not None:
+            self.replay_log.append((run.block, args))
+        if self.on_run is not None:
+            self.on_run(run, elapsed)
+
+
+def _resolved(x):
+    if type(x) is FutureTensor:
+        val = x._tn_val
+        if val is None:
+            raise ValueLostError("a block's input was never computed: the block that produces it did not run")
+        return val
+    return x

@@ -1,0 +1,289 @@
+"""Session: the live state of co-execution across cells, and the event log every view reads.
+
+A :class:`Session` owns one TraceGraph (through its co-executor), one GraphRunner and one
+:class:`~terra_nb.runtime.events.EventLog`. Cells run through :meth:`Session.run_cell`; scripts
+through :meth:`Session.run_path`; functions through :func:`coexecute`. Because the graph lives
+on, a later cell that runs the same operations co-executes at once.
+
+Example::
+
+    >>> import terra_nb
+    >>> s = terra_nb.Session(backend="eager")
+    >>> ns = {}
+    >>> report = s.run_cell("import torch\\nx = torch.ones(3)\\nfor i in range(5):\\n    x = x * 2\\nprint(x)", ns)
+    tensor([32., 32., 32.])
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import linecache
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from .runtime.coexec import CoExecutor
+from .runtime.events import EventLog, Iteration
+from .runtime.future import FutureTensor
+
+
+@dataclass
+class CellReport:
+    """What one cell did: its iterations, and a one-line summary."""
+
+    cell: int
+    iterations: list[Iteration] = field(default_factory=list)
+    value: object = None
+    summary: str = ""
+
+    def __repr__(self) -> str:
+        return f"<CellReport cell={self.cell}: {self.summary}>"
+
+
+class Session:
+    """Co-execution state that lives across cells.
+
+    Args:
+        backend: ``eager`` (default; the FX graph replayed op by op), ``inductor``,
+            ``cudagraphs`` or ``auto``.
+        trace_iters: how many times a node is traced before the skeleton may defer it.
+    """
+
+    def __init__(self, backend: str = "eager", trace_iters: int = 1) -> None:
+        self.log = EventLog()
+        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters)
+        self.cells = 0
+
+    # -- running -------------------------------------------------------------------------------
+
+    @property
+    def graph(self):
+        """The TraceGraph (read-only use: the views go through the event log and exports)."""
+        return self.executor.graph
+
+    @property
+    def backend(self) -> str:
+        return self.executor.backend
+
+    def set_backend(self, name: str) -> None:
+        from .runtime.backends import check_backend
+
+        self.executor.backend = check_backend(name)
+        self.executor.compiled.clear()
+
+    def run_cell(self, source: str, namespace: dict | None = None, mode: str = "auto",
+                 filename: str | None = None) -> CellReport:
+        """Run ``source`` in ``namespace`` under co-execution (``mode``: auto, trace or eager).
+
+        The value of a final expression, as in a notebook cell, is returned as ``report.value``.
+        Exceptions propagate as eager execution would raise them, after every operation that
+        ran before them has taken effect.
+        """
+        self.cells += 1
+        cell = self.cells
+        filename = filename or f"<terra-cell-{cell}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        body, last = _split_last_expression(source, filename)
+        namespace = namespace if namespace is not None else {"__name__": "__main__"}
+        executor = self.executor
+        executor.begin_cell(cell)
+        value = None
+        try:
+            with executor.active(body, mode):
+                exec(body, namespace)
+                if last is not None:
+                    value = eval(last, namespace)
+        finally:
+            executor.end_cell()
+            _make_real(namespace)
+        value = _real_value(value)
+        iterations = [it for it in self.log.iterations if it.cell == cell]
+        return CellReport(cell, iterations, value, summarize(iterations, self.log.of_kind("fallback"), cell))
+
+    def run_path(self, path: str, argv: list[str] | None = None, mode: str = "auto") -> CellReport:
+        """Run a script as ``__main__`` (as ``python path`` would), co-executed wherever its loops are."""
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        old_argv, old_path0 = sys.argv, sys.path[0] if sys.path else None
+        sys.argv = [path, *(argv or [])]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+        namespace = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
+        try:
+            return self.run_cell(source, namespace, mode=mode, filename=os.path.abspath(path))
+        finally:
+            sys.argv = old_argv
+            if sys.path and sys.path[0] != old_path0:
+                sys.path.pop(0)
+
+    def call(self, fn, *args, **kwargs):
+        """Call ``fn`` as one iteration (what ``@coexecute`` does)."""
+        executor = self.executor
+        if executor._depth:
+            executor.mark_iteration()
+            return fn(*args, **kwargs)
+        self.cells += 1
+        executor.begin_cell(self.cells)
+        executor.mark_iteration()
+        try:
+            with executor.active(fn.__code__):
+                out = fn(*args, **kwargs)
+        finally:
+            executor.end_cell()
+        return _real_value(out)
+
+    def trace(self, fn, *args, **kwargs):
+        """Call ``fn`` once, traced, and return its :class:`~terra_nb.runtime.replay.Trace`.
+
+        ``trace.replay()`` then runs the same iteration again as blocks, with no Python between
+        them (graph-only replay).
+        """
+        from .runtime.replay import Trace
+
+        executor = self.executor
+        records: list = []
+        self.cells += 1
+        executor.begin_cell(self.cells)
+        executor.recording = records
+        try:
+            with executor.active(fn.__code__, mode="trace"):
+                fn(*args, **kwargs)
+        finally:
+            executor.recording = None
+            executor.end_cell()
+        return Trace(records, executor.graph, backend=executor.backend)
+
+    def sync(self) -> None:
+        """Wait until every deferred operation has run."""
+        self.executor.materialize()
+
+    def reset(self) -> None:
+        """Forget the graph, the compiled blocks and the log (``%terra reset``)."""
+        self.sync()
+        backend, trace_iters = self.executor.backend, self.executor.trace_iters
+        self.log.clear()
+        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters)
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """The TraceGraph as a JSON-able dict (see :mod:`terra_nb.graph.export`)."""
+        from .graph.export import graph_to_json
+
+        return graph_to_json(self.graph, self.log)
+
+    def to_dot(self):
+        """The TraceGraph as a ``graphviz.Digraph`` (rendering it to SVG needs the ``dot`` binary)."""
+        from .graph.export import graph_to_dot
+
+        return graph_to_dot(self.graph, self.log)
+
+    def to_pandas(self, kind: str = "iterations"):
+        """A tidy DataFrame of the session: ``iterations``, ``ops``, ``events`` or ``blocks``."""
+        from .frames import to_pandas
+
+        return to_pandas(self, kind)
+
+    def export(self, path: str) -> list[str]:
+        """Write the session's tables to ``path`` (``.csv`` or ``.parquet``); returns the files written."""
+        from .frames import export
+
+        return export(self, path)
+
+    def summary(self, cell: int | None = None) -> str:
+        cell = self.cells if cell is None else cell
+        return summarize([it for it in self.log.iterations if it.cell == cell], self.log.of_kind("fallback"), cell)
+
+
+def summarize(iterations: list[Iteration], fallbacks: list, cell: int) -> str:
+    """One line: the steady-state speedup over eager and where fallbacks happened."""
+    if not iterations:
+        return "no iterations"
+    from .frames import speedups
+
+    ratios = speedups(iterations)
+    coexec = [r for it, r in zip(iterations, ratios) if it.mode == "coexec" and r == r]
+    falls = [e for e in fallbacks if e.cell == cell]
+    text = f"{len(iterations)} iterations"
+    if coexec:
+        coexec.sort()
+        text = f"steady state {coexec[len(coexec) // 2]:.2f}x eager over {len(coexec)} co-executed iterations"
+    else:
+        modes = sorted({it.mode for it in iterations})
+        text += f" ({', '.join(modes)})"
+    if falls:
+        places = sorted({e.location for e in falls if e.location})
+        text += f"; {len(falls)} fallback{'s' if len(falls) != 1 else ''}"
+        if places:
+            text += f" at {', '.join(places[:3])} ({falls[0].reason})"
+    return text
+
+
+_default: Session | None = None
+
+
+def session() -> Session:
+    """The process-wide session (one per kernel), created on first use."""
+    global _default
+    if _default is None:
+        _default = Session()
+    return _default
+
+
+def coexecute(fn=None, *, session_: Session | None = None):
+    """Decorator: each call of ``fn`` is one co-executed iteration.
+
+    Example::
+
+        >>> @coexecute
+        ... def step(x):
+        ...     return (x * 2).sum().item()
+    """
+    if fn is None:
+        return functools.partial(coexecute, session_=session_)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return (session_ or session()).call(fn, *args, **kwargs)
+
+    return wrapper
+
+
+def _split_last_expression(source: str, filename: str):
+    tree = ast.parse(source, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        expr = ast.Expression(tree.body.pop().value)
+        last = compile(expr, filename, "eval")
+    return compile(tree, filename, "exec"), last
+
+
+def _real_value(x):
+    if type(x) is FutureTensor:
+        return x.value()
+    if type(x) in (list, tuple):
+        return type(x)(_real_value(v) for v in x)
+    return x
+
+
+def _make_real(namespace: dict) -> None:
+    """Replace futures the cell left in its namespace (and in its lists and dicts) by real tensors."""
+    for name, value in list(namespace.items()):
+        if type(value) is FutureTensor:
+            try:
+                namespace[name] = value.value()
+            except RuntimeError:
+                pass
+        elif type(value) is list:
+            for i, v in enumerate(value):
+                if type(v) is FutureTensor and v._tn_val is not None:
+                    value[i] = v._tn_val
+        elif type(value) is dict:
+            for k, v in value.items():
+                if type(v) is FutureTensor and v._tn_val is not None:
+                    value[k] = v._tn_val
+
+
+__all__ = ["Session", "CellReport", "session", "coexecute", "torch"]

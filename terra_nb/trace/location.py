@@ -1,0 +1,139 @@
+"""Locations: where in the user's program a tensor operation was called.
+
+A node of the TraceGraph is identified by its op, its constant arguments and
+its *location*: the call-site stack from the root frame (the cell or script the
+session is running) down to the frame that called the op. Two calls merge only
+when every frame on that stack stands at the same instruction.
+
+The root frame is keyed by the *text* of its line and the column of the call,
+not by its code object, so that a second cell which calls ``train_step(...)``
+with the same line of source finds the nodes the first cell recorded. Every
+other frame is keyed by its code object and instruction offset: a function that
+is redefined gets new nodes, which is what "editing a cell retires its stale
+nodes" means.
+
+Example::
+
+    >>> roots = RootRegistry()
+    >>> key = location_key(sys._getframe(), roots)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+import types
+from dataclasses import dataclass
+
+import torch
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LIBRARY_DIRS = (_TORCH_DIR, _PACKAGE_DIR, os.path.dirname(os.__file__))
+
+
+class RootRegistry:
+    """The code objects that count as roots of a location (cells, scripts, @coexecute functions).
+
+    Each root maps an instruction offset to a stable key ``(line text, column)``;
+    the mapping is computed once per offset.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[types.CodeType, dict[int, tuple]] = {}
+
+    def add(self, code: types.CodeType) -> None:
+        self._keys.setdefault(code, {})
+
+    def remove(self, code: types.CodeType) -> None:
+        self._keys.pop(code, None)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._keys
+
+    def root_key(self, frame: types.FrameType) -> tuple:
+        cache = self._keys[frame.f_code]
+        lasti = frame.f_lasti
+        key = cache.get(lasti)
+        if key is None:
+            key = cache[lasti] = _line_key(frame.f_code, lasti)
+        return key
+
+
+def _line_key(code: types.CodeType, lasti: int) -> tuple:
+    positions = list(code.co_positions())
+    index = lasti // 2
+    lineno, _end, col, end_col = positions[index] if index < len(positions) else (None, None, None, None)
+    text = linecache.getline(code.co_filename, lineno or 0).strip()
+    return ("root", text, col, end_col)
+
+
+def location_key(frame: types.FrameType | None, roots: RootRegistry) -> tuple:
+    """The call-site stack of ``frame`` up to the first root frame, innermost first."""
+    keys = roots._keys
+    out = []
+    while frame is not None:
+        code = frame.f_code
+        if code in keys:
+            out.append(roots.root_key(frame))
+            break
+        out.append((code, frame.f_lasti))
+        frame = frame.f_back
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    """A line of the user's program, for events and the graph explorer."""
+
+    filename: str
+    lineno: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{display_filename(self.filename)}:{self.lineno}"
+
+
+def display_filename(filename: str) -> str:
+    return filename if filename.startswith("<") else os.path.relpath(filename) if not os.path.isabs(filename) else filename
+
+
+def is_library_file(filename: str) -> bool:
+    return filename.startswith(_LIBRARY_DIRS)
+
+
+def user_line(frame: types.FrameType | None) -> SourceLine | None:
+    """The innermost frame of ``frame``'s stack that is the user's code, not torch's nor ours."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not is_library_file(filename) and not filename.startswith("<frozen"):
+            lineno = frame.f_lineno or 0
+            return SourceLine(filename, lineno, linecache.getline(filename, lineno).strip())
+        frame = frame.f_back
+    return None
+
+
+def module_path(frame: types.FrameType | None) -> str:
+    """The dotted nn.Module path the call ran under, e.g. ``encoder.layers.0.attn``.
+
+    Read from the ``forward`` frames on the stack; the outermost module is the
+    root and is not named. Used on tracing only (it reads ``f_locals``).
+    """
+    modules: list[torch.nn.Module] = []
+    while frame is not None:
+        if frame.f_code.co_name == "forward":
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, torch.nn.Module) and (not modules or modules[-1] is not owner):
+                modules.append(owner)
+        frame = frame.f_back
+    modules.reverse()
+    names = []
+    for parent, child in zip(modules, modules[1:]):
+        name = next((n for n, m in parent.named_modules() if m is child and n), None)
+        names.append(name or type(child).__name__)
+    return ".".join(names)
+
+
+def caller_frame(depth: int) -> types.FrameType:
+    return sys._getframe(depth + 1)

@@ -1,0 +1,240 @@
+"""What a torch callable is, and how its arguments split into constants, tensors and floats.
+
+Every call the TorchFunctionMode sees is one of:
+
+* ``meta``  -- reads metadata only (``x.shape``, ``x.size(0)``, ``x.dtype``): answered at once,
+  never recorded, never a sync;
+* ``feed``  -- makes a tensor from Python data (``torch.tensor``, ``torch.as_tensor``): run at
+  once, its result is a graph input;
+* ``op``    -- everything else. Whether an op is deferred or is a *fetch* (Python needs its
+  value) is learned from what it returned when traced: a tensor, a structure of tensors or
+  ``None`` (an in-place effect) defers; any other Python value is a fetch.
+
+Ops whose output shape depends on data (``nonzero``, boolean indexing) are fetch-like too:
+they run synchronously so that the shape Python sees is real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+_META_PROPERTIES = frozenset(
+    {"shape", "dtype", "device", "requires_grad", "ndim", "is_cuda", "is_sparse", "is_quantized",
+     "is_meta", "layout", "is_nested", "is_mkldnn", "is_cpu", "itemsize", "is_xpu", "is_mps", "names"}
+)
+_META_METHODS = frozenset(
+    {"size", "dim", "ndimension", "numel", "nelement", "element_size", "is_floating_point",
+     "is_complex", "get_device", "__len__", "is_signed", "has_names", "__hash__"}
+)
+_DATA_DEPENDENT = frozenset(
+    {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
+     "repeat_interleave", "_unique2", "nonzero_static"}
+)
+_FEEDS = {torch.tensor, torch.as_tensor, torch.asarray, torch.frombuffer}
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """The static facts about one torch callable."""
+
+    name: str
+    kind: str  # "meta" | "feed" | "op"
+    method: str | None  # Tensor method name, for FX call_method
+    prop: str | None  # property name, for getattr/setattr
+    setter: bool
+    data_dependent: bool
+
+
+_CACHE: dict[object, OpInfo] = {}
+
+
+def op_info(func) -> OpInfo:
+    """Classify ``func`` once; method-wrappers compare equal when they wrap the same property."""
+    try:
+        return _CACHE[func]
+    except (KeyError, TypeError):
+        pass
+    info = _classify(func)
+    try:
+        _CACHE[func] = info
+    except TypeError:
+        pass
+    return info
+
+
+def _classify(func) -> OpInfo:
+    name = getattr(func, "__name__", None) or repr(func)
+    descriptor = getattr(func, "__self__", None)
+    if name in ("__get__", "__set__") and type(descriptor).__name__ == "getset_descriptor":
+        prop = descriptor.__name__
+        kind = "meta" if name == "__get__" and prop in _META_PROPERTIES else "op"
+        return OpInfo(f"{prop}.{name}", kind, None, prop, name == "__set__", False)
+    qualname = getattr(func, "__qualname__", "") or ""
+    method = name if qualname.startswith(("Tensor.", "TensorBase.")) else None
+    if name in _META_METHODS:
+        return OpInfo(name, "meta", method, None, False, False)
+    kind = "feed" if func in _FEEDS else "op"
+    return OpInfo(name, kind, method, None, False, name in _DATA_DEPENDENT)
+
+
+# -- arguments -----------------------------------------------------------------------------------
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+T = _Marker("T")  # a tensor slot in a spec (a sentinel: never equal to a user's constant)
+F = _Marker("F")  # a float slot in a spec
+
+
+def count_floats(spec) -> int:
+    """How many float slots a spec has."""
+    if spec is F:
+        return 1
+    if type(spec) is tuple:
+        return sum(count_floats(s) for s in spec)
+    return 0
+
+
+class Slot:
+    """A placeholder in an argument template: the ``index``-th tensor or float of the call."""
+
+    __slots__ = ("is_tensor", "index")
+
+    def __init__(self, is_tensor: bool, index: int) -> None:
+        self.is_tensor = is_tensor
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"{'T' if self.is_tensor else 'F'}{self.index}"
+
+
+def scan(args: tuple, kwargs: dict | None, tensors: list, floats: list) -> tuple:
+    """Append the call's tensors and floats to the lists; return the hashable spec of the rest.
+
+    The spec holds every constant argument (ints, bools, dtypes, None, ...) with tensors and
+    floats replaced by markers, so that a Python float that changes between iterations is a
+    feed of the same node, while any other changed constant is a different node.
+    """
+    spec = _scan_seq(args, tensors, floats)
+    if kwargs:
+        spec = (spec, tuple([(k, _scan(v, tensors, floats)) for k, v in kwargs.items()]))
+    return spec
+
+
+def _scan_seq(seq, tensors: list, floats: list) -> tuple:
+    return tuple([_scan(v, tensors, floats) for v in seq])
+
+
+def _scan(v, tensors: list, floats: list):
+    if isinstance(v, Tensor):
+        tensors.append(v)
+        return T
+    cls = type(v)
+    if cls is float:
+        floats.append(v)
+        return F
+    if cls is list or cls is tuple:
+        return (cls is list, _scan_seq(v, tensors, floats))
+    if cls is slice:
+        return ("slice", _scan(v.start, tensors, floats), _scan(v.stop, tensors, floats), _scan(v.step, tensors, floats))
+    if isinstance(v, float) and not isinstance(v, bool):
+        floats.append(v)
+        return F
+    return v
+
+
+def template(args: tuple, kwargs: dict | None) -> tuple[tuple, dict]:
+    """The call's arguments with every tensor and float replaced by a :class:`Slot`, in scan order."""
+    counters = [0, 0]
+
+    def walk(v):
+        if isinstance(v, Tensor):
+            counters[0] += 1
+            return Slot(True, counters[0] - 1)
+        cls = type(v)
+        if cls is float or (isinstance(v, float) and not isinstance(v, bool)):
+            counters[1] += 1
+            return Slot(False, counters[1] - 1)
+        if cls is list or cls is tuple:
+            return cls(walk(x) for x in v)
+        if cls is slice:
+            return slice(walk(v.start), walk(v.stop), walk(v.step))
+        return v
+
+    targs = tuple(walk(a) for a in args)
+    tkwargs = {k: walk(v) for k, v in (kwargs or {}).items()}
+    return targs, tkwargs
+
+
+def fill(tmpl, tensors, floats):
+    """Rebuild arguments from a template, taking slot values from ``tensors`` and ``floats``."""
+    if type(tmpl) is Slot:
+        return tensors[tmpl.index] if tmpl.is_tensor else floats[tmpl.index]
+    cls = type(tmpl)
+    if cls is tuple or cls is list:
+        return cls(fill(x, tensors, floats) for x in tmpl)
+    if cls is dict:
+        return {k: fill(v, tensors, floats) for k, v in tmpl.items()}
+    if cls is slice:
+        return slice(fill(tmpl.start, tensors, floats), fill(tmpl.stop, tensors, floats), fill(tmpl.step, tensors, floats))
+    return tmpl
+
+
+def has_bool_index(info: OpInfo, tensors: list) -> bool:
+    """Indexing with a boolean mask has a data-dependent shape."""
+    return info.name == "__getitem__" and any(t.dtype is torch.bool for t in tensors[1:])
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+NONE = ("none",)
+TENSOR = ("tensor",)
+
+
+def out_structure(out) -> tuple | None:
+    """How an op's output is built from tensors: TENSOR, NONE, or ("seq", type, mask).
+
+    ``None`` means the output is a Python value that is not made of tensors: a fetch.
+    """
+    if isinstance(out, Tensor):
+        return TENSOR
+    if out is None:
+        return NONE
+    if isinstance(out, (tuple, list)) and out and all(x is None or isinstance(x, Tensor) for x in out):
+        return ("seq", type(out), tuple(isinstance(x, Tensor) for x in out))
+    return None
+
+
+def out_tensors(out, structure: tuple) -> list:
+    if structure is TENSOR:
+        return [out]
+    if structure[0] == "seq":
+        return [x for x in out if x is not None]
+    return []
+
+
+def build_out(structure: tuple, values: list):
+    if structure is TENSOR:
+        return values[0]
+    if structure is NONE:
+        return None
+    _, cls, mask = structure
+    it = iter(values)
+    items = [next(it) if is_t else None for is_t in mask]
+    return cls(items)
+
+
+def meta_of(t: Tensor) -> tuple:
+    """(shape, dtype, device, requires_grad) of a real tensor."""
+    return (t.shape, t.dtype, t.device, t.requires_grad)
