@@ -47,9 +47,21 @@ def produces(node: Node) -> int:
     return len(node.out_meta)
 
 
-def _run_in_inference_mode(func, *args, **kwargs):
-    with torch.inference_mode():
-        return func(*args, **kwargs)
+_INFERENCE_WRAPPERS: dict = {}
+
+
+def _in_inference_mode(func):
+    """A named function that runs ``func`` under ``torch.inference_mode()`` (an FX call target)."""
+    wrapper = _INFERENCE_WRAPPERS.get(func)
+    if wrapper is None:
+        def wrapper(*args, **kwargs):
+            with torch.inference_mode():
+                return func(*args, **kwargs)
+
+        name = getattr(func, "__name__", "op").strip("_") or "op"
+        wrapper.__name__ = wrapper.__qualname__ = f"inference_mode_{name}"
+        _INFERENCE_WRAPPERS[func] = wrapper
+    return wrapper
 
 
 def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
@@ -58,6 +70,7 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
     inputs = [g.placeholder(f"in{k}") for k in range(spec.n_inputs)]
     floats = [g.placeholder(f"f{k}") for k in range(spec.n_floats)]
     values: list[torch.fx.Node] = []
+    entry_grad = g.call_function(torch.is_grad_enabled, ())
     grad_enabled = None
     fbase = 0
     for index, (node, wiring) in enumerate(spec.ops):
@@ -81,6 +94,8 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
                         item = g.call_function(operator.getitem, (fx_node, i))
                         item.meta["terra_op"] = index
                         values.append(item)
+    if grad_enabled is not None:
+        g.call_function(torch._C._set_grad_enabled, (entry_grad,))  # leave the caller's mode as it was
     g.output(tuple(values[v] for v in spec.outputs))
     return torch.fx.GraphModule(torch.nn.Module(), g, class_name="TerraBlock")
 
@@ -88,7 +103,7 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
 def _emit(g: torch.fx.Graph, node: Node, args, kwargs) -> torch.fx.Node:
     info = node.info
     if node.grad[1]:
-        return g.call_function(_run_in_inference_mode, (node.func, *args), kwargs)
+        return g.call_function(_in_inference_mode(node.func), tuple(args), kwargs)
     if info.prop is not None:
         if info.setter:
             return g.call_function(setattr, (args[0], info.prop, args[1]))

@@ -1,0 +1,94 @@
+"""Eager PyTorch as the oracle: run a program both ways, compare what it prints and leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import torch
+
+import terra_nb
+
+
+def run_eager(source: str) -> tuple[str, dict]:
+    namespace: dict = {"__name__": "__main__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, "<eager>", "exec"), namespace)
+    return out.getvalue(), namespace
+
+
+def run_terra(source: str, session: terra_nb.Session | None = None, backend: str = "eager",
+              mode: str = "auto") -> tuple[str, dict, terra_nb.Session]:
+    session = session or terra_nb.Session(backend=backend)
+    namespace: dict = {"__name__": "__main__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, namespace, mode=mode)
+    return out.getvalue(), namespace, session
+
+
+def state_of(namespace: dict) -> dict[str, torch.Tensor | None]:
+    """Every tensor a program leaves: its tensors, modules (parameters, buffers, .grad), optimizer state."""
+    state: dict[str, torch.Tensor | None] = {}
+    for name, value in namespace.items():
+        if name.startswith("__"):
+            continue
+        if isinstance(value, torch.Tensor):
+            state[name] = value
+        elif isinstance(value, torch.nn.Module):
+            for key, t in value.state_dict(keep_vars=True).items():
+                state[f"{name}.{key}"] = t
+                if isinstance(t, torch.nn.Parameter):
+                    state[f"{name}.{key}.grad"] = t.grad
+        elif isinstance(value, torch.optim.Optimizer):
+            for i, per_param in enumerate(value.state.values()):
+                for key, t in per_param.items():
+                    if isinstance(t, torch.Tensor):
+                        state[f"{name}.state{i}.{key}"] = t
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            for i, t in enumerate(value):
+                state[f"{name}[{i}]"] = t
+    return state
+
+
+def assert_same_state(expected: dict, actual: dict, exact: bool = True, rtol: float = 1e-5) -> None:
+    assert expected.keys() == actual.keys(), f"different state: {sorted(expected.keys() ^ actual.keys())}"
+    for key, want in expected.items():
+        got = actual[key]
+        if want is None or got is None:
+            assert want is None and got is None, f"{key}: {want!r} vs {got!r}"
+            continue
+        assert want.shape == got.shape and want.dtype == got.dtype, f"{key}: {want.shape}/{want.dtype} vs {got.shape}/{got.dtype}"
+        if exact:
+            assert torch.equal(want.detach(), got.detach()), f"{key} differs (max abs diff {(want - got).abs().max()})"
+        else:
+            torch.testing.assert_close(got.detach(), want.detach(), rtol=rtol, atol=1e-6, msg=key)
+
+
+def check_program(source: str, backend: str = "eager", exact: bool = True, require_coexec: bool = True):
+    """Run ``source`` eagerly and co-executed; assert same stdout and state; return the session."""
+    printed, namespace = run_eager(source)
+    printed_t, namespace_t, session = run_terra(source, backend=backend)
+    if exact:
+        assert printed_t == printed
+    else:
+        _assert_close_text(printed, printed_t)
+    assert_same_state(state_of(namespace), state_of(namespace_t), exact=exact)
+    if require_coexec:
+        modes = [it.mode for it in session.log.iterations]
+        assert "coexec" in modes, f"no co-executed iteration: {modes}"
+    return session
+
+
+def _assert_close_text(expected: str, actual: str) -> None:
+    a, b = expected.split(), actual.split()
+    assert len(a) == len(b), f"{expected!r} vs {actual!r}"
+    for x, y in zip(a, b):
+        try:
+            fx, fy = float(x), float(y)
+        except ValueError:
+            assert x == y
+        else:
+            assert math.isclose(fx, fy, rel_tol=1e-4, abs_tol=1e-5), f"{x} vs {y}"

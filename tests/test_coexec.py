@@ -1,0 +1,281 @@
+"""Differential tests: each program run eagerly and co-executed prints and leaves the same.
+
+With the ``eager`` backend the final state must be bitwise equal; every case must also show
+co-executed iterations in the event log (a run where everything fell back proves nothing).
+"""
+
+import pytest
+import torch
+from differential import check_program, run_terra
+
+PRELUDE = """
+import math, random, statistics
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+torch.manual_seed(0); random.seed(0); np.random.seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
+"""
+
+CASES = {
+    "item_in_condition": """
+for i, (x, y) in enumerate(data):
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if loss.item() > 1.0:
+        print(i, "high")
+    else:
+        print(i, "low")
+""",
+    "break_on_fetched_value": """
+for i in range(100):
+    x, y = data[i % len(data)]
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if loss.item() < 0.9 or i == 40:
+        print("stopped at", i)
+        break
+""",
+    "print_tensor": """
+for x, y in data[:6]:
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(loss)
+    print(out[0])
+""",
+    "numpy_round_trip": """
+for x, y in data:
+    h = model(x)
+    arr = h.detach().numpy()
+    arr = arr - arr.mean(axis=0)
+    back = torch.from_numpy(arr).float()
+    loss = F.cross_entropy(h + 0.1 * back, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(round(float(np.abs(arr).sum()), 4))
+""",
+    "python_random_branch": """
+for x, y in data:
+    out = model(x)
+    if random.random() < 0.5:
+        loss = F.cross_entropy(out, y)
+    else:
+        loss = (out ** 2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+print(f"{loss.item():.6f}")
+""",
+    "changing_learning_rate": """
+for i, (x, y) in enumerate(data):
+    for group in opt.param_groups:
+        group["lr"] = 0.1 * (0.9 ** i)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(f"{loss.item():.6f}")
+""",
+    "generator_batches": """
+def batches(n):
+    for i in range(n):
+        yield data[i % len(data)]
+for x, y in batches(10):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(f"{loss.item():.6f}")
+""",
+    "shorter_last_batch": """
+xs = torch.randn(50, 6); ys = torch.randint(0, 3, (50,))
+for epoch in range(2):
+    for start in range(0, 50, 16):
+        x, y = xs[start:start + 16], ys[start:start + 16]
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        print(epoch, start, x.shape[0], f"{loss.item():.5f}")
+""",
+    "math_statistics_on_floats": """
+values = []
+for x, y in data:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    values.append(loss.item())
+print(f"{statistics.mean(values):.6f} {math.sqrt(statistics.pvariance(values)):.6f}")
+""",
+    "closures_and_nested_functions": """
+def make_step(scale):
+    def loss_of(x, y):
+        def forward(t):
+            return model(t) * scale
+        return F.cross_entropy(forward(x), y)
+    def step(x, y):
+        loss = loss_of(x, y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        return loss
+    return step
+step = make_step(0.5)
+for x, y in data:
+    loss = step(x, y)
+print(f"{loss.item():.6f}")
+""",
+    "module_mutates_itself": """
+class Tracker(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        self.calls = 0
+        self.last = None
+    def forward(self, x):
+        self.calls += 1
+        out = self.lin(x)
+        self.last = out.detach()
+        return out
+model = Tracker()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for x, y in data:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(model.calls, model.last.sum().item())
+""",
+    "losses_kept_across_iterations": """
+losses = []
+for x, y in data:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    losses.append(loss.detach())
+total = sum(losses)
+print(f"{total.item():.6f}", len(losses))
+""",
+    "adam_tensor_step_counters": """
+opt = torch.optim.Adam(model.parameters(), lr=0.01)
+for x, y in data:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(f"{loss.item():.6f}")
+""",
+    "adamw_foreach_and_clip": """
+opt = torch.optim.AdamW(model.parameters(), lr=0.01, foreach=True)
+for x, y in data:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    opt.step()
+print(f"{loss.item():.6f}")
+""",
+    "batchnorm_dropout_train_eval": """
+model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+for i, (x, y) in enumerate(data):
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean()
+    print(i, f"{acc.item():.4f}")
+""",
+    "inference_mode_and_rng": """
+for i, (x, y) in enumerate(data):
+    noise = torch.randn(8, 6) * 0.01
+    loss = F.cross_entropy(model(x + noise), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    with torch.inference_mode():
+        pred = model(x).softmax(-1)
+    if i == 5:
+        torch.manual_seed(123)
+print(pred.sum().item(), torch.rand(1).item())
+""",
+    "in_place_and_views": """
+buf = torch.zeros(8, 3)
+for x, y in data:
+    out = model(x)
+    view = out[:, :2]
+    buf.mul_(0.5).add_(out.detach())
+    loss = F.cross_entropy(out, y) + view.pow(2).mean() * 0.01
+    opt.zero_grad(); loss.backward(); opt.step()
+buf[0, 0] = 1.0
+print(buf.sum().item())
+""",
+    "manual_sgd_on_data": """
+for x, y in data:
+    loss = F.cross_entropy(model(x), y)
+    model.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-0.1)
+print(f"{loss.item():.6f}")
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_as_eager(name):
+    check_program(PRELUDE + CASES[name])
+
+
+def test_user_exception_in_iteration_k_leaves_eager_state():
+    body = """
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i)
+    if i == 7:
+        raise KeyError("stop at seven")
+"""
+    from differential import assert_same_state, run_eager, state_of
+
+    with pytest.raises(KeyError, match="stop at seven"):
+        run_eager(PRELUDE + body)
+    eager_ns: dict = {"__name__": "__main__"}
+    with pytest.raises(KeyError):
+        exec(compile(PRELUDE + body, "<eager>", "exec"), eager_ns)
+    import terra_nb
+
+    session = terra_nb.Session()
+    terra_ns: dict = {"__name__": "__main__"}
+    with pytest.raises(KeyError, match="stop at seven") as info:
+        session.run_cell(PRELUDE + body, terra_ns)
+    assert_same_state(state_of(eager_ns), state_of(terra_ns))
+    assert any(it.mode == "coexec" for it in session.log.iterations)
+    # the traceback ends at the user's own line
+    last = info.tb
+    while last.tb_next is not None:
+        last = last.tb_next
+    assert last.tb_frame.f_code.co_filename.startswith("<terra-cell")
+    # the session stays usable
+    session.run_cell("y = model(data[0][0]).sum().item()", terra_ns)
+
+
+def test_error_inside_a_block_surfaces_as_eager_type():
+    body = """
+emb = nn.Embedding(10, 4)
+base = torch.tensor([1.0, 2.0, 3.0])
+for i in range(8):
+    scale = 1.0 if i < 6 else 10.0   # a float feed: the same nodes, co-executed
+    idx = (base * scale).long()
+    out = emb(idx).sum()
+    out.backward()
+    print(i)
+"""
+    import terra_nb
+
+    session = terra_nb.Session()
+    with pytest.raises(IndexError) as info:
+        run_terra(PRELUDE + body, session=session)
+    assert "index out of range" in str(info.value)
+    notes = getattr(info.value, "__notes__", [])
+    assert any("embedding" in note and "out = emb(idx).sum()" in note for note in notes), notes
+    assert session.log.of_kind("error"), "the block error is in the event log"
+    assert any(it.mode == "coexec" for it in session.log.iterations)
+
+
+def test_futures_survive_the_cell_and_behave_as_tensors():
+    out, namespace, session = run_terra(PRELUDE + CASES["losses_kept_across_iterations"])
+    assert all(type(t) is torch.Tensor for t in namespace["losses"])
+    later = torch.stack(namespace["losses"]).mean()
+    assert later.shape == ()
