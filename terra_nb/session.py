@@ -75,8 +75,10 @@ class Session:
         self.executor.compiled.clear()
 
     def run_cell(self, source: str, namespace: dict | None = None, mode: str = "auto",
-                 filename: str | None = None) -> CellReport:
+                 filename: str | None = None, baseline: int = 0) -> CellReport:
         """Run ``source`` in ``namespace`` under co-execution (``mode``: auto, trace or eager).
+
+        ``baseline`` iterations run eagerly first: the table's speedups are against their median.
 
         The value of a final expression, as in a notebook cell, is returned as ``report.value``.
         Exceptions propagate as eager execution would raise them, after every operation that
@@ -92,10 +94,19 @@ class Session:
         executor.begin_cell(cell)
         value = None
         try:
-            with executor.active(body, mode):
+            with executor.active(body, mode, baseline):
                 exec(body, namespace)
                 if last is not None:
                     value = eval(last, namespace)
+        except BaseException as exc:
+            from .runtime.events import Event
+            from .trace.location import SourceLine
+
+            where = _user_frame_line(exc.__traceback__, filename)
+            if not getattr(exc, "_tn_logged", False):
+                self.log.add(Event("error", cell, executor.iter_index, f"{type(exc).__name__}: {exc}",
+                                   str(SourceLine(filename, where, "")) if where else ""))
+            raise
         finally:
             executor.end_cell()
             _make_real(namespace)
@@ -103,7 +114,7 @@ class Session:
         iterations = [it for it in self.log.iterations if it.cell == cell]
         return CellReport(cell, iterations, value, summarize(iterations, self.log.of_kind("fallback"), cell))
 
-    def run_path(self, path: str, argv: list[str] | None = None, mode: str = "auto") -> CellReport:
+    def run_path(self, path: str, argv: list[str] | None = None, mode: str = "auto", baseline: int = 0) -> CellReport:
         """Run a script as ``__main__`` (as ``python path`` would), co-executed wherever its loops are."""
         with open(path, encoding="utf-8") as f:
             source = f.read()
@@ -112,7 +123,7 @@ class Session:
         sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
         namespace = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
         try:
-            return self.run_cell(source, namespace, mode=mode, filename=os.path.abspath(path))
+            return self.run_cell(source, namespace, mode=mode, filename=os.path.abspath(path), baseline=baseline)
         finally:
             sys.argv = old_argv
             if sys.path and sys.path[0] != old_path0:
@@ -249,6 +260,15 @@ def coexecute(fn=None, *, session_: Session | None = None):
         return (session_ or session()).call(fn, *args, **kwargs)
 
     return wrapper
+
+
+def _user_frame_line(tb, filename: str) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _split_last_expression(source: str, filename: str):

@@ -119,8 +119,29 @@ for i in range(6):
     _, _, session = run_terra(source)
     muls = [n for n in session.graph.nodes[1:] if n.name == "mul"]
     assert len(muls) == 1
-    assert muls[0].floats_vary == {0}
+    assert muls[0].scalars_vary == {0}
     assert muls[0].count == 6
+
+
+def test_an_index_that_changes_every_iteration_is_a_feed():
+    source = """
+import torch
+xs = torch.randn(10, 4, 3)
+total = torch.zeros(3)
+for step in range(10):
+    total = total + xs[step].sum(0)
+print(total)
+"""
+    printed, _, session = run_terra(source)
+    getitems = [n for n in session.graph.nodes[1:] if n.name == "__getitem__"]
+    assert len(getitems) == 1 and getitems[0].count == 10
+    assert [it.mode for it in session.log.iterations].count("coexec") >= 7
+    import contextlib
+    import io
+    eager = io.StringIO()
+    with contextlib.redirect_stdout(eager):
+        exec(source, {})
+    assert printed == eager.getvalue()
 
 
 def test_a_changed_shape_is_a_variant():

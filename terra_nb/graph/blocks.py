@@ -78,10 +78,12 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
             grad_enabled = node.grad[0]
             g.call_function(torch._C._set_grad_enabled, (grad_enabled,))
         tvals = [values[w] if w >= 0 else inputs[-1 - w] for w in wiring]
-        fvals = floats[fbase:fbase + node.n_floats]
-        fbase += node.n_floats
-        args = fill(node.targs, tvals, fvals)
-        kwargs = fill(node.tkwargs, tvals, fvals)
+        svals = list(node.scalars_seen)  # scalars not passed are constants of the graph
+        for j, k in enumerate(node.passed):
+            svals[k] = floats[fbase + j]
+        fbase += len(node.passed)
+        args = fill(node.targs, tvals, svals)
+        kwargs = fill(node.tkwargs, tvals, svals)
         fx_node = _emit(g, node, args, kwargs)
         fx_node.meta["terra_op"] = index
         if produces(node):

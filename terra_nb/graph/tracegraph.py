@@ -36,9 +36,9 @@ class Node:
 
     __slots__ = (
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
-        "alias", "targs", "tkwargs", "n_floats", "sources", "succ", "pred", "count", "module",
-        "line", "floats_seen", "floats_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "__weakref__",
+        "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
+        "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
+        "cell_mark", "seen_at", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -55,24 +55,32 @@ class Node:
         self.alias = -1
         self.targs: tuple = ()
         self.tkwargs: dict = {}
-        self.n_floats = 0
+        self.passed: tuple = ()  # scalar positions that are graph inputs: floats, generalized ints
+        self.int_pos: tuple = ()  # scalar positions that hold ints, in scan order
+        self.key: tuple = ()
         self.sources: list[set] = [set() for _ in in_meta]
         self.succ: dict[Node, int] = {}
         self.pred: dict[Node, int] = {}
         self.count = 0
         self.module = ""
         self.line: SourceLine | None = None
-        self.floats_seen: list = []
-        self.floats_vary: set[int] = set()
+        self.scalars_seen: list = []
+        self.scalars_vary: set[int] = set()
         self.ext_last: list = [None] * len(in_meta)
         self.ext_varies: list[bool] = [False] * len(in_meta)
         self._end = True
         self._end_version = -1
         self.cell_mark = None
+        self.seen_at = 0
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def n_floats(self) -> int:
+        """How many scalar inputs the node takes in a block."""
+        return len(self.passed)
 
     def __repr__(self) -> str:
         return f"<Node {self.id} {self.info.name} {self.kind} x{self.count}>"
@@ -93,6 +101,8 @@ class TraceGraph:
         self.root.kind = "root"
         self.nodes: list[Node] = [self.root]
         self.index: dict[tuple, Node] = {}
+        self.by_site: dict[tuple, list[Node]] = {}
+        self.int_masks: dict[tuple, frozenset] = {}
         self.version = 0
 
     def find(self, key: tuple) -> Node | None:
@@ -101,10 +111,27 @@ class TraceGraph:
     def add_node(self, key: tuple, func, info: OpInfo) -> Node:
         _func, site, spec, in_meta, grad = key
         node = Node(len(self.nodes), func, info, site, spec, in_meta, grad)
+        node.key = key
         self.nodes.append(node)
         self.index[key] = node
+        self.by_site.setdefault((func, site), []).append(node)
         self.version += 1
         return node
+
+    def generalize_ints(self, func, site, positions: frozenset) -> None:
+        """Make the int slots at ``positions`` of every node at this site feeds, and re-key them."""
+        from ..trace.ops import generalize
+
+        mask = self.int_masks.get((func, site), frozenset()) | positions
+        self.int_masks[(func, site)] = mask
+        for node in self.by_site.get((func, site), []):
+            self.index.pop(node.key, None)
+            _f, _site, spec, in_meta, grad = node.key
+            node.key = (func, site, generalize(node.spec, mask), in_meta, grad)
+            self.index.setdefault(node.key, node)
+            ints = [node.int_pos[i] for i in sorted(mask) if i < len(node.int_pos)]
+            node.passed = tuple(sorted(set(node.passed) | set(ints)))
+        self.version += 1
 
     def observe(self, node: Node, prev: Node, tensors: list, floats: list, sources: list) -> None:
         """Count one traced execution of ``node`` after ``prev``: edges, producers, feeds."""
@@ -121,12 +148,12 @@ class TraceGraph:
                     node.ext_last[slot] = weakref.ref(obj)
                 except TypeError:
                     node.ext_varies[slot] = True
-        if not node.floats_seen:
-            node.floats_seen = list(floats)
+        if not node.scalars_seen:
+            node.scalars_seen = list(floats)
         else:
-            for i, (old, new) in enumerate(zip(node.floats_seen, floats)):
+            for i, (old, new) in enumerate(zip(node.scalars_seen, floats)):
                 if old != new:
-                    node.floats_vary.add(i)
+                    node.scalars_vary.add(i)
 
     def step(self, prev: Node, node: Node) -> None:
         """Count the edge ``prev -> node``; a new edge changes where blocks end."""

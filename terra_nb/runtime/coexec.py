@@ -28,8 +28,8 @@ from torch.overrides import TorchFunctionMode
 from ..graph.blocks import BlockSpec
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace.location import RootRegistry, location_key, module_path, user_line
-from ..trace.ops import (NONE, TENSOR, build_out, count_floats, has_bool_index, meta_of, op_info, out_structure,
-                         out_tensors, scan, template)
+from ..trace.ops import (NONE, TENSOR, build_out, generalize, has_bool_index, meta_of, op_info, out_structure,
+                         out_tensors, scan, spec_ints, template, feedable_ints)
 from .backends import CompiledBlock, check_backend
 from .events import Event, EventLog, Iteration
 from .future import FutureTensor, real
@@ -96,6 +96,13 @@ class CoExecutor:
         self._depth = 0
         self._validated = 0
         self.anchor: Node | None = None
+        self.op_counter = 0
+        self._anchor_first = self._anchor_last = self._anchor_period = 0
+        self._eager_anchor: tuple | None = None
+        self._eager_seen: set = set()
+        self._eager_sites: set = set()
+        self._cell_mode = "auto"
+        self.baseline = 0
         self.explicit_iterations = False
         self._cell_token = object()
         self._reset_iteration(0, _perf())
@@ -103,8 +110,12 @@ class CoExecutor:
     # -- entering and leaving ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def active(self, root_code, mode: str = "auto"):
-        """Run the block of a ``with`` under co-execution; ``root_code`` roots the locations."""
+    def active(self, root_code, mode: str = "auto", baseline: int = 0):
+        """Run the block of a ``with`` under co-execution; ``root_code`` roots the locations.
+
+        With ``baseline`` > 0 the first ``baseline`` iterations run plain eager (the speedup
+        denominator), then ``mode`` takes over.
+        """
         if mode not in ("auto", "trace", "eager"):
             raise ValueError(f"unknown mode {mode!r}: use 'auto', 'trace' or 'eager'")
         if self._depth:
@@ -112,7 +123,9 @@ class CoExecutor:
             return
         self._depth += 1
         self.roots.add(root_code)
-        self.mode = mode
+        self._cell_mode = mode
+        self.baseline = max(0, int(baseline))
+        self.mode = "eager" if self.baseline else mode
         self.state = SKELETON if mode == "auto" else TRACE
         self._validated = 0
         self.cursor = self.graph.root
@@ -136,13 +149,18 @@ class CoExecutor:
     def begin_cell(self, cell: int) -> None:
         self.cell = cell
         self.anchor = None
+        self._eager_anchor = None
+        self._eager_seen: set = set()
+        self._eager_sites: set = set()
         self.explicit_iterations = False
         self._cell_token = object()
         self._reset_iteration(0, _perf())
 
     def end_cell(self) -> None:
-        if self.iter_index and (self.ops_traced or self.ops_coexec):
+        if self.iter_index:
             self._close_iteration(_perf())
+        self.iter_index = 0
+        self.log.add(Event("counts", self.cell, 0, nodes=tuple((n.id, n.count, n.kind) for n in self.graph.nodes[1:])))
 
     def mark_iteration(self) -> None:
         """Start a new iteration here (``@coexecute`` calls this on every call)."""
@@ -180,47 +198,54 @@ class CoExecutor:
     # -- the per-op entry ----------------------------------------------------------------------
 
     def on_op(self, func, args, kwargs):
-        info = op_info(func)
         if kwargs is None:
             kwargs = {}
+        if self.mode == "eager":
+            out = func(*args, **kwargs)
+            self._eager_tick(func, sys._getframe(2))
+            return out
+        info = op_info(func)
         if info.kind == "meta":
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
         tensors: list = []
-        floats: list = []
-        spec = scan(args, kwargs, tensors, floats)
+        scalars: list = []
+        spec = scan(args, kwargs, tensors, scalars)
         if not tensors and func in self.passthrough:
             return func(*args, **kwargs)
-        if self.mode == "eager":
-            return self._eager(func, args, kwargs, tensors)
         frame = sys._getframe(2)
         site = location_key(frame, self.roots)
         grad = (_is_grad_enabled(), _is_inference())
         if info.kind == "feed":
             spec = "feed"
+        kspec = spec
+        if scalars and self.graph.int_masks:
+            mask = self.graph.int_masks.get((func, site))
+            if mask:
+                kspec = generalize(spec, mask)
         if self.state is SKELETON:
             in_meta = tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad) for t in tensors])
             try:
-                node = self.graph.index.get((func, site, spec, in_meta, grad))
+                node = self.graph.index.get((func, site, kspec, in_meta, grad))
             except TypeError:
                 node = None
             if node is None or node.count < self.trace_iters:
                 return self._fallback(f"{info.name}: an operation the trace has not seen here", frame,
-                                      func, info, args, kwargs, tensors, floats, spec, site, grad)
+                                      func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
             sources = node.sources
             for slot, t in enumerate(tensors):
                 src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
                 if src not in sources[slot]:
                     return self._fallback(f"{info.name}: input {slot} comes from a producer the trace has not seen",
-                                          frame, func, info, args, kwargs, tensors, floats, spec, site, grad)
+                                          frame, func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
             if node.kind in DEFERRED:
-                return self._defer(node, tensors, floats, _out_src(node, tensors))
+                return self._defer(node, tensors, scalars, _out_src(node, tensors))
             return self._run_now(node, func, info, args, kwargs, tensors, frame)
-        return self._trace(func, info, args, kwargs, tensors, floats, spec, site, grad, frame)
+        return self._trace(func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad, frame)
 
     # -- skeleton ------------------------------------------------------------------------------
 
-    def _defer(self, node: Node, tensors: list, floats: list, getter_src):
+    def _defer(self, node: Node, tensors: list, scalars: list, getter_src):
         blk = self.block
         wiring = []
         for t in tensors:
@@ -229,8 +254,9 @@ class CoExecutor:
             else:
                 wiring.append(-1 - blk.input(t))
         blk.ops.append((node, tuple(wiring)))
-        if floats:
-            blk.floats.extend(floats)
+        passed = node.passed
+        if passed:
+            blk.floats.extend([scalars[k] for k in passed])
         if node.alias >= 0:
             out = tensors[node.alias]
         elif node.out_struct is NONE:
@@ -339,20 +365,21 @@ class CoExecutor:
             exc.add_note(f"terra_nb: raised by {error.node.name} at {error.node.line}: {error.node.line.text}")
         self.log.add(Event("error", self.cell, self.iter_index, f"{type(exc).__name__}: {exc}",
                            str(error.node.line) if error.node is not None and error.node.line else ""))
+        exc._tn_logged = True  # type: ignore[attr-defined]
         raise exc.with_traceback(None)
 
-    def _fallback(self, reason: str, frame, func, info, args, kwargs, tensors, floats, spec, site, grad):
+    def _fallback(self, reason: str, frame, func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad):
         self.flush()
         self.sync()
         if self._validated:
             self.iter_fallbacks += 1
             self.log.add(Event("fallback", self.cell, self.iter_index, reason, str(user_line(frame) or "")))
         self.state = TRACE
-        return self._trace(func, info, args, kwargs, tensors, floats, spec, site, grad, frame)
+        return self._trace(func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad, frame)
 
     # -- trace ---------------------------------------------------------------------------------
 
-    def _trace(self, func, info, args, kwargs, tensors: list, floats: list, spec, site: tuple, grad: tuple, frame):
+    def _trace(self, func, info, args, kwargs, tensors: list, scalars: list, spec, kspec, site: tuple, grad: tuple, frame):
         sources = [t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL) for t in tensors]
         if any(type(t) is FutureTensor for t in tensors):
             self.materialize()
@@ -367,14 +394,16 @@ class CoExecutor:
                 pass
             return out
         in_meta = tuple([meta_of(t) for t in tensors])
-        key = (func, site, spec, in_meta, grad)
+        key = (func, site, kspec, in_meta, grad)
         try:
             node = self.graph.index.get(key)
         except TypeError:
             return out  # an unhashable constant (a numpy array argument): runs eagerly, untracked
         outs = out_tensors(out, struct) if struct is not None else []
+        if node is None and scalars:
+            node = self._generalize(func, site, spec, in_meta, grad, struct, outs)
         if node is None:
-            node = self._new_node(key, func, info, args, kwargs, tensors, struct, outs, frame)
+            node = self._new_node(key, spec, func, info, args, kwargs, tensors, scalars, struct, outs, frame)
         elif struct != node.out_struct:
             node.kind = "fetch"
         elif node.kind == "op" and [meta_of(t) for t in outs] != node.out_meta:
@@ -386,18 +415,42 @@ class CoExecutor:
             getter_src = _out_src(node, tensors, sources)
             for j, t in enumerate(outs):
                 t._tn_src = getter_src or (node.id, j)
-        self.graph.observe(node, self.cursor, tensors, floats, sources)
+        self.graph.observe(node, self.cursor, tensors, scalars, sources)
         self._advance(node)
         self.ops_traced += 1
         if self.recording is not None:
-            self.recording.append((node, tensors, floats, outs))
+            self.recording.append((node, tensors, scalars, outs))
         if self.mode == "auto" and self.graph.mature(node, self.trace_iters):
             self.state = SKELETON
             self._validated = 0
         return out
 
-    def _new_node(self, key, func, info, args, kwargs, tensors, struct, outs, frame) -> Node:
+    def _generalize(self, func, site, spec, in_meta, grad, struct, outs) -> Node | None:
+        """An int that differs from a sibling node's while the output does not: make it a feed."""
+        out_meta = [meta_of(t) for t in outs]
+        ints = spec_ints(spec)
+        for sibling in self.graph.by_site.get((func, site), ()):
+            if (sibling.in_meta != in_meta or sibling.grad != grad or sibling.out_struct != struct
+                    or sibling.out_meta != out_meta or sibling.kind not in DEFERRED):
+                continue
+            theirs = spec_ints(sibling.spec)
+            if len(theirs) != len(ints):
+                continue
+            differ = frozenset(i for i, (a, b) in enumerate(zip(ints, theirs)) if a != b)
+            if differ and differ <= feedable_ints(sibling.info.name, spec) \
+                    and generalize(spec, differ) == generalize(sibling.spec, differ):
+                self.graph.generalize_ints(func, site, differ)
+                self.compiled.clear()  # blocks that baked the old ints are stale
+                return sibling
+        return None
+
+    def _new_node(self, key, spec, func, info, args, kwargs, tensors, scalars, struct, outs, frame) -> Node:
         node = self.graph.add_node(key, func, info)
+        node.spec = spec
+        node.int_pos = tuple(i for i, v in enumerate(scalars) if type(v) is int)
+        mask = self.graph.int_masks.get((func, node.site), frozenset())
+        node.passed = tuple(i for i, v in enumerate(scalars)
+                            if type(v) is not int or node.int_pos.index(i) in mask)
         if info.kind == "feed":
             node.kind = "feed"
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
@@ -411,15 +464,49 @@ class CoExecutor:
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
         node.targs, node.tkwargs = template(args, kwargs)
-        node.n_floats = count_floats(node.spec)
         node.module = module_path(frame)
         node.line = user_line(frame)
+        self.log.add(Event("node", self.cell, self.iter_index, info.name, str(node.line or ""),
+                           block=node.id, nodes=(node.module,), backend=node.kind))
         return node
 
-    def _eager(self, func, args, kwargs, tensors):
-        if any(type(t) is FutureTensor for t in tensors):
-            args, kwargs = real((args, kwargs))
-        return func(*args, **kwargs)
+    def _eager_tick(self, func, frame) -> None:
+        """Iteration boundaries while running eagerly, at little cost per op.
+
+        The anchor is the first full location seen twice; the full location is computed only
+        for calls whose innermost call site was seen before (or equals the anchor's).
+        """
+        try:
+            inner = (func, frame.f_code, frame.f_lasti)
+            hash(inner)
+        except TypeError:
+            return
+        anchor = self._eager_anchor
+        if anchor is not None:
+            if inner != anchor[0] or (inner, location_key(frame, self.roots)) != anchor:
+                return
+            now = _perf()
+            self._close_iteration(now)
+            self._reset_iteration(self.iter_index + 1, now)
+            if self.baseline and self.iter_index > self.baseline:
+                self.mode = self._cell_mode
+                self.state = TRACE
+                self.baseline = 0
+            return
+        if not self.iter_index:
+            self.iter_index = 1
+        if inner not in self._eager_seen:
+            self._eager_seen.add(inner)
+            self._eager_sites.add((inner, location_key(frame, self.roots)))
+            return
+        full = (inner, location_key(frame, self.roots))
+        if full in self._eager_sites:
+            self._eager_anchor = full
+            now = _perf()
+            self._close_iteration(now)
+            self._reset_iteration(self.iter_index + 1, now)
+        else:
+            self._eager_sites.add(full)
 
     # -- iterations ----------------------------------------------------------------------------
 
@@ -427,20 +514,47 @@ class CoExecutor:
         if self.state is SKELETON:
             self.graph.step(self.cursor, node)
         self.cursor = node
+        self.op_counter = now_op = self.op_counter + 1
         if node is self.anchor:
+            self._anchor_period = now_op - self._anchor_last
+            self._anchor_last = now_op
             now = _perf()
             self._close_iteration(now)
             self._reset_iteration(self.iter_index + 1, now)
-        elif self.anchor is None and not self.explicit_iterations:
+        elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
-                self.anchor = node
-                now = _perf()
-                self._close_iteration(now)
-                self._reset_iteration(self.iter_index + 1, now)
+                prev = node.seen_at
+                if (self.anchor is None or prev < self._anchor_first
+                        or now_op - self._anchor_last > 10 * self._anchor_period + 10):
+                    self._reanchor(node, prev, now_op)
             else:
                 node.cell_mark = self._cell_token
                 if not self.iter_index:
                     self.iter_index = 1
+        node.seen_at = now_op
+
+    def _reanchor(self, node: Node, prev: int, now_op: int) -> None:
+        """``node`` recurs in a loop that encloses the anchor's, or the anchor's loop ended: anchor here.
+
+        What this cell recorded so far becomes its iteration 1.
+        """
+        now = _perf()
+        self._close_iteration(now)
+        cell = self.cell
+        earlier = [it for it in self.log.iterations if it.cell == cell]
+        if earlier:
+            self.log.iterations[:] = [it for it in self.log.iterations if it.cell != cell]
+            merged = Iteration(cell, 1, _merge_modes([it.mode for it in earlier]),
+                               sum(it.wall_ms for it in earlier), sum(it.blocks for it in earlier),
+                               sum(it.syncs for it in earlier), sum(it.fallbacks for it in earlier),
+                               sum(it.ops_traced for it in earlier), sum(it.ops_coexec for it in earlier),
+                               earlier[0].time)
+            self.log.iterations.append(merged)
+        self.anchor = node
+        self._anchor_first = prev
+        self._anchor_last = now_op
+        self._anchor_period = now_op - prev
+        self._reset_iteration(2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
         self.iter_index = index
@@ -476,6 +590,13 @@ def _out_src(node: Node, tensors: list, sources: list | None = None):
         return ("prop", node.info.prop, sources[0])
     t = tensors[0]
     return ("prop", node.info.prop, t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL))
+
+
+def _merge_modes(modes: list[str]) -> str:
+    for mode in ("fallback", "trace", "coexec", "eager"):
+        if mode in modes:
+            return mode
+    return "trace"
 
 
 def _snapshot(out):

@@ -7,7 +7,10 @@ this log alone. Two record types:
 * :class:`Event` -- something worth a user's attention, with its reason and source line:
   ``sync`` (Python waited for the GraphRunner), ``fallback`` (co-execution switched to
   tracing), ``compile`` (a block got a compiled form), ``block`` (a new block was generated),
-  ``run`` (the GraphRunner ran a block), ``error`` (a user exception ended a cell).
+  ``run`` (the GraphRunner ran a block), ``error`` (an exception ended a cell), ``node`` (a
+  node joined the TraceGraph: ``block`` holds its id, ``reason`` its op, ``location`` its line,
+  ``backend`` its kind, ``nodes`` its module path) and ``counts`` (at a cell's end, ``nodes``
+  holds ``(node id, count)`` pairs).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 MODES = ("eager", "trace", "coexec", "fallback")
-EVENT_KINDS = ("sync", "fallback", "compile", "block", "run", "error")
+EVENT_KINDS = ("sync", "fallback", "compile", "block", "run", "error", "node", "counts")
 
 
 @dataclass(slots=True)

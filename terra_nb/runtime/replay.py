@@ -75,7 +75,7 @@ class Trace:
                 else:
                     wiring.append(v)
             ops.append((node, tuple(wiring)))
-            floats.extend(fl)
+            floats.extend([fl[k] for k in node.passed])
             if produces(node):
                 for t in node_outs:
                     produced[id(t)] = len(outs)

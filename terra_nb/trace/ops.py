@@ -97,15 +97,6 @@ T = _Marker("T")  # a tensor slot in a spec (a sentinel: never equal to a user's
 F = _Marker("F")  # a float slot in a spec
 
 
-def count_floats(spec) -> int:
-    """How many float slots a spec has."""
-    if spec is F:
-        return 1
-    if type(spec) is tuple:
-        return sum(count_floats(s) for s in spec)
-    return 0
-
-
 class Slot:
     """A placeholder in an argument template: the ``index``-th tensor or float of the call."""
 
@@ -119,43 +110,110 @@ class Slot:
         return f"{'T' if self.is_tensor else 'F'}{self.index}"
 
 
-def scan(args: tuple, kwargs: dict | None, tensors: list, floats: list) -> tuple:
-    """Append the call's tensors and floats to the lists; return the hashable spec of the rest.
+def scan(args: tuple, kwargs: dict | None, tensors: list, scalars: list) -> tuple:
+    """Append the call's tensors and Python scalars to the lists; return the hashable spec of the rest.
 
     The spec holds every constant argument (ints, bools, dtypes, None, ...) with tensors and
-    floats replaced by markers, so that a Python float that changes between iterations is a
-    feed of the same node, while any other changed constant is a different node.
+    floats replaced by markers: a Python float that changes between iterations is a feed of the
+    same node. Ints stay in the spec (a changed int is another node, since ints often decide
+    shapes) but are collected as scalars too: where the graph learns that an int slot varies
+    without changing the output (``xs[step]``), :func:`generalize` turns it into a feed.
     """
-    spec = _scan_seq(args, tensors, floats)
+    spec = _scan_seq(args, tensors, scalars)
     if kwargs:
-        spec = (spec, tuple([(k, _scan(v, tensors, floats)) for k, v in kwargs.items()]))
+        spec = (spec, tuple([(k, _scan(v, tensors, scalars)) for k, v in kwargs.items()]))
     return spec
 
 
-def _scan_seq(seq, tensors: list, floats: list) -> tuple:
-    return tuple([_scan(v, tensors, floats) for v in seq])
+def _scan_seq(seq, tensors: list, scalars: list) -> tuple:
+    return tuple([_scan(v, tensors, scalars) for v in seq])
 
 
-def _scan(v, tensors: list, floats: list):
+def _scan(v, tensors: list, scalars: list):
     if isinstance(v, Tensor):
         tensors.append(v)
         return T
     cls = type(v)
+    if cls is int:
+        scalars.append(v)
+        return v
     if cls is float:
-        floats.append(v)
+        scalars.append(v)
         return F
     if cls is list or cls is tuple:
-        return (cls is list, _scan_seq(v, tensors, floats))
+        return (cls is list, _scan_seq(v, tensors, scalars))
     if cls is slice:
-        return ("slice", _scan(v.start, tensors, floats), _scan(v.stop, tensors, floats), _scan(v.step, tensors, floats))
+        return ("slice", _scan(v.start, tensors, scalars), _scan(v.stop, tensors, scalars), _scan(v.step, tensors, scalars))
     if isinstance(v, float) and not isinstance(v, bool):
-        floats.append(v)
+        scalars.append(v)
         return F
     return v
 
 
+G = _Marker("G")  # an int slot generalized into a feed
+
+
+def spec_ints(spec) -> list:
+    """The ints of a spec, in scan order."""
+    out: list = []
+    _walk_ints(spec, out.append)
+    return out
+
+
+def _walk_ints(spec, visit) -> None:
+    if type(spec) is int:
+        visit(spec)
+    elif type(spec) is tuple:
+        for item in spec:
+            _walk_ints(item, visit)
+
+
+# Ops whose output shape never depends on these int arguments' values: an int that varies there
+# (``xs[step]``, ``x.narrow(0, start, n)``'s start) can be a feed. Slice bounds never qualify:
+# a slice is clamped at the end of a dimension, so its length depends on them.
+_INT_FEEDS = {"__getitem__": None, "select": frozenset({1}), "narrow": frozenset({1}),
+              "roll": None, "randint": None, "index_select": frozenset({0})}
+
+
+def feedable_ints(name: str, spec) -> frozenset:
+    """The scan-order int positions of ``spec`` that may become feeds for op ``name``."""
+    if name not in _INT_FEEDS:
+        return frozenset()
+    allowed = _INT_FEEDS[name]
+    free: list[int] = []
+    counter = [0]
+
+    def walk(item, in_slice: bool) -> None:
+        if type(item) is int:
+            if not in_slice and (allowed is None or counter[0] in allowed):
+                free.append(counter[0])
+            counter[0] += 1
+        elif type(item) is tuple:
+            inner = in_slice or (len(item) == 4 and item[0] == "slice")
+            for x in item:
+                walk(x, inner)
+
+    walk(spec, False)
+    return frozenset(free)
+
+
+def generalize(spec, positions: frozenset):
+    """``spec`` with the ints at the given scan-order positions replaced by the marker ``G``."""
+    counter = [0]
+
+    def walk(item):
+        if type(item) is int:
+            counter[0] += 1
+            return G if counter[0] - 1 in positions else item
+        if type(item) is tuple:
+            return tuple(walk(x) for x in item)
+        return item
+
+    return walk(spec)
+
+
 def template(args: tuple, kwargs: dict | None) -> tuple[tuple, dict]:
-    """The call's arguments with every tensor and float replaced by a :class:`Slot`, in scan order."""
+    """The call's arguments with every tensor and scalar replaced by a :class:`Slot`, in scan order."""
     counters = [0, 0]
 
     def walk(v):
@@ -163,7 +221,7 @@ def template(args: tuple, kwargs: dict | None) -> tuple[tuple, dict]:
             counters[0] += 1
             return Slot(True, counters[0] - 1)
         cls = type(v)
-        if cls is float or (isinstance(v, float) and not isinstance(v, bool)):
+        if cls is int or cls is float or (isinstance(v, float) and not isinstance(v, bool)):
             counters[1] += 1
             return Slot(False, counters[1] - 1)
         if cls is list or cls is tuple:
@@ -177,17 +235,17 @@ def template(args: tuple, kwargs: dict | None) -> tuple[tuple, dict]:
     return targs, tkwargs
 
 
-def fill(tmpl, tensors, floats):
-    """Rebuild arguments from a template, taking slot values from ``tensors`` and ``floats``."""
+def fill(tmpl, tensors, scalars):
+    """Rebuild arguments from a template, taking slot values from ``tensors`` and ``scalars``."""
     if type(tmpl) is Slot:
-        return tensors[tmpl.index] if tmpl.is_tensor else floats[tmpl.index]
+        return tensors[tmpl.index] if tmpl.is_tensor else scalars[tmpl.index]
     cls = type(tmpl)
     if cls is tuple or cls is list:
-        return cls(fill(x, tensors, floats) for x in tmpl)
+        return cls(fill(x, tensors, scalars) for x in tmpl)
     if cls is dict:
-        return {k: fill(v, tensors, floats) for k, v in tmpl.items()}
+        return {k: fill(v, tensors, scalars) for k, v in tmpl.items()}
     if cls is slice:
-        return slice(fill(tmpl.start, tensors, floats), fill(tmpl.stop, tensors, floats), fill(tmpl.step, tensors, floats))
+        return slice(fill(tmpl.start, tensors, scalars), fill(tmpl.stop, tensors, scalars), fill(tmpl.step, tensors, scalars))
     return tmpl
 
 

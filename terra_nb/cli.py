@@ -1,0 +1,103 @@
+"""``terra-nb``: co-execute scripts (``run``), see it work (``demo``), measure it (``bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .runtime.backends import BACKENDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="terra-nb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a Python script co-executed (its loops, wherever they are)")
+    run.add_argument("script", help="path of the script, run as __main__")
+    run.add_argument("--backend", default="eager", choices=BACKENDS)
+    run.add_argument("--trace-iters", type=int, default=1, metavar="N", help="times a node is traced before it is deferred")
+    run.add_argument("--baseline", type=int, default=0, metavar="N", help="run the first N iterations eagerly, for the speedup column")
+    run.add_argument("--eager", action="store_true", help="run the script plainly, for comparison")
+    run.add_argument("--export", metavar="PATH", help="write the event log's tables (.csv or .parquet)")
+    run.add_argument("--quiet", action="store_true", help="print only the one-line summary to stderr")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
+
+    demo = sub.add_parser("demo", help="co-execute a small training loop and print its per-iteration table")
+    demo.add_argument("--iters", type=int, default=60)
+    demo.add_argument("--baseline", type=int, default=10, help="eager iterations timed first")
+    demo.add_argument("--backend", default="eager", choices=BACKENDS)
+
+    bench = sub.add_parser("bench", help="benchmark the example programs against eager, torch.compile and graph-only")
+    from .bench import add_arguments
+
+    add_arguments(bench)
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "demo":
+        return _demo(args)
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def _run(args) -> int:
+    script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
+    if not os.path.exists(args.script):
+        print(f"terra-nb run: no such script: {args.script}", file=sys.stderr)
+        return 2
+    if args.eager:
+        import runpy
+
+        sys.argv = [args.script, *script_args]
+        runpy.run_path(args.script, run_name="__main__")
+        return 0
+    from .session import Session
+
+    session = Session(backend=args.backend, trace_iters=args.trace_iters)
+    status = 0
+    try:
+        session.run_path(args.script, script_args, baseline=args.baseline)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.stdout.flush()
+        _report(session, quiet=args.quiet)
+        if args.export:
+            for path in session.export(args.export):
+                print(f"terra-nb: wrote {path}", file=sys.stderr)
+    return status
+
+
+def _report(session, quiet: bool) -> None:
+    frame = session.to_pandas("iterations")
+    if not quiet and len(frame):
+        shown = frame[["iteration", "mode", "wall_ms", "speedup", "blocks", "syncs", "fallbacks"]]
+        if len(shown) > 24:
+            shown = shown.iloc[list(range(12)) + list(range(len(shown) - 12, len(shown)))]
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
+    print(f"terra-nb: {session.summary()}", file=sys.stderr)
+
+
+def _demo(args) -> int:
+    from .demo import demo_source
+    from .session import Session
+
+    session = Session(backend=args.backend)
+    print(f"terra-nb demo: {args.iters} training steps of a small MLP, the first {args.baseline} eager "
+          f"(the baseline), then traced, then co-executed with the {args.backend!r} backend\n")
+    session.run_cell(demo_source(args.iters), {"__name__": "__main__"}, baseline=args.baseline)
+    frame = session.to_pandas("iterations")[["iteration", "mode", "wall_ms", "speedup", "blocks", "syncs", "fallbacks"]]
+    print()
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print()
+    by_mode = frame.groupby("mode", observed=True)["wall_ms"].median()
+    print("median ms per iteration: " + ", ".join(f"{mode} {ms:.3f}" for mode, ms in by_mode.items()))
+    print(session.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
