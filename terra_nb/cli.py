@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("script", help="path of the script, run as __main__")
     run.add_argument("--backend", default="eager", choices=BACKENDS)
     run.add_argument("--trace-iters", type=int, default=1, metavar="N", help="times a node is traced before it is deferred")
-    run.add_argument("--baseline", type=int, default=0, metavar="N", help="run the first N iterations eagerly, for the speedup column")
+    run.add_argument("--baseline", type=int, default=0, metavar="N", help="run N iterations eagerly (once the loop is found), for the speedup column")
     run.add_argument("--eager", action="store_true", help="run the script plainly, for comparison")
     run.add_argument("--export", metavar="PATH", help="write the event log's tables (.csv or .parquet)")
     run.add_argument("--quiet", action="store_true", help="print only the one-line summary to stderr")
@@ -86,8 +86,8 @@ def _demo(args) -> int:
     from .session import Session
 
     session = Session(backend=args.backend)
-    print(f"terra-nb demo: {args.iters} training steps of a small MLP, the first {args.baseline} eager "
-          f"(the baseline), then traced, then co-executed with the {args.backend!r} backend\n")
+    print(f"terra-nb demo: {args.iters} training steps of a small MLP: traced, then {args.baseline} eager "
+          f"(the baseline), then co-executed with the {args.backend!r} backend\n")
     session.run_cell(demo_source(args.iters), {"__name__": "__main__"}, baseline=args.baseline)
     frame = session.to_pandas("iterations")[["iteration", "mode", "wall_ms", "speedup", "blocks", "syncs", "fallbacks"]]
     print()

@@ -18,6 +18,7 @@ through the anchor starts an iteration (``@coexecute`` marks them explicitly ins
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 import time
 import weakref
@@ -98,9 +99,6 @@ class CoExecutor:
         self.anchor: Node | None = None
         self.op_counter = 0
         self._anchor_first = self._anchor_last = self._anchor_period = 0
-        self._eager_anchor: tuple | None = None
-        self._eager_seen: set = set()
-        self._eager_sites: set = set()
         self._cell_mode = "auto"
         self.baseline = 0
         self.explicit_iterations = False
@@ -124,12 +122,16 @@ class CoExecutor:
         self._depth += 1
         self.roots.add(root_code)
         self._cell_mode = mode
-        self.baseline = max(0, int(baseline))
-        self.mode = "eager" if self.baseline else mode
+        self.baseline = max(0, int(baseline)) if mode != "eager" else 0
+        self.mode = mode
         self.state = SKELETON if mode == "auto" else TRACE
         self._validated = 0
         self.cursor = self.graph.root
         patches = self._patch_torch()
+        # Every deferred op allocates a few small objects; with the default thresholds the
+        # collector would run every ~100 ops and cost more than the op. Collect rarely instead.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], 50000), *thresholds[1:])
         try:
             with TerraMode(self):
                 yield self
@@ -138,6 +140,7 @@ class CoExecutor:
                 self.flush()
                 error = self.runner.wait()
             finally:
+                gc.set_threshold(*thresholds)
                 for owner, name, original in patches:
                     setattr(owner, name, original)
                 self.roots.remove(root_code)
@@ -149,9 +152,6 @@ class CoExecutor:
     def begin_cell(self, cell: int) -> None:
         self.cell = cell
         self.anchor = None
-        self._eager_anchor = None
-        self._eager_seen: set = set()
-        self._eager_sites: set = set()
         self.explicit_iterations = False
         self._cell_token = object()
         self._reset_iteration(0, _perf())
@@ -202,7 +202,9 @@ class CoExecutor:
             kwargs = {}
         if self.mode == "eager":
             out = func(*args, **kwargs)
-            self._eager_tick(func, sys._getframe(2))
+            anchor = self.anchor
+            if anchor is not None and func == anchor.func and location_key(sys._getframe(2), self.roots) == anchor.site:
+                self._eager_boundary()
             return out
         info = op_info(func)
         if info.kind == "meta":
@@ -470,43 +472,17 @@ class CoExecutor:
                            block=node.id, nodes=(node.module,), backend=node.kind))
         return node
 
-    def _eager_tick(self, func, frame) -> None:
-        """Iteration boundaries while running eagerly, at little cost per op.
-
-        The anchor is the first full location seen twice; the full location is computed only
-        for calls whose innermost call site was seen before (or equals the anchor's).
-        """
-        try:
-            inner = (func, frame.f_code, frame.f_lasti)
-            hash(inner)
-        except TypeError:
-            return
-        anchor = self._eager_anchor
-        if anchor is not None:
-            if inner != anchor[0] or (inner, location_key(frame, self.roots)) != anchor:
-                return
-            now = _perf()
-            self._close_iteration(now)
-            self._reset_iteration(self.iter_index + 1, now)
-            if self.baseline and self.iter_index > self.baseline:
-                self.mode = self._cell_mode
-                self.state = TRACE
-                self.baseline = 0
-            return
-        if not self.iter_index:
-            self.iter_index = 1
-        if inner not in self._eager_seen:
-            self._eager_seen.add(inner)
-            self._eager_sites.add((inner, location_key(frame, self.roots)))
-            return
-        full = (inner, location_key(frame, self.roots))
-        if full in self._eager_sites:
-            self._eager_anchor = full
-            now = _perf()
-            self._close_iteration(now)
-            self._reset_iteration(self.iter_index + 1, now)
-        else:
-            self._eager_sites.add(full)
+    def _eager_boundary(self) -> None:
+        """The anchor ran eagerly: one baseline iteration ends; after the last, co-execution resumes."""
+        now = _perf()
+        self._close_iteration(now)
+        self._reset_iteration(self.iter_index + 1, now)
+        self.baseline -= 1
+        if self.baseline <= 0:
+            self.mode = self._cell_mode
+            self.state = SKELETON if self.mode == "auto" else TRACE
+            self.cursor = self.anchor or self.graph.root
+            self._validated = 0
 
     # -- iterations ----------------------------------------------------------------------------
 
@@ -521,6 +497,8 @@ class CoExecutor:
             now = _perf()
             self._close_iteration(now)
             self._reset_iteration(self.iter_index + 1, now)
+            if self.baseline:
+                self.mode = "eager"  # the baseline: the next iterations run plain eager
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
