@@ -275,7 +275,9 @@ def _split_last_expression(source: str, filename: str):
     tree = ast.parse(source, filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        expr = ast.Expression(tree.body.pop().value)
+        statement = tree.body.pop()
+        assert isinstance(statement, ast.Expr)
+        expr = ast.Expression(statement.value)
         last = compile(expr, filename, "eval")
     return compile(tree, filename, "exec"), last
 

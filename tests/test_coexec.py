@@ -6,6 +6,7 @@ co-executed iterations in the event log (a run where everything fell back proves
 
 import pytest
 import torch
+
 from differential import check_program, run_terra
 
 PRELUDE = """

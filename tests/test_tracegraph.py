@@ -7,6 +7,7 @@ import textwrap
 import torch
 
 import terra_nb
+
 from differential import run_terra
 
 LOOP = """

@@ -70,7 +70,7 @@ class Node:
         self.ext_varies: list[bool] = [False] * len(in_meta)
         self._end = True
         self._end_version = -1
-        self.cell_mark = None
+        self.cell_mark: object = None
         self.seen_at = 0
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -42,7 +43,7 @@ class CompiledBlock:
     def __init__(self, spec: BlockSpec, backend: str, on_compiled=None) -> None:
         self.spec = spec
         self.gm = build_graph_module(spec)
-        self.fn = self.gm
+        self.fn: Callable = self.gm
         self.backend = backend
         self.state = "eager" if backend == "eager" else "pending"
         self.compile_ms = 0.0

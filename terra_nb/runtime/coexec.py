@@ -29,8 +29,21 @@ from torch.overrides import TorchFunctionMode
 from ..graph.blocks import BlockSpec
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace.location import RootRegistry, location_key, module_path, user_line
-from ..trace.ops import (NONE, TENSOR, build_out, generalize, has_bool_index, meta_of, op_info, out_structure,
-                         out_tensors, scan, spec_ints, template, feedable_ints)
+from ..trace.ops import (
+    NONE,
+    TENSOR,
+    build_out,
+    feedable_ints,
+    generalize,
+    has_bool_index,
+    meta_of,
+    op_info,
+    out_structure,
+    out_tensors,
+    scan,
+    spec_ints,
+    template,
+)
 from .backends import CompiledBlock, check_backend
 from .events import Event, EventLog, Iteration
 from .future import FutureTensor, real
@@ -102,7 +115,8 @@ class CoExecutor:
         self._cell_mode = "auto"
         self.baseline = 0
         self.explicit_iterations = False
-        self._cell_token = object()
+        self._cell_token: object = object()
+        self.iter_index = 0
         self._reset_iteration(0, _perf())
 
     # -- entering and leaving ------------------------------------------------------------------
@@ -272,7 +286,7 @@ class CoExecutor:
                 fut._tn_vidx = len(refs)
                 refs.append(weakref.ref(fut))
                 values.append(fut)
-            out = values[0] if node.out_struct is TENSOR else build_out(node.out_struct, values)
+            out = values[0] if node.out_struct is TENSOR else build_out(node.out_struct, values)  # type: ignore[arg-type]
         node.count += 1
         self._advance(node)
         self.ops_coexec += 1
@@ -412,7 +426,7 @@ class CoExecutor:
             node.kind = "sync"  # same inputs, another output shape: the shape depends on data
         if node.kind == "feed":
             out = _snapshot(out)
-            outs = out_tensors(out, struct)
+            outs = out_tensors(out, struct)  # type: ignore[arg-type]
         if node.alias < 0:
             getter_src = _out_src(node, tensors, sources)
             for j, t in enumerate(outs):

@@ -9,6 +9,8 @@ Once materialised, a future behaves as its real tensor for the rest of its life.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils._pytree import tree_map
 
@@ -30,7 +32,7 @@ class FutureTensor(torch.Tensor):
     _tn_meta: tuple
     _tn_src: tuple
     _tn_val: torch.Tensor | None
-    _tn_owner: object
+    _tn_owner: Any
     _tn_blk: object
     _tn_vidx: int
 

@@ -70,7 +70,7 @@ def _classify(func) -> OpInfo:
     name = getattr(func, "__name__", None) or repr(func)
     descriptor = getattr(func, "__self__", None)
     if name in ("__get__", "__set__") and type(descriptor).__name__ == "getset_descriptor":
-        prop = descriptor.__name__
+        prop = getattr(descriptor, "__name__", "")
         kind = "meta" if name == "__get__" and prop in _META_PROPERTIES else "op"
         return OpInfo(f"{prop}.{name}", kind, None, prop, name == "__set__", False)
     qualname = getattr(func, "__qualname__", "") or ""
