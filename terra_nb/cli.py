@@ -21,7 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--eager", action="store_true", help="run the script plainly, for comparison")
     run.add_argument("--export", metavar="PATH", help="write the event log's tables (.csv or .parquet)")
     run.add_argument("--quiet", action="store_true", help="print only the one-line summary to stderr")
-    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
 
     demo = sub.add_parser("demo", help="co-execute a small training loop and print its per-iteration table")
     demo.add_argument("--iters", type=int, default=60)
@@ -33,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(bench)
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] = []
+    if "--" in argv:  # everything after -- belongs to the script
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1:]
+    parser.epilog = "terra-nb run SCRIPT [options] -- SCRIPT_ARGS: arguments after -- go to the script"
     args = parser.parse_args(argv)
+    args.script_args = script_args
     if args.command == "run":
         return _run(args)
     if args.command == "demo":
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
+    script_args = args.script_args
     if not os.path.exists(args.script):
         print(f"terra-nb run: no such script: {args.script}", file=sys.stderr)
         return 2

@@ -167,7 +167,7 @@ def read_export(path: str, kind: str = "iterations"):
             frame[column] = pd.Categorical(frame[column], categories=categories)
     for column in ("op", "module", "location", "reason"):
         if column in frame:
-            frame[column] = frame[column].fillna("").astype("string")
+            frame[column] = frame[column].astype("string").fillna("")
     if "block" in frame and kind == "ops":
         frame["block"] = frame["block"].astype("Int64")
     return frame

@@ -236,3 +236,32 @@ def test_run_cell_in_trace_mode_returns_a_report():
     assert report.cell == 1 and len(report.iterations) == 5
     assert {it.mode for it in report.iterations} == {"trace"}
     assert isinstance(report.value, torch.Tensor)
+
+
+def test_iterations_are_the_dominant_loop():
+    nested = """
+import torch
+torch.manual_seed(0)
+cell = torch.nn.RNNCell(3, 4)
+opt = torch.optim.SGD(cell.parameters(), lr=0.1)
+xs = torch.randn(5, 2, 3)
+for step in range(6):                 # the training loop: backward and step make it the dominant one
+    h = torch.zeros(2, 4)
+    for t in range(5):                # a time loop inside each step
+        h = cell(xs[t], h)
+    loss = h.pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+"""
+    _, _, session = run_terra(nested)
+    assert len(session.log.iterations) == 6
+    epochs = """
+import torch
+w = torch.ones(3, requires_grad=True)
+data = torch.randn(40, 3)
+for epoch in range(2):                # few passes around ...
+    for start in range(0, 40, 8):     # ... the loop that does the work
+        loss = (data[start:start + 8] * w).sum()
+        loss.backward()
+"""
+    _, _, session = run_terra(epochs)
+    assert len(session.log.iterations) == 10

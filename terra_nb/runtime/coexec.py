@@ -17,6 +17,7 @@ through the anchor starts an iteration (``@coexecute`` marks them explicitly ins
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import sys
@@ -112,11 +113,13 @@ class CoExecutor:
         self.anchor: Node | None = None
         self.op_counter = 0
         self._anchor_first = self._anchor_last = self._anchor_period = 0
+        self._anchor_hits: list[int] = []
         self._cell_mode = "auto"
         self.baseline = 0
         self.explicit_iterations = False
         self._cell_token: object = object()
         self.iter_index = 0
+        self._hold_trace = False
         self._reset_iteration(0, _perf())
 
     # -- entering and leaving ------------------------------------------------------------------
@@ -390,6 +393,7 @@ class CoExecutor:
         if self._validated:
             self.iter_fallbacks += 1
             self.log.add(Event("fallback", self.cell, self.iter_index, reason, str(user_line(frame) or "")))
+            self._hold_trace = True  # the rest of this iteration runs traced; resume at the next one
         self.state = TRACE
         return self._trace(func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad, frame)
 
@@ -436,7 +440,7 @@ class CoExecutor:
         self.ops_traced += 1
         if self.recording is not None:
             self.recording.append((node, tensors, scalars, outs))
-        if self.mode == "auto" and self.graph.mature(node, self.trace_iters):
+        if self.mode == "auto" and not self._hold_trace and self.graph.mature(node, self.trace_iters):
             self.state = SKELETON
             self._validated = 0
         return out
@@ -508,22 +512,35 @@ class CoExecutor:
         if node is self.anchor:
             self._anchor_period = now_op - self._anchor_last
             self._anchor_last = now_op
+            self._anchor_hits.append(now_op)
             now = _perf()
             self._close_iteration(now)
             self._reset_iteration(self.iter_index + 1, now)
+            # The anchor runs in the state the last iteration ended in; the switch comes after it.
+            self._anchor_traced = self.state is TRACE
             if self.baseline:
                 self.mode = "eager"  # the baseline: the next iterations run plain eager
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
-                if (self.anchor is None or prev < self._anchor_first
-                        or now_op - self._anchor_last > 10 * self._anchor_period + 10):
+                if (self.anchor is None or now_op - self._anchor_last > 10 * self._anchor_period + 10
+                        or (prev < self._anchor_first and self._encloses_more_work(prev, now_op))):
                     self._reanchor(node, prev, now_op)
             else:
                 node.cell_mark = self._cell_token
                 if not self.iter_index:
                     self.iter_index = 1
         node.seen_at = now_op
+
+    def _encloses_more_work(self, prev: int, now_op: int) -> bool:
+        """Whether a loop around the anchor's does real work of its own (backward, an optimizer).
+
+        ``for epoch: for batch:`` keeps the batch loop; a time loop inside a training step gives
+        way to the training loop.
+        """
+        hits = self._anchor_hits
+        inner_passes = len(hits) - bisect.bisect_right(hits, prev)
+        return now_op - prev > 1.5 * inner_passes * max(self._anchor_period, 1) + 2
 
     def _reanchor(self, node: Node, prev: int, now_op: int) -> None:
         """``node`` recurs in a loop that encloses the anchor's, or the anchor's loop ended: anchor here.
@@ -546,9 +563,12 @@ class CoExecutor:
         self._anchor_first = prev
         self._anchor_last = now_op
         self._anchor_period = now_op - prev
+        self._anchor_hits = [prev, now_op]
         self._reset_iteration(2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
+        self._hold_trace = False
+        self._anchor_traced = False
         self.iter_index = index
         self.iter_start = now
         self.iter_blocks = self.iter_syncs = self.iter_fallbacks = 0
@@ -561,7 +581,7 @@ class CoExecutor:
             mode = "eager"
         elif self.iter_fallbacks:
             mode = "fallback"
-        elif self.ops_coexec and not self.ops_traced:
+        elif self.ops_coexec and self.ops_traced <= self._anchor_traced:
             mode = "coexec"
         else:
             mode = "trace"

@@ -1,0 +1,77 @@
+"""The command line: terra-nb run, demo, and --help, as a user runs them (real processes)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+
+SCRIPT = textwrap.dedent("""
+    import random, sys
+    import numpy as np
+    import torch
+
+    def train(model, opt, steps):
+        for step in range(steps):
+            x = torch.from_numpy(np.random.rand(16, 5).astype(np.float32))
+            loss = model(x).pow(2).mean()
+            opt.zero_grad(); loss.backward(); opt.step()
+            if random.random() < 0.3:
+                print("step", step, f"{loss.item():.6f}")
+        return loss.item()
+
+    if __name__ == "__main__":
+        torch.manual_seed(0); random.seed(0); np.random.seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        steps = int(sys.argv[1])
+        print("final", f"{train(model, opt, steps):.6f}")
+""")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "terra_nb.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_run_keeps_stdout_byte_identical_and_exports(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    plain = subprocess.run([sys.executable, str(script), "25"], capture_output=True, text=True, timeout=300)
+    eager = _cli("run", str(script), "--eager", "--", "25")
+    export = tmp_path / "log.csv"
+    coexec = _cli("run", str(script), "--backend", "eager", "--export", str(export), "--", "25")
+    assert plain.returncode == eager.returncode == coexec.returncode == 0, coexec.stderr
+    assert coexec.stdout == plain.stdout == eager.stdout
+    assert "terra-nb:" in coexec.stderr and "coexec" in coexec.stderr
+    table = pd.read_csv(export)
+    assert {"iteration", "mode", "wall_ms"} <= set(table.columns)
+    assert len(table) == 25 and (table["mode"] == "coexec").sum() >= 15
+    for kind in ("ops", "events", "blocks"):
+        assert os.path.exists(tmp_path / f"log.{kind}.csv")
+
+
+def test_run_reports_a_missing_script(tmp_path):
+    result = _cli("run", str(tmp_path / "nope.py"))
+    assert result.returncode == 2 and "no such script" in result.stderr
+
+
+def test_demo_prints_its_table():
+    result = _cli("demo", "--iters", "30", "--baseline", "5")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for word in ("eager", "trace", "coexec", "speedup", "wall_ms"):
+        assert word in out
+    assert "x eager over" in out
+
+
+def test_help():
+    result = _cli("--help")
+    assert result.returncode == 0 and "run" in result.stdout and "bench" in result.stdout
+
+
+def test_import_does_not_load_ipython():
+    code = "import sys, terra_nb; print(any(m in sys.modules for m in ('IPython', 'ipywidgets', 'anywidget')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
