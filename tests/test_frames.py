@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 import terra_nb
-from differential import run_terra
 from terra_nb.frames import read_export
+
+from differential import run_terra
 
 PROGRAM = """
 import random
