@@ -84,10 +84,14 @@ class Session:
         Exceptions propagate as eager execution would raise them, after every operation that
         ran before them has taken effect.
         """
+        __tracebackhide__ = True
         self.cells += 1
         cell = self.cells
-        filename = filename or f"<terra-cell-{cell}>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        if filename is None:  # our own name: (re)register its source; IPython registers its cells itself
+            filename = f"<terra-cell-{cell}>"
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        elif filename not in linecache.cache and not os.path.exists(filename):
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         body, last = _split_last_expression(source, filename)
         namespace = namespace if namespace is not None else {"__name__": "__main__"}
         executor = self.executor

@@ -61,7 +61,12 @@ def test_events_table_names_the_fallback_and_its_line(session):
     assert fallback["location"].item() == "<terra-cell-1>:10"
     assert "abs" in fallback["reason"].item()
     syncs = events[events["kind"] == "sync"]
-    assert (syncs["location"] == "<terra-cell-1>:14").any(), "loss.item() waits for its block"
+    # zero_grad reads p.grad, whose None-or-tensor answer depends on state: it always runs for
+    # real, after the blocks before it (whether loss.item() also waits depends on timing)
+    assert syncs["location"].isin(["<terra-cell-1>:11", "<terra-cell-1>:14"]).all()
+    assert (syncs["location"] == "<terra-cell-1>:11").sum() >= 8
+    assert syncs["reason"].str.contains("Python needs a value").all()
+    assert (syncs["duration_ms"] >= 0).all()
 
 
 def test_ops_table(session):

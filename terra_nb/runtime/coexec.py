@@ -23,6 +23,7 @@ import gc
 import sys
 import time
 import weakref
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -85,6 +86,7 @@ class TerraMode(TorchFunctionMode):
         self.executor = executor
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True
         return self.executor.on_op(func, args, kwargs)
 
 
@@ -131,6 +133,7 @@ class CoExecutor:
         With ``baseline`` > 0 the first ``baseline`` iterations run plain eager (the speedup
         denominator), then ``mode`` takes over.
         """
+        __tracebackhide__ = True
         if mode not in ("auto", "trace", "eager"):
             raise ValueError(f"unknown mode {mode!r}: use 'auto', 'trace' or 'eager'")
         if self._depth:
@@ -202,7 +205,7 @@ class CoExecutor:
                 return tensor
             return from_numpy
 
-        patches = []
+        patches: list[tuple[Any, str, Any]] = []
         for owner in (torch, torch.random):
             for name in ("manual_seed", "seed", "get_rng_state", "set_rng_state"):
                 original = getattr(owner, name)
@@ -210,11 +213,23 @@ class CoExecutor:
                 setattr(owner, name, syncing(original))
         patches.append((torch, "from_numpy", torch.from_numpy))
         torch.from_numpy = tagging(torch.from_numpy)
+        # nn.Parameter wraps its data in C++, past the mode: give it the real tensor.
+        raw_new = torch.nn.Parameter.__dict__["__new__"]  # the staticmethod itself, restored as it was
+        parameter_new = torch.nn.Parameter.__new__
+
+        def new_parameter(cls, data=None, requires_grad=True):
+            if type(data) is FutureTensor:
+                data = data.value()
+            return parameter_new(cls, data, requires_grad)
+
+        patches.append((torch.nn.Parameter, "__new__", raw_new))
+        torch.nn.Parameter.__new__ = staticmethod(new_parameter)  # type: ignore[method-assign, assignment]
         return patches
 
     # -- the per-op entry ----------------------------------------------------------------------
 
     def on_op(self, func, args, kwargs):
+        __tracebackhide__ = True
         if kwargs is None:
             kwargs = {}
         if self.mode == "eager":
@@ -585,9 +600,9 @@ class CoExecutor:
             mode = "coexec"
         else:
             mode = "trace"
-        self.log.iterations.append(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
-                                             self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
-                                             self.ops_traced, self.ops_coexec))
+        self.log.add_iteration(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
+                                         self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
+                                         self.ops_traced, self.ops_coexec))
 
 
 def _out_src(node: Node, tensors: list, sources: list | None = None):

@@ -60,6 +60,12 @@ class EventLog:
     def __init__(self) -> None:
         self.iterations: list[Iteration] = []
         self.events: list[Event] = []
+        self.listeners: list = []  # called with each new Iteration (the live table)
+
+    def add_iteration(self, iteration: Iteration) -> None:
+        self.iterations.append(iteration)
+        for listener in list(self.listeners):
+            listener(iteration)
 
     def add(self, event: Event) -> None:
         self.events.append(event)

@@ -6,11 +6,12 @@ session is running) down to the frame that called the op. Two calls merge only
 when every frame on that stack stands at the same instruction.
 
 The root frame is keyed by the *text* of its line and the column of the call,
-not by its code object, so that a second cell which calls ``train_step(...)``
-with the same line of source finds the nodes the first cell recorded. Every
-other frame is keyed by its code object and instruction offset: a function that
-is redefined gets new nodes, which is what "editing a cell retires its stale
-nodes" means.
+not by its code object, and only for ops written in the root itself: an op in a
+function the root calls is keyed by the frames below the root, so a second cell
+that calls the same ``train_step(...)`` finds the nodes the first cell recorded.
+Every other frame is keyed by its code object and instruction offset: a
+function that is redefined gets new nodes, which is what "editing a cell
+retires its stale nodes" means.
 
 Example::
 
@@ -69,14 +70,22 @@ def _line_key(code: types.CodeType, lasti: int) -> tuple:
     return ("root", text, col, end_col)
 
 
+_CALLED_FROM_ROOT = ("root",)
+
+
 def location_key(frame: types.FrameType | None, roots: RootRegistry) -> tuple:
-    """The call-site stack of ``frame`` up to the first root frame, innermost first."""
+    """The call-site stack of ``frame`` up to the first root frame, innermost first.
+
+    An op written in the root (the cell) is keyed by its line there; an op inside a function
+    the root calls is keyed by the stack below the root only, so another cell that calls the
+    same ``train_step`` from another line finds the same nodes.
+    """
     keys = roots._keys
-    out = []
+    out: list[tuple] = []
     while frame is not None:
         code = frame.f_code
         if code in keys:
-            out.append(roots.root_key(frame))
+            out.append(_CALLED_FROM_ROOT if out else roots.root_key(frame))
             break
         out.append((code, frame.f_lasti))
         frame = frame.f_back

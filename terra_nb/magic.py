@@ -1,0 +1,165 @@
+"""The IPython extension: ``%%terra`` runs a cell co-executed; ``%terra`` inspects the session.
+
+A thin shell over :class:`terra_nb.Session` (one per kernel, ``terra_nb.session()``)::
+
+    %load_ext terra_nb
+
+    %%terra --baseline 5
+    for x, y in batches:
+        ...
+
+    %terra status | graph | table | export run.csv | reset | backend inductor
+"""
+
+from __future__ import annotations
+
+import time
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .runtime.backends import BACKENDS
+from .session import session
+from .table import IterationTable
+
+_LINE_COMMANDS = ("status", "graph", "table", "export PATH", "reset", "backend NAME")
+
+
+@magics_class
+class TerraMagics(Magics):
+    """``%%terra`` and ``%terra``."""
+
+    @magic_arguments()
+    @argument("--backend", choices=BACKENDS, default=None, help="how blocks run: eager (default), inductor, cudagraphs, auto")
+    @argument("--baseline", type=int, default=0, metavar="N",
+              help="run N iterations plain eager first (once the loop is found): the speedup denominator")
+    @argument("--trace", type=int, default=None, metavar="N", help="times each node is traced before it is deferred")
+    @argument("--device", default=None, choices=("cpu", "cuda"), help="default device for tensors the cell creates")
+    @argument("--no-widget", action="store_true", help="do not show the graph explorer after the cell")
+    @argument("--quiet", action="store_true", help="show nothing (use -o to keep the report)")
+    @argument("-o", dest="output", default=None, metavar="NAME", help="store the cell's CellReport in NAME")
+    @cell_magic("terra")  # type: ignore[arg-type]
+    def terra(self, line: str, cell: str):
+        """Run the cell co-executed: Python runs for real, tensor operations run as graph blocks."""
+        __tracebackhide__ = True
+        args = parse_argstring(self.terra, line)
+        sess = session()
+        if args.backend:
+            sess.set_backend(args.backend)
+        if args.trace is not None:
+            if args.trace < 1:
+                raise UsageError("--trace must be at least 1")
+            sess.executor.trace_iters = args.trace
+        if args.baseline < 0:
+            raise UsageError("--baseline must be 0 or more")
+        device = self._device(args.device)
+        shell = self.shell
+        assert shell is not None, "%%terra runs inside IPython"
+        filename = shell.compile.cache(cell, shell.execution_count)
+        cell_number = sess.cells + 1
+        handle, listener = None, None
+        if not args.quiet:
+            view = IterationTable(sess, cell_number, live=True)
+            handle = display(view, display_id=True)
+            listener = _throttled(lambda _it: handle.update(view))
+            sess.log.listeners.append(listener)
+        try:
+            with device:
+                report = sess.run_cell(cell, shell.user_ns, filename=filename, baseline=args.baseline)
+        finally:
+            if listener is not None:
+                sess.log.listeners.remove(listener)
+            if handle is not None:
+                handle.update(IterationTable(sess, cell_number))
+        if args.output:
+            shell.user_ns[args.output] = report
+        if not args.quiet and not args.no_widget:
+            self._show_graph(sess)
+        return report.value
+
+    @line_magic("terra")  # type: ignore[arg-type]
+    def terra_line(self, line: str):
+        """``%terra status | graph | table | export PATH | reset | backend NAME``"""
+        words = line.split()
+        command = words[0] if words else "status"
+        sess = session()
+        if command == "status":
+            executor = sess.executor
+            compiled = [b.state for b in executor.compiled.values()]
+            print(f"terra_nb session: backend {sess.backend}, {len(sess.graph.nodes) - 1} nodes, "
+                  f"{len(compiled)} blocks ({compiled.count('compiled')} compiled, "
+                  f"{compiled.count('compiling')} compiling), {sess.cells} cells run")
+            if sess.cells:
+                print(f"last cell: {sess.summary()}")
+        elif command == "graph":
+            self._show_graph(sess, force=True)
+        elif command == "table":
+            if not sess.cells:
+                raise UsageError("no %%terra cell has run yet: there is no table to show")
+            display(IterationTable(sess, sess.cells))
+        elif command == "export":
+            if len(words) != 2:
+                raise UsageError("usage: %terra export PATH (a .csv or .parquet file name)")
+            try:
+                written = sess.export(words[1])
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+            print("wrote " + ", ".join(written))
+        elif command == "reset":
+            sess.reset()
+            print("terra_nb session reset: graph, compiled blocks and log cleared")
+        elif command == "backend":
+            if len(words) != 2 or words[1] not in BACKENDS:
+                raise UsageError(f"usage: %terra backend NAME, with NAME one of {', '.join(BACKENDS)}")
+            try:
+                sess.set_backend(words[1])
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+            print(f"terra_nb backend: {words[1]}")
+        else:
+            raise UsageError(f"unknown %terra command {command!r}: use one of {', '.join(_LINE_COMMANDS)}")
+
+    def _device(self, name: str | None):
+        import contextlib
+
+        import torch
+
+        if name is None:
+            return contextlib.nullcontext()
+        if name == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: CUDA is not available on this machine; use --device cpu")
+        return torch.device(name)
+
+    def _show_graph(self, sess, force: bool = False) -> None:
+        try:
+            from .widget import GraphExplorer
+        except ImportError:
+            if force:
+                display(sess.to_dot())
+            return
+        display(GraphExplorer.from_session(sess))
+
+
+def _throttled(fn, interval: float = 0.25):
+    last = [0.0]
+
+    def call(arg):
+        now = time.monotonic()
+        if now - last[0] >= interval:
+            last[0] = now
+            fn(arg)
+
+    return call
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magics(TerraMagics)
+
+
+def unload_ipython_extension(ipython) -> None:
+    magics = ipython.magics_manager.magics
+    magics["line"].pop("terra", None)
+    magics["cell"].pop("terra", None)
+    ipython.magics_manager.registry.pop("TerraMagics", None)

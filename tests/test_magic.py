@@ -1,0 +1,121 @@
+"""%load_ext terra_nb, %%terra and %terra through IPython's own test shell."""
+
+import pytest
+from IPython import get_ipython
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+from IPython.utils.capture import capture_output
+
+import terra_nb
+
+TRAIN = """
+for step in range(12):
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    if step % 4 == 0:
+        print("step", step, round(loss.item(), 5))
+"""
+
+
+@pytest.fixture()
+def ip():
+    start_ipython()
+    shell = get_ipython()
+    active = list(shell.display_formatter.active_types)
+    shell.display_formatter.active_types = active + ["text/html"]  # as a Jupyter kernel formats
+    terra_nb.session().reset()
+    shell.run_line_magic("load_ext", "terra_nb")
+    shell.run_cell("""
+import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(16, 4), torch.randn(16, 1)
+""")
+    yield shell
+    shell.run_line_magic("unload_ext", "terra_nb")
+    shell.display_formatter.active_types = active
+
+
+def test_cell_magic_runs_in_the_user_namespace_and_shows_the_table(ip):
+    with capture_output() as out:
+        ip.run_cell_magic("terra", "--no-widget --baseline 3 -o report", TRAIN)
+    assert "step 0" in out.stdout and "step 8" in out.stdout
+    report = ip.user_ns["report"]
+    modes = [it.mode for it in report.iterations]
+    assert modes.count("eager") == 3 and "coexec" in modes
+    shown = [o.data for o in out.outputs]
+    html = [d["text/html"] for d in shown if "text/html" in d][-1]  # the final update of the live table
+    assert "speedup" in html and "coexec" in html and "x eager over" in html
+    assert isinstance(ip.user_ns["loss"], torch_tensor_type())
+
+
+def test_second_cell_with_the_same_step_coexecutes_from_its_first_iteration(ip):
+    ip.run_cell("""
+def train_step(x, y):
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    return loss
+""")
+    with capture_output():
+        ip.run_cell_magic("terra", "--no-widget -o first", "for i in range(6):\n    train_step(x, y)\n")
+        ip.run_cell_magic("terra", "--no-widget -o second", "for j in range(5):\n    loss = train_step(x, y)\n")
+    second = ip.user_ns["second"]
+    assert [it.mode for it in second.iterations] == ["coexec"] * 5
+    assert sum(it.ops_traced for it in second.iterations) == 0, "the second cell did not trace again"
+
+
+def test_options_and_errors(ip):
+    with pytest.raises(UsageError):
+        ip.run_cell_magic("terra", "--backend nope", "pass")
+    with pytest.raises(UsageError, match="baseline"):
+        ip.run_cell_magic("terra", "--baseline -2", "pass")
+    with pytest.raises(UsageError, match="unknown %terra command"):
+        ip.run_line_magic("terra", "frobnicate")
+    with pytest.raises(UsageError, match="csv or .parquet"):
+        ip.run_line_magic("terra", "export out.txt")
+    with capture_output() as out:
+        ip.run_cell_magic("terra", "--quiet -o r", "z = torch.ones(2) * 3")
+    assert out.outputs == [] and out.stdout == ""
+    assert ip.user_ns["z"].tolist() == [3.0, 3.0]
+
+
+def test_line_magic_commands(ip, tmp_path):
+    with capture_output():
+        ip.run_cell_magic("terra", "--no-widget", TRAIN)
+    with capture_output() as out:
+        ip.run_line_magic("terra", "status")
+        ip.run_line_magic("terra", "table")
+        ip.run_line_magic("terra", f"export {tmp_path / 'log.csv'}")
+        ip.run_line_magic("terra", "backend eager")
+    assert "backend eager" in out.stdout and "nodes" in out.stdout
+    assert (tmp_path / "log.csv").exists() and (tmp_path / "log.events.csv").exists()
+    assert any("text/html" in o.data for o in out.outputs)
+    with capture_output() as out:
+        ip.run_line_magic("terra", "reset")
+    assert len(terra_nb.session().graph.nodes) == 1
+
+
+def test_user_exception_shows_the_users_line_and_the_session_survives(ip):
+    with capture_output() as out:
+        result = ip.run_cell("%%terra --no-widget\nfor i in range(5):\n    w = model(x).sum()\n    if i == 3:\n        raise ValueError('bad step')\n")
+    assert isinstance(result.error_in_exec, ValueError)
+    text = out.stdout + out.stderr
+    assert "bad step" in text
+    assert "coexec.py" not in text and "session.py" not in text, "engine frames are hidden"
+    with capture_output():
+        ip.run_cell_magic("terra", "--no-widget", "ok = model(x).sum().item()")
+    assert isinstance(ip.user_ns["ok"], float)
+
+
+def test_unload_removes_the_magics(ip):
+    ip.run_line_magic("unload_ext", "terra_nb")
+    assert "terra" not in ip.magics_manager.magics["cell"]
+    assert "terra" not in ip.magics_manager.magics["line"]
+    ip.run_line_magic("load_ext", "terra_nb")
+
+
+def torch_tensor_type():
+    import torch
+
+    return torch.Tensor
