@@ -135,9 +135,11 @@ class TerraMagics(Magics):
     def _show_graph(self, sess, force: bool = False) -> None:
         try:
             from .widget import GraphExplorer
-        except ImportError:
+        except ImportError:  # the widget's dependencies are missing: show the graph as data
             if force:
-                display(sess.to_dot())
+                from IPython.display import JSON
+
+                display(JSON(sess.to_json()))
             return
         display(GraphExplorer.from_session(sess))
 
