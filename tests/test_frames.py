@@ -52,20 +52,16 @@ def test_events_table_names_the_fallback_and_its_line(session):
     events = session.to_pandas("events")
     assert list(events.columns) == ["cell", "iteration", "kind", "reason", "location", "duration_ms", "time"]
     assert list(events["kind"].cat.categories) == ["sync", "fallback", "compile", "error"]
-    # iteration 2: zero_grad sets p.grad = None for the first time (a path iteration 1 did not take)
-    first = events[(events["kind"] == "fallback") & (events["iteration"] == 2)]
-    assert "grad.__set__" in first["reason"].item()
-    fallback = events[(events["kind"] == "fallback") & (events["iteration"] > 2)]
+    fallback = events[events["kind"] == "fallback"]
     assert len(fallback) == 1, "one new branch, one fallback: the rest of its iteration is traced"
     assert fallback["iteration"].item() == 10
     assert fallback["location"].item() == "<terra-cell-1>:10"
     assert "abs" in fallback["reason"].item()
     syncs = events[events["kind"] == "sync"]
-    # zero_grad reads p.grad, whose None-or-tensor answer depends on state: it always runs for
-    # real, after the blocks before it (whether loss.item() also waits depends on timing)
-    assert syncs["location"].isin(["<terra-cell-1>:11", "<terra-cell-1>:14"]).all()
-    assert (syncs["location"] == "<terra-cell-1>:11").sum() >= 8
-    assert syncs["reason"].str.contains("Python needs a value").all()
+    # only loss.item() needs a value (zero_grad sets None without reading p.grad); whether it
+    # waited for the GraphRunner depends on timing
+    assert (syncs["location"] == "<terra-cell-1>:14").all()
+    assert syncs["reason"].str.contains("item: Python needs a value").all()
     assert (syncs["duration_ms"] >= 0).all()
 
 

@@ -7,8 +7,9 @@ Per intercepted call the :class:`CoExecutor` is in one of two states:
   ``trace_iters`` times, switch to the skeleton.
 * **skeleton** -- do not run the op: find its node (same op, location, constants, input
   metadata, grad mode; inputs from a producer seen before), answer with future tensors and
-  append it to the pending block. The block goes to the GraphRunner when the graph says it ends
-  (a branch, a merge, a synchronous node). A *fetch* flushes the block, waits, runs for real.
+  append it to the pending block. The block goes to the GraphRunner at a fetch (which then waits
+  and runs for real), at an iteration end, or when it holds ``max_block`` ops; blocks are keyed by
+  their node sequence, so a Python branch just makes another sequence.
   An op the graph does not know is a **fallback**: flush, wait, trace from here on.
 
 Iterations need no marks: the first node a cell runs twice is its *anchor*, and each pass
@@ -93,7 +94,7 @@ class TerraMode(TorchFunctionMode):
 class CoExecutor:
     """The engine: one TraceGraph, one GraphRunner, the per-op trace and skeleton paths."""
 
-    def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 256) -> None:
+    def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64) -> None:
         self.log = log
         self.backend = check_backend(backend)
         self.trace_iters = max(1, int(trace_iters))
@@ -224,6 +225,12 @@ class CoExecutor:
 
         patches.append((torch.nn.Parameter, "__new__", raw_new))
         torch.nn.Parameter.__new__ = staticmethod(new_parameter)  # type: ignore[method-assign, assignment]
+        # zero_grad(set_to_none=True) reads every p.grad only to skip the ones already None: a
+        # sync per parameter. Setting None unconditionally has the same effect and reads nothing.
+        for owner, params_of in ((torch.optim.Optimizer, _optimizer_params), (torch.nn.Module, _module_params)):
+            original = owner.__dict__["zero_grad"]
+            patches.append((owner, "zero_grad", original))
+            setattr(owner, "zero_grad", _unconditional_zero_grad(original, params_of))
         return patches
 
     # -- the per-op entry ----------------------------------------------------------------------
@@ -280,6 +287,8 @@ class CoExecutor:
     # -- skeleton ------------------------------------------------------------------------------
 
     def _defer(self, node: Node, tensors: list, scalars: list, getter_src):
+        if node is self.anchor and self.block.ops:
+            self.flush()  # blocks end at iteration ends
         blk = self.block
         wiring = []
         for t in tensors:
@@ -309,7 +318,7 @@ class CoExecutor:
         self._advance(node)
         self.ops_coexec += 1
         self._validated += 1
-        if len(blk.ops) >= self.max_block or self.graph.block_end(node):
+        if len(blk.ops) >= self.max_block:
             self.flush()
         return out
 
@@ -568,6 +577,9 @@ class CoExecutor:
         earlier = [it for it in self.log.iterations if it.cell == cell]
         if earlier:
             self.log.iterations[:] = [it for it in self.log.iterations if it.cell != cell]
+            for event in self.log.events:  # events of the merged iterations now belong to iteration 1
+                if event.cell == cell and event.iteration > 1:
+                    event.iteration = 1
             merged = Iteration(cell, 1, _merge_modes([it.mode for it in earlier]),
                                sum(it.wall_ms for it in earlier), sum(it.blocks for it in earlier),
                                sum(it.syncs for it in earlier), sum(it.fallbacks for it in earlier),
@@ -617,6 +629,25 @@ def _out_src(node: Node, tensors: list, sources: list | None = None):
         return ("prop", node.info.prop, sources[0])
     t = tensors[0]
     return ("prop", node.info.prop, t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL))
+
+
+def _optimizer_params(optimizer):
+    return (p for group in optimizer.param_groups for p in group["params"])
+
+
+def _module_params(module):
+    return module.parameters()
+
+
+def _unconditional_zero_grad(original, params_of):
+    def zero_grad(self, set_to_none: bool = True):
+        if not set_to_none or type(self).zero_grad is not zero_grad:
+            return original(self, set_to_none)
+        for p in params_of(self):
+            p.grad = None
+
+    zero_grad.__doc__ = original.__doc__
+    return zero_grad
 
 
 def _merge_modes(modes: list[str]) -> str:

@@ -23,8 +23,9 @@ from .backends import CompiledBlock
 class Trace:
     """The ops one call executed while traced, ready to be replayed as blocks."""
 
-    def __init__(self, records: list, graph: TraceGraph, backend: str = "eager") -> None:
+    def __init__(self, records: list, graph: TraceGraph, backend: str = "eager", max_block: int = 64) -> None:
         self.records = records
+        self.max_block = max_block
         self.graph = graph
         self.backend = backend
         self._plan: list | None = None
@@ -42,7 +43,7 @@ class Trace:
                 node = record[0]
                 if node.kind in DEFERRED:
                     chunk.append(record)
-                    if self.graph.block_end(node):
+                    if len(chunk) >= self.max_block:
                         self._close(chunk)
                         chunk = []
                 else:
