@@ -1,9 +1,264 @@
-"""``terra-nb bench``: placeholder replaced below."""
+"""``terra-nb bench``: the example programs under eager, torch.compile, terra_nb and graph-only.
+
+Each (program, variant) runs in a fresh process (``python -m terra_nb.bench --worker ...``),
+variants in a rotating order so that machine drift spreads over all of them. A worker runs the
+program as ``__main__`` and timestamps every line it prints that starts with ``iter N``: the
+iteration time is the gap between consecutive lines, the steady-state time the median over
+the second half of the run. Variants:
+
+* ``eager``      -- the program as is;
+* ``compile``    -- the program's own ``--compile`` (``torch.compile`` applied as a user would);
+* ``terra``      -- co-executed (``auto`` backend) under ``Session.run_path``;
+* ``graph_only`` -- co-executed, then the last iterations' blocks replayed with no skeleton
+  (the limit co-execution approaches).
+
+Ratios are times divided (terra / other): below 1 means terra_nb is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PROGRAMS = ("dcgan", "resnet", "faster_rcnn", "yolo", "sdpoint", "bert_qa", "bert_cls", "gpt2",
+            "music_transformer", "dropblock", "lstm_lm", "reinforce")
+VARIANTS = ("eager", "compile", "terra", "graph_only")
+_ITER_LINE = re.compile(r"^iter \d+")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--programs", default="")
+    parser.add_argument("--programs", default=",".join(PROGRAMS), help="comma-separated program names")
+    parser.add_argument("--iters", type=int, default=20, help="iterations per run")
+    parser.add_argument("--json", dest="json_path", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--size", default="small", choices=("small", "large"))
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per worker process")
+
+
+def programs_dir() -> str:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(here, "examples", "programs")
 
 
 def run_bench(args) -> int:
-    raise SystemExit("terra-nb bench: not built yet")
+    names = [n for n in args.programs.split(",") if n]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [n for n in names if n not in PROGRAMS] + [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"terra-nb bench: unknown program or variant: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(programs_dir()):
+        print(f"terra-nb bench: the example programs are not at {programs_dir()} (run from a clone)", file=sys.stderr)
+        return 2
+    results: dict[str, dict[str, dict]] = {name: {} for name in names}
+    for index, name in enumerate(names):
+        order = variants[index % len(variants):] + variants[:index % len(variants)]
+        for variant in order:
+            print(f"terra-nb bench: {name} / {variant} ...", file=sys.stderr, flush=True)
+            results[name][variant] = _run_worker(name, variant, args)
+    records = [_record(name, results[name], args.device) for name in names]
+    print(format_table(records))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(records, f, indent=2)
+    return 0
+
+
+def _run_worker(name: str, variant: str, args) -> dict:
+    out_path = f"/tmp/terra-bench-{os.getpid()}-{name}-{variant}.json"
+    cmd = [sys.executable, "-m", "terra_nb.bench", "--worker", variant, name, str(args.iters), args.device,
+           args.size, out_path]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout}s"}
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not os.path.exists(out_path):
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"], "wall_s": wall}
+    with open(out_path) as f:
+        data = json.load(f)
+    os.remove(out_path)
+    data["wall_s"] = wall
+    return data
+
+
+def _record(name: str, runs: dict, device: str) -> dict:
+    def ms(variant):
+        return runs.get(variant, {}).get("steady_ms")
+
+    eager, compiled, terra, graph = ms("eager"), ms("compile"), ms("terra"), ms("graph_only")
+    terra_run, compile_run = runs.get("terra", {}), runs.get("compile", {})
+    eager_out = runs.get("eager", {}).get("stdout")
+    return {
+        "program": name, "device": device,
+        "eager_ms": eager, "compile_ms": compiled, "terra_ms": terra, "graph_only_ms": graph,
+        "terra_vs_eager": _ratio(terra, eager), "terra_vs_compile": _ratio(terra, compiled),
+        "terra_vs_graph_only": _ratio(terra, graph),
+        "steady_s_compile": compile_run.get("steady_s"), "steady_s_terra": terra_run.get("steady_s"),
+        "dynamo_graphs": compile_run.get("dynamo_graphs"), "dynamo_breaks": compile_run.get("dynamo_breaks"),
+        "blocks_per_iter": terra_run.get("blocks_per_iter"), "syncs_per_iter": terra_run.get("syncs_per_iter"),
+        "skeleton_us_per_op": terra_run.get("skeleton_us_per_op"),
+        "peak_mb": {v: r.get("peak_mb") for v, r in runs.items()},
+        "matched_eager": {v: _matches(eager_out, r.get("stdout")) for v, r in runs.items() if v not in ("eager", "graph_only")},
+        "errors": {v: r["error"] for v, r in runs.items() if "error" in r},
+    }
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def _matches(expected: str | None, actual: str | None, rel: float = 1e-3) -> bool | None:
+    """Same text, numbers compared to a relative tolerance (compiled kernels round differently)."""
+    if expected is None or actual is None:
+        return None
+    a, b = expected.split(), actual.split()
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x == y:
+            continue
+        try:
+            fx, fy = float(x), float(y)
+        except ValueError:
+            return False
+        if not math.isclose(fx, fy, rel_tol=rel, abs_tol=1e-4):
+            return False
+    return True
+
+
+def format_table(records: list[dict]) -> str:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    head = (f"{'program':<18}{'eager ms':>10}{'compile':>10}{'terra':>10}{'graph':>10}{'t/eager':>9}{'t/comp':>8}"
+            f"{'t/graph':>9}{'steady_s c/t':>14}{'dyn g/b':>9}{'blk/it':>8}{'sync/it':>8}{'us/op':>7}  match")
+    lines = [head, "-" * len(head)]
+    for r in records:
+        matched = r["matched_eager"]
+        match = ",".join(f"{k}={'y' if v else 'n' if v is False else '?'}" for k, v in matched.items())
+        steady = f"{f(r['steady_s_compile'], '.1f')}/{f(r['steady_s_terra'], '.1f')}"
+        dyn = f"{f(r['dynamo_graphs'], 'd')}/{f(r['dynamo_breaks'], 'd')}"
+        lines.append(f"{r['program']:<18}{f(r['eager_ms'], '.2f'):>10}{f(r['compile_ms'], '.2f'):>10}"
+                     f"{f(r['terra_ms'], '.2f'):>10}{f(r['graph_only_ms'], '.2f'):>10}{f(r['terra_vs_eager'], '.2f'):>9}"
+                     f"{f(r['terra_vs_compile'], '.2f'):>8}{f(r['terra_vs_graph_only'], '.2f'):>9}{steady:>14}{dyn:>9}"
+                     f"{f(r['blocks_per_iter'], '.1f'):>8}{f(r['syncs_per_iter'], '.1f'):>8}"
+                     f"{f(r['skeleton_us_per_op'], '.1f'):>7}  {match}")
+        if r["errors"]:
+            lines.append(f"{'':<18}errors: {r['errors']}")
+    return "\n".join(lines)
+
+
+# -- the worker: one program, one variant, one process ------------------------------------------
+
+
+class _LineClock:
+    """A stdout that keeps the program's output and the time of each ``iter N`` line."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+        self.text: list[str] = []
+        self.times: list[float] = []
+        self._partial = ""
+
+    def write(self, s: str) -> int:
+        self.text.append(s)
+        self._partial += s
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            if _ITER_LINE.match(line):
+                self.times.append(time.perf_counter())
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _steady(times: list[float], start: float) -> tuple[float | None, float | None]:
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if not gaps:
+        return None, None
+    tail = sorted(gaps[len(gaps) // 2:])
+    steady = tail[len(tail) // 2]
+    reached = next((i for i, g in enumerate(gaps) if g <= 1.25 * steady), len(gaps) - 1)
+    return steady * 1e3, times[reached + 1] - start
+
+
+def worker(variant: str, name: str, iters: int, device: str, size: str, out_path: str) -> None:
+    import torch
+
+    path = os.path.join(programs_dir(), f"{name}.py")
+    argv = ["--iters", str(iters), "--device", device, "--size", size]
+    if variant == "compile":
+        argv.append("--compile")
+    clock = _LineClock(sys.stdout)
+    real_stdout, sys.stdout = sys.stdout, clock  # type: ignore[assignment]
+    start = time.perf_counter()
+    result: dict = {}
+    session = None
+    try:
+        if variant in ("eager", "compile"):
+            import runpy
+
+            sys.argv = [path, *argv]
+            sys.path.insert(0, os.path.dirname(path))
+            runpy.run_path(path, run_name="__main__")
+        else:
+            from .runtime.coexec import ProfilingMode
+            from .session import Session
+
+            session = Session(backend="auto")
+            session.executor.profiler = ProfilingMode(session.executor)
+            if variant == "graph_only":
+                session.executor.runner.capture(max(3, iters // 4))
+            session.run_path(path, argv)
+    finally:
+        sys.stdout = real_stdout
+    result["stdout"] = "".join(clock.text)
+    steady_ms, steady_s = _steady(clock.times, start)
+    result.update(steady_ms=steady_ms, steady_s=steady_s, iterations=len(clock.times))
+    if variant == "compile":
+        from torch._dynamo.utils import counters
+
+        result["dynamo_graphs"] = int(counters["stats"]["unique_graphs"])
+        result["dynamo_breaks"] = int(sum(counters["graph_break"].values()))
+    if session is not None:
+        frame = session.to_pandas("iterations")
+        steady = frame[frame["mode"] == "coexec"]
+        if len(steady):
+            result["blocks_per_iter"] = float(steady["blocks"].median())
+            result["syncs_per_iter"] = float(steady["syncs"].median())
+        profiler = session.executor.profiler
+        if profiler is not None and profiler.deferred_ops:
+            result["skeleton_us_per_op"] = profiler.deferred_s / profiler.deferred_ops * 1e6
+        if variant == "graph_only":
+            times = session.executor.runner.replay_captured()
+            result["steady_ms"] = statistics.median(times) * 1e3 if times else None
+    if device == "cuda" and torch.cuda.is_available():
+        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
+        _, _, v, n, it, dev, sz, out = sys.argv
+        worker(v, n, int(it), dev, sz, out)
+    else:
+        print("usage: python -m terra_nb.bench --worker VARIANT PROGRAM ITERS DEVICE SIZE OUT.json", file=sys.stderr)
+        raise SystemExit(2)

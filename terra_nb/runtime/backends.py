@@ -6,8 +6,9 @@
   clones of the block's first inputs; until it is ready the block runs eagerly, so no cell
   ever waits for a compiler.
 * ``cudagraphs`` -- ``torch.compile(backend="cudagraphs")``: CUDA only, static shapes.
-* ``auto``       -- ``inductor`` on CUDA; on a CPU, where small blocks are rarely faster
-  compiled, each compiled block is *measured* against its eager form and kept only if faster.
+* ``auto``       -- a block is compiled once it has run ``AUTO_COMPILE_AFTER`` times (2 on CUDA;
+  200 on a CPU, where an Inductor compile takes ~20 s on 2 cores and small blocks rarely win),
+  then *measured* against its eager form and kept only if faster.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from ..graph.blocks import BlockSpec, build_graph_module
 
 BACKENDS = ("eager", "inductor", "cudagraphs", "auto")
+AUTO_COMPILE_AFTER = {"cuda": 2, "cpu": 200}
 
 
 class BackendError(ValueError):
@@ -38,7 +40,7 @@ def check_backend(name: str, device: str = "cpu") -> str:
 class CompiledBlock:
     """The callable the GraphRunner runs for one block spec, switching to a compiled form when ready."""
 
-    __slots__ = ("spec", "gm", "fn", "backend", "state", "compile_ms", "_trials", "_lock", "on_compiled")
+    __slots__ = ("spec", "gm", "fn", "backend", "state", "compile_ms", "_trials", "_lock", "on_compiled", "runs")
 
     def __init__(self, spec: BlockSpec, backend: str, on_compiled=None) -> None:
         self.spec = spec
@@ -50,10 +52,13 @@ class CompiledBlock:
         self._trials: list = []
         self._lock = threading.Lock()
         self.on_compiled = on_compiled
+        self.runs = 0
 
     def __call__(self, *args):
         if self.state == "pending":
-            self._start_compile(args)
+            self.runs += 1
+            if self.backend != "auto" or self.runs >= _auto_threshold(args):
+                self._start_compile(args)
         elif self.state == "measure":
             return self._measured(args)
         return self.fn(*args)
@@ -70,7 +75,7 @@ class CompiledBlock:
         t0 = time.perf_counter()
         kind = "cudagraphs" if self.backend == "cudagraphs" else "inductor"
         try:
-            compiled = torch.compile(self.gm, backend=kind, dynamic=False)
+            compiled = torch.compile(self.gm, backend=kind)
             compiled(*examples)
         except Exception as exc:  # a block Dynamo cannot compile keeps running eagerly
             self.compile_ms = (time.perf_counter() - t0) * 1e3
@@ -98,6 +103,11 @@ class CompiledBlock:
                 self.fn = self.gm
             self.state = "compiled" if self.fn is not self.gm else "eager"
         return out
+
+
+def _auto_threshold(args) -> int:
+    on_cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+    return AUTO_COMPILE_AFTER["cuda" if on_cuda else "cpu"]
 
 
 def _clone(x):

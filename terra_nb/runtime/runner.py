@@ -22,15 +22,17 @@ from .future import FutureTensor, ValueLostError
 class BlockRun:
     """One execution of a compiled block: its inputs, floats and the futures its outputs fill."""
 
-    __slots__ = ("block", "block_id", "inputs", "floats", "out_refs", "cell")
+    __slots__ = ("block", "block_id", "inputs", "floats", "out_refs", "cell", "iteration")
 
-    def __init__(self, block, block_id: int, inputs: list, floats: list, out_refs: list, cell: int) -> None:
+    def __init__(self, block, block_id: int, inputs: list, floats: list, out_refs: list, cell: int,
+                 iteration: int = 0) -> None:
         self.block = block
         self.block_id = block_id
         self.inputs = inputs
         self.floats = floats
         self.out_refs = out_refs
         self.cell = cell
+        self.iteration = iteration
 
 
 class BlockError:
@@ -51,7 +53,7 @@ class GraphRunner:
         self._pending = 0
         self.error: BlockError | None = None
         self.on_run = on_run
-        self.replay_log: list | None = None
+        self.captured: deque | None = None  # the last iterations' block runs, for graph-only replay
         self._thread = threading.Thread(target=self._loop, daemon=True, name="terra-graph-runner")
         self._thread.start()
 
@@ -66,6 +68,28 @@ class GraphRunner:
             self._queue.append(run)
             self._pending += 1
             self._cv.notify_all()
+
+    def capture(self, iterations: int) -> None:
+        """Keep the block runs (inputs and outputs) of the last ``iterations`` iterations."""
+        self.captured = deque(maxlen=iterations)
+
+    def replay_captured(self) -> list[float]:
+        """Run each captured iteration's blocks again, back to back; seconds per iteration.
+
+        Outputs of a block feed the later blocks that consumed them originally, so a backward
+        block differentiates the graph its replayed forward block just built.
+        """
+        times = []
+        for _key, runs in list(self.captured or ()):
+            env: dict[int, object] = {}
+            t0 = time.perf_counter()
+            for block, args, outs in runs:
+                new = block(*[env.get(id(a), a) for a in args])
+                for old, value in zip(outs, new):
+                    env[id(old)] = value
+            torch._C._set_grad_enabled(True)
+            times.append(time.perf_counter() - t0)
+        return times
 
     def wait(self) -> BlockError | None:
         """Block until every submitted block ran (or one raised); return the error, if any."""
@@ -112,8 +136,10 @@ class GraphRunner:
             fut = ref()
             if fut is not None:
                 fut._tn_val = val
-        if self.replay_log is not None:
-            self.replay_log.append((run.block, args))
+        if self.captured is not None:
+            if not self.captured or self.captured[-1][0] != (run.cell, run.iteration):
+                self.captured.append(((run.cell, run.iteration), []))
+            self.captured[-1][1].append((run.block, args, outs))
         if self.on_run is not None:
             self.on_run(run, elapsed)
 
