@@ -17,7 +17,6 @@ Ratios are times divided (terra / other): below 1 means terra_nb is faster.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os

@@ -250,10 +250,11 @@ class CoExecutor:
         torch.nn.Parameter.__new__ = staticmethod(new_parameter)  # type: ignore[method-assign, assignment]
         # zero_grad(set_to_none=True) reads every p.grad only to skip the ones already None: a
         # sync per parameter. Setting None unconditionally has the same effect and reads nothing.
-        for owner, params_of in ((torch.optim.Optimizer, _optimizer_params), (torch.nn.Module, _module_params)):
-            original = owner.__dict__["zero_grad"]
-            patches.append((owner, "zero_grad", original))
-            setattr(owner, "zero_grad", _unconditional_zero_grad(original, params_of))
+        holders: tuple[tuple[Any, Any], ...] = ((torch.optim.Optimizer, _optimizer_params), (torch.nn.Module, _module_params))
+        for holder, params_of in holders:
+            original = holder.__dict__["zero_grad"]
+            patches.append((holder, "zero_grad", original))
+            setattr(holder, "zero_grad", _unconditional_zero_grad(original, params_of))
         return patches
 
     # -- the per-op entry ----------------------------------------------------------------------
