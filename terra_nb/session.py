@@ -21,6 +21,7 @@ import functools
 import linecache
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -169,6 +170,16 @@ class Session:
             executor.recording = None
             executor.end_cell()
         return Trace(records, executor.graph, backend=executor.backend)
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until every block whose compilation started has a compiled (or eager) form."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for block in list(self.executor.compiled.values()):
+            if block.state in ("compiling", "measure", "compiled") or block.done.is_set():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not block.done.wait(left):
+                    return False
+        return True
 
     def sync(self) -> None:
         """Wait until every deferred operation has run."""

@@ -38,7 +38,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -72,6 +72,8 @@ class Node:
         self._end_version = -1
         self.cell_mark: object = None
         self.seen_at = 0
+        self.synthesized = False  # a shape variant derived on meta tensors, not traced
+        self.family = nid  # shape variants of one op share a family: provenance is by family
 
     @property
     def name(self) -> str:
@@ -181,9 +183,9 @@ class TraceGraph:
 
     def mature(self, node: Node, threshold: int) -> bool:
         """Whether the skeleton may take over after ``node``: it and every known successor were traced enough."""
-        if node.count < threshold or not node.succ:
+        if (node.count < threshold and not node.synthesized) or not node.succ:
             return False
-        return all(s.count >= threshold or s.kind == "root" for s in node.succ)
+        return all(s.count >= threshold or s.synthesized or s.kind == "root" for s in node.succ)
 
     def data_edges(self):
         """(producer id, output index, consumer id, input slot) for every producer seen."""

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,14 @@ import torch
 from ..graph.blocks import BlockSpec, build_graph_module
 
 BACKENDS = ("eager", "inductor", "cudagraphs", "auto")
+_COMPILE_THREADS: list[threading.Thread] = []
+
+
+@atexit.register
+def _join_compiles() -> None:
+    """Let background compiles finish before the interpreter tears torch down under them."""
+    for thread in _COMPILE_THREADS:
+        thread.join(timeout=120)
 AUTO_COMPILE_AFTER = {"cuda": 2, "cpu": 200}
 
 
@@ -40,7 +49,7 @@ def check_backend(name: str, device: str = "cpu") -> str:
 class CompiledBlock:
     """The callable the GraphRunner runs for one block spec, switching to a compiled form when ready."""
 
-    __slots__ = ("spec", "gm", "fn", "backend", "state", "compile_ms", "_trials", "_lock", "on_compiled", "runs")
+    __slots__ = ("spec", "gm", "fn", "backend", "state", "compile_ms", "_trials", "_lock", "on_compiled", "runs", "done")
 
     def __init__(self, spec: BlockSpec, backend: str, on_compiled=None) -> None:
         self.spec = spec
@@ -53,6 +62,9 @@ class CompiledBlock:
         self._lock = threading.Lock()
         self.on_compiled = on_compiled
         self.runs = 0
+        self.done = threading.Event()  # set when compiling ended (compiled, or kept eager)
+        if self.state == "eager":
+            self.done.set()
 
     def __call__(self, *args):
         if self.state == "pending":
@@ -69,7 +81,9 @@ class CompiledBlock:
                 return
             self.state = "compiling"
         examples = [_clone(a) for a in args]
-        threading.Thread(target=self._compile, args=(examples,), daemon=True, name="terra-compile").start()
+        thread = threading.Thread(target=self._compile, args=(examples,), daemon=True, name="terra-compile")
+        _COMPILE_THREADS.append(thread)
+        thread.start()
 
     def _compile(self, examples) -> None:
         t0 = time.perf_counter()
@@ -80,12 +94,14 @@ class CompiledBlock:
         except Exception as exc:  # a block Dynamo cannot compile keeps running eagerly
             self.compile_ms = (time.perf_counter() - t0) * 1e3
             self.state = "eager"
+            self.done.set()
             if self.on_compiled:
                 self.on_compiled(self, f"kept eager: {type(exc).__name__}: {exc}")
             return
         self.compile_ms = (time.perf_counter() - t0) * 1e3
         self.fn = compiled
         self.state = "measure" if self.backend == "auto" else "compiled"
+        self.done.set()
         if self.on_compiled:
             self.on_compiled(self, "")
 

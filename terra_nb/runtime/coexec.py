@@ -37,6 +37,7 @@ from ..trace.ops import (
     TENSOR,
     build_out,
     feedable_ints,
+    fill,
     generalize,
     has_bool_index,
     meta_of,
@@ -294,7 +295,9 @@ class CoExecutor:
                 node = self.graph.index.get((func, site, kspec, in_meta, grad))
             except TypeError:
                 node = None
-            if node is None or node.count < self.trace_iters:
+            if node is None:
+                node = self._synthesize_variant(func, info, site, kspec, in_meta, grad, args, kwargs, scalars, tensors)
+            if node is None or (node.count < self.trace_iters and not node.synthesized):
                 return self._fallback(f"{info.name}: an operation the trace has not seen here", frame,
                                       func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
             sources = node.sources
@@ -332,7 +335,7 @@ class CoExecutor:
             refs = blk.refs
             values = []
             for j, meta in enumerate(node.out_meta):
-                fut = FutureTensor(meta, getter_src or (node.id, j), self)
+                fut = FutureTensor(meta, getter_src or (node.family, j), self)
                 fut._tn_blk = blk
                 fut._tn_vidx = len(refs)
                 refs.append(weakref.ref(fut))
@@ -367,7 +370,7 @@ class CoExecutor:
         if struct is not None:
             getter_src = _out_src(node, tensors)
             for j, t in enumerate(out_tensors(out, struct)):
-                t._tn_src = getter_src or (node.id, j)
+                t._tn_src = getter_src or (node.family, j)
         node.count += 1
         self._advance(node)
         self.ops_coexec += 1
@@ -483,7 +486,7 @@ class CoExecutor:
         if node.alias < 0:
             getter_src = _out_src(node, tensors, sources)
             for j, t in enumerate(outs):
-                t._tn_src = getter_src or (node.id, j)
+                t._tn_src = getter_src or (node.family, j)
         self.graph.observe(node, self.cursor, tensors, scalars, sources)
         self._advance(node)
         self.ops_traced += 1
@@ -513,8 +516,71 @@ class CoExecutor:
                 return sibling
         return None
 
+    def _synthesize_variant(self, func, info, site, kspec, in_meta, grad, args, kwargs, scalars, tensors) -> Node | None:
+        """A known op with new input shapes: derive the variant's output metadata on meta tensors.
+
+        A sibling at the same site must differ from this call only in shapes and int arguments
+        (``affine_grid(theta, [n, c, h, w])`` for a new ``n``); the meta run computes the exact
+        output for this call. Synchronous siblings (``x[mask]``) run for real anyway: their
+        variants need no prediction.
+        """
+        sibling = None
+        shape_free = _without_ints(kspec)
+        for candidate in self.graph.by_site.get((func, site), ()):
+            if (not candidate.synthesized and info.prop is None and candidate.grad == grad
+                    and len(candidate.in_meta) == len(in_meta)
+                    and _without_ints(candidate.key[2]) == shape_free
+                    and all(a[1:] == b[1:] for a, b in zip(candidate.in_meta, in_meta))):
+                sibling = candidate
+                break
+        if sibling is None:
+            return None
+        targs, tkwargs = template(args, kwargs)
+        outs: list = []
+        deferred = sibling.kind in DEFERRED
+        if deferred and sibling.alias < 0 and sibling.out_struct is not NONE:  # an op returning its input needs no meta run
+            metas = [torch.empty(shape, dtype=dtype, device="meta").requires_grad_(rg) if rg and dtype.is_floating_point
+                     else torch.empty(shape, dtype=dtype, device="meta") for shape, dtype, _device, rg in in_meta]
+            previous = torch.is_grad_enabled()
+            try:
+                torch._C._set_grad_enabled(grad[0])
+                with torch._C.DisableTorchFunctionSubclass():
+                    out = func(*fill(targs, metas, scalars), **fill(tkwargs, metas, scalars))
+            except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+                return None  # no meta kernel, or the shapes do not fit: trace it instead
+            finally:
+                torch._C._set_grad_enabled(previous)
+            struct = out_structure(out)
+            if struct != sibling.out_struct:
+                return None
+            outs = out_tensors(out, struct)
+            if len(outs) != len(sibling.out_meta):
+                return None
+        node = self.graph.add_node((func, site, kspec, in_meta, grad), func, info)
+        node.family = sibling.family
+        node.spec, node.kind, node.out_struct, node.alias = sibling.spec, sibling.kind, sibling.out_struct, sibling.alias
+        node.out_meta = [(t.shape, t.dtype, m[2], t.requires_grad) for t, m in zip(outs, sibling.out_meta)] if deferred else []
+        node.targs, node.tkwargs = targs, tkwargs
+        node.passed, node.int_pos, node.scalars_seen = sibling.passed, sibling.int_pos, list(scalars)
+        # Layers called from one loop (an nn.Sequential) share a site: trust the producers seen now.
+        node.sources = [set(s) | {t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)}
+                        for s, t in zip(sibling.sources, tensors)]
+        node.module, node.line = sibling.module, sibling.line
+        node.synthesized = True
+        self.log.add(Event("node", self.cell, self.iter_index, info.name, str(node.line or ""),
+                           block=node.id, nodes=(node.module,), backend=node.kind))
+        return node
+
     def _new_node(self, key, spec, func, info, args, kwargs, tensors, scalars, struct, outs, frame) -> Node:
         node = self.graph.add_node(key, func, info)
+        _f, site, kspec, in_meta, grad = key
+        shape_free = _without_ints(kspec)
+        for sibling in self.graph.by_site.get((func, site), ()):  # a shape variant joins its sibling's family
+            if (sibling is not node and _without_ints(sibling.key[2]) == shape_free and sibling.grad == grad
+                    and len(sibling.in_meta) == len(in_meta)
+                    and all(a[1:] == b[1:] for a, b in zip(sibling.in_meta, in_meta))):
+                node.family = sibling.family
+                break
         node.spec = spec
         node.int_pos = tuple(i for i, v in enumerate(scalars) if type(v) is int)
         mask = self.graph.int_masks.get((func, node.site), frozenset())
@@ -654,6 +720,12 @@ def _out_src(node: Node, tensors: list, sources: list | None = None):
         return ("prop", node.info.prop, sources[0])
     t = tensors[0]
     return ("prop", node.info.prop, t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL))
+
+
+def _without_ints(spec):
+    """A spec with every int replaced by a marker: the op's structure apart from its sizes."""
+    count = len(spec_ints(spec))
+    return generalize(spec, frozenset(range(count))) if count else spec
 
 
 def _optimizer_params(optimizer):

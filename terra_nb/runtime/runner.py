@@ -9,14 +9,24 @@ at its next interaction.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections import deque
 
 import torch
 
 from ..graph.blocks import failing_op
 from .future import FutureTensor, ValueLostError
+
+_RUNNERS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_runners() -> None:
+    for runner in list(_RUNNERS):
+        runner.stop()
 
 
 class BlockRun:
@@ -54,8 +64,10 @@ class GraphRunner:
         self.error: BlockError | None = None
         self.on_run = on_run
         self.captured: deque | None = None  # the last iterations' block runs, for graph-only replay
+        self._stopped = False
         self._thread = threading.Thread(target=self._loop, daemon=True, name="terra-graph-runner")
         self._thread.start()
+        _RUNNERS.add(self)
 
     @property
     def busy(self) -> bool:
@@ -103,12 +115,21 @@ class GraphRunner:
         error, self.error = self.error, None
         return error
 
+    def stop(self) -> None:
+        """End the thread (at interpreter exit: torch's C++ state must not die under a live thread)."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+        self._thread.join(timeout=10)
+
     def _loop(self) -> None:
         torch.set_grad_enabled(True)
         while True:
             with self._cv:
-                while not self._queue:
+                while not self._queue and not self._stopped:
                     self._cv.wait()
+                if self._stopped:
+                    return
                 run = self._queue.popleft()
             try:
                 self._execute(run)

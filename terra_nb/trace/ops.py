@@ -171,7 +171,7 @@ def _walk_ints(spec, visit) -> None:
 # Ops whose output shape never depends on these int arguments' values: an int that varies there
 # (``xs[step]``, ``x.narrow(0, start, n)``'s start) can be a feed. Slice bounds never qualify:
 # a slice is clamped at the end of a dimension, so its length depends on them.
-_INT_FEEDS = {"__getitem__": None, "select": frozenset({1}), "narrow": frozenset({1}),
+_INT_FEEDS = {"__getitem__": None, "__setitem__": None, "select": frozenset({1}), "narrow": frozenset({1}),
               "roll": None, "randint": None, "index_select": frozenset({0})}
 
 
