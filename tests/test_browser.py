@@ -8,6 +8,7 @@ nothing but 127.0.0.1 is contacted.
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -44,10 +45,15 @@ CELLS = [
     "import terra_nb\n"
     "from terra_nb.widget import GraphExplorer\n"
     "s = terra_nb.Session()\n"
-    "s.run_cell(PROGRAM, {'__name__': '__main__'})\n"
+    "ns = {'__name__': '__main__'}\n"
+    "s.run_cell(PROGRAM, ns)\n"
     "w = GraphExplorer.from_session(s)\n"
     "w",
     "print('selected:', w.selected)",
+    # Only after a click: more iterations, then refresh() the widget already on screen.
+    "if w.selected is not None:\n"
+    "    s.run_cell('for j in range(3):\\n    y = torch.relu(x - j)\\n', ns)\n"
+    "    w.refresh(s)",
 ]
 
 
@@ -82,6 +88,10 @@ def jupyterlab(tmp_path):
     (config / "jupyter_lab_config.json").write_text(json.dumps({"LabApp": {
         "news_url": None, "extension_manager": "readonly",
         "check_for_updates_class": "jupyterlab.handlers.announcements.NeverCheckForUpdate"}}))
+    # Start the notebook's kernel without the "Select Kernel" dialog (it came up in some runs).
+    tracker = tmp_path / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))
     _write_notebook(root / "explorer.ipynb")
     port, token = _free_port(), uuid.uuid4().hex
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
@@ -90,7 +100,7 @@ def jupyterlab(tmp_path):
            # The kernel inherits this: it imports the terra_nb of this checkout, installed or not.
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-    log = open(tmp_path / "jupyterlab.log", "wb")  # noqa: SIM115 (closed below, after the server)
+    log = open(tmp_path / "jupyterlab.log", "wb")  # closed in the finally below, after the server
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={port}",
          "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
@@ -119,7 +129,32 @@ def jupyterlab(tmp_path):
         shutil.rmtree(tmp_path / "runtime", ignore_errors=True)
 
 
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells, until the first cell is queued or running.
+
+    A request sent while the kernel's websocket reconnects is lost (seen about one run in four),
+    so the click is repeated until a prompt shows [*] or a number.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    for _ in range(4):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:  # should a kernel dialog come up, accept the notebook's own kernel
+            page.locator(".jp-Dialog .jp-mod-accept").click(timeout=2_000)
+        except PlaywrightTimeout:
+            pass
+        try:
+            expect(page.locator(".jp-InputPrompt").first).to_have_text(re.compile(r"\[(\*|\d+)\]"), timeout=5_000)
+            return
+        except AssertionError:
+            print("Run All Cells did not start the cells: retrying")
+    pytest.fail("JupyterLab never started running the notebook's cells")
+
+
 def test_explorer_renders_and_clicks_in_jupyterlab(jupyterlab, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     url, token = jupyterlab
@@ -128,15 +163,32 @@ def test_explorer_renders_and_clicks_in_jupyterlab(jupyterlab, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.set_default_timeout(60_000)
+            console: list[str] = []
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda error: console.append(f"page error: {error}"))
             page.goto(f"{url}/lab/tree/explorer.ipynb?token={token}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell .cm-content")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
 
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-
             explorer = page.locator(".tn-explorer")
-            explorer.locator("svg.tn-svg").wait_for(timeout=180_000)  # kernel start + torch import + tracing
+            graph = explorer.locator("svg.tn-svg")
+            lost = page.locator(".jp-OutputArea-output", has_text="Error displaying widget")
+            for _ in range(3):
+                _run_all_cells(page)
+                try:
+                    graph.or_(lost).first.wait_for(timeout=120_000)  # torch import + tracing
+                except PlaywrightTimeout:
+                    break
+                if graph.count():
+                    break
+                # "model not found": the widget's comm_open went out on a kernel websocket that
+                # JupyterLab replaced while starting up. Running the cells again recreates it.
+                print("the widget's model was lost: running the cells again")
+            if not graph.count():
+                page.screenshot(path=str(tmp_path / "failed.png"))
+                outputs = page.locator(".jp-OutputArea").all_inner_texts()
+                pytest.fail(f"no graph explorer rendered (screenshot {tmp_path / 'failed.png'}); cell outputs:\n"
+                            + "\n".join(outputs) + "\nbrowser console:\n" + "\n".join(console[-30:]))
             nodes = explorer.locator("g.tn-node")
             assert nodes.count() >= 10, "the training loop's ops are drawn"
             assert explorer.locator(".tn-block").count() >= 3, "blocks are outlined"
@@ -154,20 +206,31 @@ def test_explorer_renders_and_clicks_in_jupyterlab(jupyterlab, tmp_path):
             expect(details.locator(".tn-source")).to_have_text(
                 "loss = out.abs().mean() if i == 6 else out.pow(2).mean()")
             expect(details).to_contain_text("an operation the trace has not seen here")
-            expect(abs_node).to_have_class("tn-node tn-kind-op tn-flagged tn-selected")
+            expect(abs_node).to_have_class(re.compile(r"\btn-selected\b"))
 
             # The event list highlights every node of the line it names.
-            explorer.locator(".tn-event[data-kind='fallback']", has_text=":8").first.click()
+            explorer.locator(".tn-event[data-kind='fallback'][data-location='<terra-cell-1>:8']").click()
             assert explorer.locator("g.tn-node.tn-match").count() >= 2, "abs and mean at line 8"
 
             explorer.screenshot(path=str(tmp_path / "graph_explorer.png"))
-            page.screenshot(path=str(tmp_path / "jupyterlab.png"))
-            print(f"screenshots in {tmp_path}")
 
             # `selected` went back to the kernel: run the second cell, which prints it.
             second = page.locator(".jp-Notebook .jp-Cell").nth(1)
             second.locator(".cm-content").click()
             page.keyboard.press("Shift+Enter")
             expect(second.locator(".jp-OutputArea-output")).to_contain_text(f"selected: {node_id}", timeout=30_000)
+
+            # The third cell runs another loop and refreshes: the widget redraws in place and
+            # keeps the selected node's details.
+            page.keyboard.press("Shift+Enter")
+            expect(explorer.locator("text.tn-label", has_text="relu").first).to_be_attached(timeout=30_000)
+            assert explorer.locator(".tn-strip rect").count() > 10
+            expect(details.locator(".tn-source")).to_have_text(
+                "loss = out.abs().mean() if i == 6 else out.pow(2).mean()")
+            explorer.screenshot(path=str(tmp_path / "graph_explorer_refreshed.png"))
+            page.screenshot(path=str(tmp_path / "jupyterlab.png"))
+            print(f"screenshots in {tmp_path}")
+            errors = [line for line in console if line.startswith("page error")]
+            assert not errors, errors
         finally:
             browser.close()

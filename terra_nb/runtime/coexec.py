@@ -551,7 +551,7 @@ class CoExecutor:
             finally:
                 torch._C._set_grad_enabled(previous)
             struct = out_structure(out)
-            if struct != sibling.out_struct:
+            if struct is None or struct != sibling.out_struct:
                 return None
             outs = out_tensors(out, struct)
             if len(outs) != len(sibling.out_meta):

@@ -42,9 +42,9 @@ class GraphExplorer(anywidget.AnyWidget):
 
     graph = traitlets.Dict().tag(sync=True)
     """``Session.to_json()``: nodes, edges and blocks."""
-    iterations = traitlets.List().tag(sync=True)
+    iterations = traitlets.List(traitlets.Dict()).tag(sync=True)
     """Records of ``session.to_pandas("iterations")``, JSON-safe (NaN as None, times as ISO strings)."""
-    events = traitlets.List().tag(sync=True)
+    events = traitlets.List(traitlets.Dict()).tag(sync=True)
     """Records of ``session.to_pandas("events")``, JSON-safe."""
     selected = traitlets.Int(None, allow_none=True).tag(sync=True)
     """Id of the op node clicked last (None before a click, or after clicking a state/feed input)."""
