@@ -41,6 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     parser.add_argument("--size", default="small", choices=("small", "large"))
     parser.add_argument("--timeout", type=int, default=900, help="seconds per worker process")
+    parser.add_argument("--skeleton", action="store_true",
+                        help="only the per-op micro-benchmark: eager, skeleton alone, co-executed (us per op)")
 
 
 def programs_dir() -> str:
@@ -48,7 +50,58 @@ def programs_dir() -> str:
     return os.path.join(here, "examples", "programs")
 
 
+_MICRO = """
+import torch
+x = torch.ones(SIZE, SIZE)
+w = torch.ones(SIZE, SIZE) * 0.01
+for i in range(N):
+    x = x * w
+    x = x + w
+    x = x.relu()
+    x = x - w
+"""
+
+
+def skeleton_micro(ops: int = 20000) -> list[tuple[int, float, float, float]]:
+    """µs per op for a deferred 4-op loop: eager, the skeleton alone (GraphRunner not running), co-executed."""
+    from .runtime import runner as runner_module
+    from .session import Session
+
+    rows = []
+    n = ops // 4
+    for size in (4, 64):
+        source = _MICRO.replace("SIZE", str(size))
+        t0 = time.perf_counter()
+        exec(source.replace("N", str(n)), {})
+        eager = (time.perf_counter() - t0) / ops * 1e6
+        session = Session()
+        session.run_cell(source.replace("N", "10"), {})  # trace, and generate the block once
+        t0 = time.perf_counter()
+        session.run_cell(source.replace("N", str(n)), {})
+        coexec = (time.perf_counter() - t0) / ops * 1e6
+        submit = runner_module.GraphRunner.submit
+        runner_module.GraphRunner.submit = lambda self, run: None  # type: ignore[method-assign]
+        try:
+            alone_session = Session()
+            alone_session.run_cell(source.replace("N", "10"), {})
+            t0 = time.perf_counter()
+            try:
+                alone_session.run_cell(source.replace("N", str(n)), {})
+            except RuntimeError:
+                pass  # the futures left in the namespace were never computed: expected here
+            alone = (time.perf_counter() - t0) / ops * 1e6
+        finally:
+            runner_module.GraphRunner.submit = submit  # type: ignore[method-assign]
+        rows.append((size, eager, alone, coexec))
+    return rows
+
+
 def run_bench(args) -> int:
+    if args.skeleton:
+        print(f"{'tensor':>10}{'eager us/op':>14}{'skeleton alone':>16}{'co-executed':>13}")
+        for size, eager, alone, coexec in skeleton_micro():
+            print(f"{f'{size}x{size}':>10}{eager:>14.2f}{alone:>16.2f}{coexec:>13.2f}")
+        return 0
     names = [n for n in args.programs.split(",") if n]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [n for n in names if n not in PROGRAMS] + [v for v in variants if v not in VARIANTS]

@@ -31,6 +31,10 @@ _LINE_COMMANDS = ("status", "graph", "table", "export PATH", "reset", "backend N
 class TerraMagics(Magics):
     """``%%terra`` and ``%terra``."""
 
+    def __init__(self, shell=None, **kwargs) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._cell_runs: dict[str, int] = {}  # notebook cell id -> the session cell that ran it last
+
     @magic_arguments()
     @argument("--backend", choices=BACKENDS, default=None, help="how blocks run: eager (default), inductor, cudagraphs, auto")
     @argument("--baseline", type=int, default=0, metavar="N",
@@ -73,6 +77,7 @@ class TerraMagics(Magics):
                 sess.log.listeners.remove(listener)
             if handle is not None:
                 handle.update(IterationTable(sess, cell_number))
+        self._retire_previous_run(sess, cell_number)
         if args.output:
             shell.user_ns[args.output] = report
         if not args.quiet and not args.no_widget:
@@ -121,6 +126,16 @@ class TerraMagics(Magics):
         else:
             raise UsageError(f"unknown %terra command {command!r}: use one of {', '.join(_LINE_COMMANDS)}")
 
+    def _retire_previous_run(self, sess, cell_number: int) -> None:
+        """When this notebook cell ran before (JupyterLab sends its id), retire what only that run made."""
+        cell_id = _notebook_cell_id(self.shell)
+        if cell_id is None:
+            return
+        previous = self._cell_runs.get(cell_id)
+        self._cell_runs[cell_id] = cell_number
+        if previous is not None:
+            sess.retire_cell(previous)
+
     def _device(self, name: str | None):
         import contextlib
 
@@ -142,6 +157,14 @@ class TerraMagics(Magics):
                 display(JSON(sess.to_json()))
             return
         display(GraphExplorer.from_session(sess))
+
+
+def _notebook_cell_id(shell) -> str | None:
+    kernel = getattr(shell, "kernel", None)
+    try:
+        return kernel.get_parent().get("metadata", {}).get("cellId") if kernel is not None else None
+    except (AttributeError, TypeError):
+        return None
 
 
 def _throttled(fn, interval: float = 0.25):

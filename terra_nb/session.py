@@ -181,6 +181,21 @@ class Session:
                     return False
         return True
 
+    def retire_cell(self, cell: int) -> int:
+        """Retire the nodes an earlier run ``cell`` created that nothing has run since.
+
+        The magic calls this when a notebook cell is edited and run again: the nodes of the
+        lines that changed are stale. Returns how many nodes were retired.
+        """
+        created = {e.block for e in self.log.events if e.kind == "node" and e.cell == cell}
+        counts_then = next((dict((nid, c) for nid, c, _k in e.nodes) for e in self.log.events
+                            if e.kind == "counts" and e.cell == cell), {})
+        stale = [n for n in self.graph.nodes[1:] if n.id in created and n.kind != "retired"
+                 and n.count == counts_then.get(n.id, n.count)]
+        self.graph.retire(stale)
+        self.executor.compiled.clear()
+        return len(stale)
+
     def sync(self) -> None:
         """Wait until every deferred operation has run."""
         self.executor.materialize()

@@ -265,3 +265,20 @@ for epoch in range(2):                # few passes around ...
 """
     _, _, session = run_terra(epochs)
     assert len(session.log.iterations) == 10
+
+
+def test_an_edited_cell_retires_its_stale_nodes():
+    session = terra_nb.Session()
+    namespace = {"w": torch.ones(3, requires_grad=True)}
+    session.run_cell("for i in range(3):\n    a = (w * 2).sum()\n    b = (w + 1).exp().sum()\n", namespace)
+    ops = {n["op"] for n in session.to_json()["nodes"]}
+    assert {"mul", "add", "exp"} <= ops
+    # the same cell, edited: its second line changed
+    session.run_cell("for i in range(3):\n    a = (w * 2).sum()\n    b = (w - 1).tanh().sum()\n", namespace)
+    retired = session.retire_cell(1)
+    assert retired >= 2, "add and exp of the old line are stale"
+    ops = {n["op"] for n in session.to_json()["nodes"]}
+    assert "exp" not in ops and "add" not in ops
+    assert {"mul", "sub", "tanh"} <= ops, "the unchanged line's nodes stay"
+    report = session.run_cell("for i in range(4):\n    a = (w * 2).sum()\n    b = (w - 1).tanh().sum()\n", namespace)
+    assert [it.mode for it in report.iterations].count("coexec") >= 3

@@ -28,7 +28,7 @@ def graph_to_json(graph: TraceGraph, log: EventLog | None = None) -> dict:
     block_of = graph.block_of()
     syncs, fallbacks = _events_by_location(log)
     nodes, edges = [], []
-    for node in graph.nodes[1:]:
+    for node in graph.live_nodes():
         location = str(node.line) if node.line else ""
         nodes.append({
             "id": node.id, "op": node.name, "module": node.module, "location": location,
@@ -40,11 +40,12 @@ def graph_to_json(graph: TraceGraph, log: EventLog | None = None) -> dict:
         for succ, count in node.succ.items():
             if succ.kind != "root":
                 edges.append({"source": node.id, "target": succ.id, "kind": "flow", "count": count})
+    live = {n.id for n in graph.live_nodes()}
     for producer, _out, consumer, _slot in graph.data_edges():
-        if producer != 0:
+        if producer in live and consumer in live:
             edges.append({"source": producer, "target": consumer, "kind": "data", "count": graph.nodes[consumer].count})
     externals: dict[int, str] = {}
-    for node in graph.nodes[1:]:
+    for node in graph.live_nodes():
         for slot, sources in enumerate(node.sources):
             if EXTERNAL not in sources:
                 continue

@@ -157,6 +157,26 @@ class TraceGraph:
                 if old != new:
                     node.scalars_vary.add(i)
 
+    def retire(self, nodes: list[Node]) -> None:
+        """Forget nodes that can no longer run (their cell was edited): no lookup finds them again."""
+        for node in nodes:
+            if self.index.get(node.key) is node:
+                del self.index[node.key]
+            site = self.by_site.get((node.func, node.site))
+            if site and node in site:
+                site.remove(node)
+            for other in list(node.succ):
+                other.pred.pop(node, None)
+            for other in list(node.pred):
+                other.succ.pop(node, None)
+            node.succ.clear()
+            node.pred.clear()
+            node.kind = "retired"
+        self.version += 1
+
+    def live_nodes(self) -> list[Node]:
+        return [n for n in self.nodes[1:] if n.kind != "retired"]
+
     def step(self, prev: Node, node: Node) -> None:
         """Count the edge ``prev -> node``; a new edge changes where blocks end."""
         succ = prev.succ
@@ -198,7 +218,7 @@ class TraceGraph:
     def blocks(self) -> list[list[Node]]:
         """The static blocks: maximal chains of deferred nodes, cut where :meth:`block_end` says."""
         starts = []
-        for node in self.nodes[1:]:
+        for node in self.live_nodes():
             if node.kind not in DEFERRED:
                 continue
             preds = list(node.pred)
@@ -206,7 +226,7 @@ class TraceGraph:
                 starts.append(node)
         seen: set[int] = set()
         out = []
-        for start in starts + [n for n in self.nodes[1:] if n.kind in DEFERRED]:
+        for start in starts + [n for n in self.live_nodes() if n.kind in DEFERRED]:
             if start.id in seen:
                 continue
             chain = [start]
