@@ -6,7 +6,7 @@ Per intercepted call the :class:`CoExecutor` is in one of two states:
   producer. When the node just traced and all its known successors were traced
   ``trace_iters`` times, switch to the skeleton.
 * **skeleton** -- do not run the op: find its node (same op, location, constants, input
-  metadata, grad mode; inputs from a producer seen before), answer with future tensors and
+  metadata, grad mode; a new producer of an input is recorded), answer with future tensors and
   append it to the pending block. The block goes to the GraphRunner at a fetch (which then waits
   and runs for real), at an iteration end, or when it holds ``max_block`` ops; blocks are keyed by
   their node sequence, so a Python branch just makes another sequence.
@@ -300,12 +300,14 @@ class CoExecutor:
             if node is None or (node.count < self.trace_iters and not node.synthesized):
                 return self._fallback(f"{info.name}: an operation the trace has not seen here", frame,
                                       func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
+            # Producers are recorded, not enforced: values bind by object and the output metadata
+            # follows from the key, so a new producer (an optimizer buffer made in another
+            # iteration, a layer of an nn.Sequential) is a new data edge, not a reason to trace.
             sources = node.sources
             for slot, t in enumerate(tensors):
                 src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
                 if src not in sources[slot]:
-                    return self._fallback(f"{info.name}: input {slot} comes from a producer the trace has not seen",
-                                          frame, func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
+                    sources[slot].add(src)
             if node.kind in DEFERRED:
                 return self._defer(node, tensors, scalars, _out_src(node, tensors))
             return self._run_now(node, func, info, args, kwargs, tensors, frame)
@@ -370,7 +372,8 @@ class CoExecutor:
         if struct is not None:
             getter_src = _out_src(node, tensors)
             for j, t in enumerate(out_tensors(out, struct)):
-                t._tn_src = getter_src or (node.family, j)
+                if not any(t is x for x in tensors):  # an input returned (in place) keeps its provenance
+                    t._tn_src = getter_src or (node.family, j)
         node.count += 1
         self._advance(node)
         self.ops_coexec += 1
@@ -478,7 +481,7 @@ class CoExecutor:
             node = self._new_node(key, spec, func, info, args, kwargs, tensors, scalars, struct, outs, frame)
         elif struct != node.out_struct:
             node.kind = "fetch"
-        elif node.kind == "op" and [meta_of(t) for t in outs] != node.out_meta:
+        elif node.kind == "op" and node.alias < 0 and [meta_of(t) for t in outs] != node.out_meta:
             node.kind = "sync"  # same inputs, another output shape: the shape depends on data
         if node.kind == "feed":
             out = _snapshot(out)
@@ -559,7 +562,12 @@ class CoExecutor:
         node = self.graph.add_node((func, site, kspec, in_meta, grad), func, info)
         node.family = sibling.family
         node.spec, node.kind, node.out_struct, node.alias = sibling.spec, sibling.kind, sibling.out_struct, sibling.alias
-        node.out_meta = [(t.shape, t.dtype, m[2], t.requires_grad) for t, m in zip(outs, sibling.out_meta)] if deferred else []
+        if not deferred:
+            node.out_meta = []
+        elif sibling.alias >= 0:  # in place: the output is the aliased input
+            node.out_meta = [in_meta[sibling.alias]]
+        else:
+            node.out_meta = [(t.shape, t.dtype, m[2], t.requires_grad) for t, m in zip(outs, sibling.out_meta)]
         node.targs, node.tkwargs = targs, tkwargs
         node.passed, node.int_pos, node.scalars_seen = sibling.passed, sibling.int_pos, list(scalars)
         # Layers called from one loop (an nn.Sequential) share a site: trust the producers seen now.
