@@ -354,6 +354,7 @@ class CoExecutor:
 
     def _run_now(self, node: Node, func, info, args, kwargs, tensors: list, frame):
         """A fetch, a data-dependent op or a feed: run it for real, after the blocks before it."""
+        __tracebackhide__ = True
         has_future = any(type(t) is FutureTensor for t in tensors)
         waited_ms = -1.0
         if (self.block.ops or self.runner.busy) and (has_future or node.kind != "feed"):
@@ -443,6 +444,7 @@ class CoExecutor:
         raise exc.with_traceback(None)
 
     def _fallback(self, reason: str, frame, func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad):
+        __tracebackhide__ = True
         self.flush()
         self.sync()
         if self._validated:
@@ -455,6 +457,7 @@ class CoExecutor:
     # -- trace ---------------------------------------------------------------------------------
 
     def _trace(self, func, info, args, kwargs, tensors: list, scalars: list, spec, kspec, site: tuple, grad: tuple, frame):
+        __tracebackhide__ = True
         sources = [t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL) for t in tensors]
         if any(type(t) is FutureTensor for t in tensors):
             self.materialize()
