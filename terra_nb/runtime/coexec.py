@@ -310,7 +310,7 @@ class CoExecutor:
                     sources[slot].add(src)
             if node.kind in DEFERRED:
                 return self._defer(node, tensors, scalars, _out_src(node, tensors))
-            return self._run_now(node, func, info, args, kwargs, tensors, frame)
+            return self._run_now(node, func, info, args, kwargs, tensors, frame, scalars)
         return self._trace(func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad, frame)
 
     # -- skeleton ------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ class CoExecutor:
             self.flush()
         return out
 
-    def _run_now(self, node: Node, func, info, args, kwargs, tensors: list, frame):
+    def _run_now(self, node: Node, func, info, args, kwargs, tensors: list, frame, scalars: list):
         """A fetch, a data-dependent op or a feed: run it for real, after the blocks before it."""
         __tracebackhide__ = True
         has_future = any(type(t) is FutureTensor for t in tensors)
@@ -375,6 +375,10 @@ class CoExecutor:
             for j, t in enumerate(out_tensors(out, struct)):
                 if not any(t is x for x in tensors):  # an input returned (in place) keeps its provenance
                     t._tn_src = getter_src or (node.family, j)
+        if self.runner.captured is not None and node.kind != "feed" and struct is not None:
+            self.runner.capture_now((self.cell, self.iter_index), _Immediate(node, scalars),
+                                    [t.value() if type(t) is FutureTensor else t for t in tensors],
+                                    out_tensors(out, struct))
         node.count += 1
         self._advance(node)
         self.ops_coexec += 1
@@ -731,6 +735,20 @@ def _out_src(node: Node, tensors: list, sources: list | None = None):
         return ("prop", node.info.prop, sources[0])
     t = tensors[0]
     return ("prop", node.info.prop, t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL))
+
+
+class _Immediate:
+    """An op the skeleton ran itself, replayable with the blocks (graph-only measurement)."""
+
+    def __init__(self, node: Node, scalars: list) -> None:
+        self.node = node
+        self.scalars = list(scalars)
+
+    def __call__(self, *tensors):
+        node, scalars = self.node, self.scalars
+        out = node.func(*fill(node.targs, tensors, scalars), **fill(node.tkwargs, tensors, scalars))
+        struct = out_structure(out)
+        return out_tensors(out, struct) if struct is not None else []
 
 
 def _without_ints(spec):
