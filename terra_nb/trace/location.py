@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import linecache
 import os
-import sys
 import types
 from dataclasses import dataclass
 
@@ -101,11 +100,7 @@ class SourceLine:
     text: str
 
     def __str__(self) -> str:
-        return f"{display_filename(self.filename)}:{self.lineno}"
-
-
-def display_filename(filename: str) -> str:
-    return filename if filename.startswith("<") else os.path.relpath(filename) if not os.path.isabs(filename) else filename
+        return f"{self.filename}:{self.lineno}"
 
 
 def is_library_file(filename: str) -> bool:
@@ -143,6 +138,3 @@ def module_path(frame: types.FrameType | None) -> str:
         names.append(name or type(child).__name__)
     return ".".join(names)
 
-
-def caller_frame(depth: int) -> types.FrameType:
-    return sys._getframe(depth + 1)
