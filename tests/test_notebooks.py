@@ -49,3 +49,43 @@ def _check_quickstart(notebook):
     first, second = lines["cell 1"], lines["cell 2"]
     assert "coexec" in first and "eager" in first, first
     assert "traced ops 0" in second and "modes ['coexec']" in second, "the second training cell did not trace again"
+
+
+def _execute_as_jupyterlab(kc, code: str, cell_id: str) -> str:
+    """Send an execute_request whose metadata names the cell, as JupyterLab does; return its stdout."""
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+               "allow_stdin": False, "stop_on_error": True}
+    msg = kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+    kc.shell_channel.send(msg)
+    out = []
+    while True:
+        reply = kc.get_iopub_msg(timeout=120)
+        if reply["parent_header"].get("msg_id") != msg["header"]["msg_id"]:
+            continue
+        if reply["msg_type"] == "stream":
+            out.append(reply["content"]["text"])
+        elif reply["msg_type"] == "error":
+            raise AssertionError("\n".join(reply["content"]["traceback"]))
+        elif reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle":
+            return "".join(out)
+
+
+@pytest.mark.slow
+def test_editing_a_cell_retires_its_stale_nodes():
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        _execute_as_jupyterlab(kc, "%load_ext terra_nb\nimport torch, terra_nb\nw = torch.ones(3, requires_grad=True)", "setup")
+        show = "print(sorted({n['op'] for n in terra_nb.session().to_json()['nodes']}))"
+        _execute_as_jupyterlab(kc, "%%terra --no-widget\nfor i in range(3):\n    a = (w * 2).sum()\n    b = (w + 1).exp().sum()", "train")
+        before = _execute_as_jupyterlab(kc, show, "look")
+        # the user edits the training cell and runs it again
+        _execute_as_jupyterlab(kc, "%%terra --no-widget\nfor i in range(3):\n    a = (w * 2).sum()\n    b = (w - 1).tanh().sum()", "train")
+        after = _execute_as_jupyterlab(kc, show, "look")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert "'exp'" in before and "'mul'" in before
+    assert "'exp'" not in after and "'add'" not in after, after
+    assert "'tanh'" in after and "'mul'" in after, after
