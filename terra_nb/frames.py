@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 import os
 
+from .graph.export import EXPORT_KIND
 from .runtime.events import MODES, EventLog
 
 KINDS = ("iterations", "ops", "events", "blocks")
-EXPORT_NODE_KIND = {"op": "op", "effect": "op", "sync": "fetch", "fetch": "fetch", "feed": "feed"}
 
 
 def speedups(iterations: list) -> list[float]:
@@ -86,7 +86,7 @@ def ops_frame(log: EventLog):
     for nid, event in sorted(nodes.items()):
         count, kind = counts.get(nid, (0, event.backend))
         rows.append((nid, event.reason, event.nodes[0] if event.nodes else "", event.location,
-                     block_of.get(nid), EXPORT_NODE_KIND.get(kind, "op"), count))
+                     block_of.get(nid), EXPORT_KIND.get(kind, "op"), count))
     frame = pd.DataFrame(rows, columns=["node", "op", "module", "location", "block", "kind", "count"])
     frame = frame.astype({"node": "int64", "op": "string", "module": "string", "location": "string",
                           "block": "Int64", "count": "int64"})

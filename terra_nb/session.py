@@ -24,8 +24,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from .runtime.coexec import CoExecutor
 from .runtime.events import EventLog, Iteration
 from .runtime.future import FutureTensor
@@ -117,7 +115,7 @@ class Session:
             _make_real(namespace)
         value = _real_value(value)
         iterations = [it for it in self.log.iterations if it.cell == cell]
-        return CellReport(cell, iterations, value, summarize(iterations, self.log.of_kind("fallback"), cell))
+        return CellReport(cell, iterations, value, self.summary(cell))
 
     def run_path(self, path: str, argv: list[str] | None = None, mode: str = "auto", baseline: int = 0) -> CellReport:
         """Run a script as ``__main__`` (as ``python path`` would), co-executed wherever its loops are."""
@@ -169,7 +167,7 @@ class Session:
         finally:
             executor.recording = None
             executor.end_cell()
-        return Trace(records, executor.graph, backend=executor.backend)
+        return Trace(records, backend=executor.backend)
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait until every block whose compilation started has a compiled (or eager) form."""
@@ -338,4 +336,4 @@ def _make_real(namespace: dict) -> None:
                     value[k] = v._tn_val
 
 
-__all__ = ["Session", "CellReport", "session", "coexecute", "torch"]
+__all__ = ["Session", "CellReport", "session", "coexecute"]

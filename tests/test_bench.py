@@ -26,7 +26,7 @@ def test_bench_one_program_all_variants(tmp_path):
     assert record["terra_vs_eager"] == pytest.approx(record["terra_ms"] / record["eager_ms"])
     assert record["matched_eager"]["terra"] is True
     # torch.compile's dropout draws another random stream: its losses need not match eager's
-    assert record["matched_eager"]["compile"] in (True, False)
+    assert record["matched_eager"]["compile"] is not None, "the comparison ran"
     assert record["dynamo_graphs"] >= 1 and record["blocks_per_iter"] >= 1
 
 

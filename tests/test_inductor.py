@@ -1,7 +1,6 @@
 """The inductor backend, really compiling (slow: one Inductor compile takes ~20 s on 2 cores)."""
 
 import pytest
-import torch
 
 import terra_nb
 
@@ -47,4 +46,3 @@ def test_inductor_blocks_compile_in_the_background_and_match_eager():
     blocks = session.to_pandas("blocks")
     used = blocks[(blocks["backend"] == "inductor") & (blocks["runs"] > 0)]
     assert len(used) >= 1
-    assert torch.compiler is not None

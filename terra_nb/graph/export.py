@@ -17,14 +17,14 @@ Rendering DOT to SVG needs graphviz's ``dot`` binary; nothing else here does.
 
 from __future__ import annotations
 
-from ..runtime.events import EventLog
 from .tracegraph import EXTERNAL, TraceGraph
 
-_EXPORT_KIND = {"op": "op", "effect": "op", "sync": "fetch", "fetch": "fetch", "feed": "feed"}
+# The graph's node kinds as users see them (the JSON export and the ops table).
+EXPORT_KIND = {"op": "op", "effect": "op", "sync": "fetch", "fetch": "fetch", "feed": "feed"}
 _COLORS = {"op": "#dbeafe", "fetch": "#fecaca", "feed": "#dcfce7", "state": "#fef3c7"}
 
 
-def graph_to_json(graph: TraceGraph, log: EventLog | None = None) -> dict:
+def graph_to_json(graph: TraceGraph, log=None) -> dict:
     block_of = graph.block_of()
     syncs, fallbacks = _events_by_location(log)
     nodes, edges = [], []
@@ -33,7 +33,7 @@ def graph_to_json(graph: TraceGraph, log: EventLog | None = None) -> dict:
         nodes.append({
             "id": node.id, "op": node.name, "module": node.module, "location": location,
             "line": node.line.text if node.line else "", "block": block_of.get(node.id),
-            "kind": _EXPORT_KIND.get(node.kind, "op"), "count": node.count,
+            "kind": EXPORT_KIND.get(node.kind, "op"), "count": node.count,
             "syncs": syncs.get(location, 0) if node.kind in ("fetch", "sync") else 0,
             "fallbacks": fallbacks.get(location, 0),
         })
@@ -66,7 +66,7 @@ def graph_to_json(graph: TraceGraph, log: EventLog | None = None) -> dict:
     return {"nodes": nodes, "edges": edges, "blocks": blocks}
 
 
-def graph_to_dot(graph: TraceGraph, log: EventLog | None = None):
+def graph_to_dot(graph: TraceGraph, log=None):
     """A ``graphviz.Digraph``: one cluster per block, fetches in red, state in yellow, feeds in green."""
     import graphviz
 
@@ -92,7 +92,7 @@ def graph_to_dot(graph: TraceGraph, log: EventLog | None = None):
     return dot
 
 
-def _events_by_location(log: EventLog | None) -> tuple[dict, dict]:
+def _events_by_location(log) -> tuple[dict, dict]:
     syncs: dict[str, int] = {}
     fallbacks: dict[str, int] = {}
     for event in (log.events if log is not None else []):

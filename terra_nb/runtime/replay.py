@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from ..graph.blocks import BlockSpec, produces
-from ..graph.tracegraph import DEFERRED, TraceGraph
+from ..graph.tracegraph import DEFERRED
 from ..trace.ops import fill, out_structure, out_tensors
 from .backends import CompiledBlock
 
@@ -23,10 +23,9 @@ from .backends import CompiledBlock
 class Trace:
     """The ops one call executed while traced, ready to be replayed as blocks."""
 
-    def __init__(self, records: list, graph: TraceGraph, backend: str = "eager", max_block: int = 64) -> None:
+    def __init__(self, records: list, backend: str = "eager", max_block: int = 64) -> None:
         self.records = records
         self.max_block = max_block
-        self.graph = graph
         self.backend = backend
         self._plan: list | None = None
 
