@@ -38,7 +38,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -74,6 +74,13 @@ class Node:
         self.seen_at = 0
         self.synthesized = False  # a shape variant derived on meta tensors, not traced
         self.family = nid  # shape variants of one op share a family: provenance is by family
+        # The skeleton's fast path: successors validated after this node, by (func, code, lasti)
+        # of the frame that called them (see CoExecutor.on_op); and this node's site below its
+        # innermost frame, interned so that nodes called from one frame share it.
+        self.fast: dict[tuple, list[Node]] = {}
+        self.tail: tuple = site[1:]
+        self.mask: frozenset = frozenset()  # int slots generalized into feeds
+        self.pool: list = []  # the last futures the skeleton answered this node with, for reuse
 
     @property
     def name(self) -> str:
@@ -106,6 +113,7 @@ class TraceGraph:
         self.by_site: dict[tuple, list[Node]] = {}
         self.int_masks: dict[tuple, frozenset] = {}
         self.version = 0
+        self._tails: dict[tuple, tuple] = {}
 
     def find(self, key: tuple) -> Node | None:
         return self.index.get(key)
@@ -114,6 +122,8 @@ class TraceGraph:
         _func, site, spec, in_meta, grad = key
         node = Node(len(self.nodes), func, info, site, spec, in_meta, grad)
         node.key = key
+        node.tail = self._tails.setdefault(node.tail, node.tail)
+        node.mask = self.int_masks.get((func, site), frozenset())
         self.nodes.append(node)
         self.index[key] = node
         self.by_site.setdefault((func, site), []).append(node)
@@ -130,6 +140,7 @@ class TraceGraph:
             self.index.pop(node.key, None)
             _f, _site, spec, in_meta, grad = node.key
             node.key = (func, site, generalize(node.spec, mask), in_meta, grad)
+            node.mask = mask
             self.index.setdefault(node.key, node)
             ints = [node.int_pos[i] for i in sorted(mask) if i < len(node.int_pos)]
             node.passed = tuple(sorted(set(node.passed) | set(ints)))
@@ -172,6 +183,8 @@ class TraceGraph:
             node.succ.clear()
             node.pred.clear()
             node.kind = "retired"
+        for node in self.nodes:  # no fast path may lead to a retired node
+            node.fast.clear()
         self.version += 1
 
     def live_nodes(self) -> list[Node]:

@@ -57,19 +57,24 @@ TRACE, SKELETON = "trace", "skeleton"
 _is_grad_enabled = torch.is_grad_enabled
 _is_inference = torch.is_inference_mode_enabled
 _perf = time.perf_counter
+_getframe = sys._getframe
+_make_wrapper = torch.Tensor._make_wrapper_subclass
+_getrefcount = sys.getrefcount
+# The grad-mode part of a node key, one object per state so that the fast path compares by identity.
+_GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 
 
 class PendingBlock:
     """The validated ops the skeleton has not handed to the GraphRunner yet."""
 
-    __slots__ = ("ops", "inputs", "input_ids", "floats", "refs")
+    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs")
 
     def __init__(self) -> None:
         self.ops: list[tuple[Node, tuple]] = []
         self.inputs: list = []
         self.input_ids: dict[int, int] = {}
         self.floats: list = []
-        self.refs: list = []
+        self.futs: list = []  # every future the block's ops answered with, by value index
 
     def input(self, t) -> int:
         k = self.input_ids.get(id(t))
@@ -123,6 +128,7 @@ class CoExecutor:
         self.max_block = max_block
         self.graph = TraceGraph()
         self.roots = RootRegistry()
+        self._root_codes = self.roots._keys
         self.runner = GraphRunner(on_run=self._on_run)
         self.compiled: dict[tuple, CompiledBlock] = {}
         self.block_ids: dict[int, int] = {}
@@ -140,6 +146,7 @@ class CoExecutor:
         self.anchor: Node | None = None
         self.op_counter = 0
         self._anchor_first = self._anchor_last = self._anchor_period = 0
+        self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_hits: list[int] = []
         self._cell_mode = "auto"
         self.baseline = 0
@@ -147,6 +154,9 @@ class CoExecutor:
         self._cell_token: object = object()
         self.iter_index = 0
         self._hold_trace = False
+        self._ok_parent: object = None
+        self._ok_lasti = -1
+        self._ok_tail: tuple = ()
         self._reset_iteration(0, _perf())
 
     # -- entering and leaving ------------------------------------------------------------------
@@ -189,6 +199,7 @@ class CoExecutor:
                 for owner, name, original in patches:
                     setattr(owner, name, original)
                 self.roots.remove(root_code)
+                self._ok_parent = None
                 self._depth -= 1
                 self.cursor = self.graph.root
             if error is not None:
@@ -197,6 +208,7 @@ class CoExecutor:
     def begin_cell(self, cell: int) -> None:
         self.cell = cell
         self.anchor = None
+        self._anchor_limit = -1
         self.explicit_iterations = False
         self._cell_token = object()
         self._reset_iteration(0, _perf())
@@ -262,12 +274,72 @@ class CoExecutor:
 
     def on_op(self, func, args, kwargs):
         __tracebackhide__ = True
+        if self.state is SKELETON and self.mode == "auto":
+            # The fast path: a successor of the cursor validated before, found by the frame that
+            # calls it. Checks the same key as the graph index (op, site, constants, input
+            # metadata, grad mode) without building it.
+            frame = _getframe(2)
+            code = frame.f_code
+            entries = self.cursor.fast.get((func, code, frame.f_lasti))
+            if entries is not None:
+                tensors: list = []
+                scalars: list = []
+                spec = scan(args, kwargs, tensors, scalars)
+                grad = _GRAD[_is_grad_enabled()][_is_inference()]
+                for node in entries:
+                    if node.grad is not grad or (generalize(spec, node.mask) if node.mask else spec) != node.key[2]:
+                        continue
+                    tail = node.tail
+                    if tail:
+                        parent = frame.f_back
+                        if not (parent is self._ok_parent and tail is self._ok_tail and parent.f_lasti == self._ok_lasti) \
+                                and not self._tail_ok(parent, tail):
+                            continue
+                    elif code not in self._root_codes:
+                        continue
+                    for t, m in zip(tensors, node.in_meta):
+                        if type(t) is FutureTensor:
+                            tm = t._tn_meta
+                            if tm is not m and tm != m:
+                                break
+                        elif (t.shape, t.dtype, t.device, t.requires_grad) != m:
+                            break
+                    else:
+                        return self._validated_op(node, func, args, kwargs, tensors, scalars, frame)
+        return self._on_op(func, args, kwargs)
+
+    def _tail_ok(self, parent, tail: tuple) -> bool:
+        """Whether the frames above the op's caller stand where ``tail`` (a node's site) says."""
+        f = parent
+        for code, lasti in tail[:-1]:
+            if f is None or f.f_code is not code or f.f_lasti != lasti:
+                return False
+            f = f.f_back
+        if f is None or f.f_code not in self._root_codes:
+            return False
+        # While ``parent`` runs, the frames above it cannot move: remember it for the next ops.
+        self._ok_parent, self._ok_lasti, self._ok_tail = parent, parent.f_lasti, tail
+        return True
+
+    def _validated_op(self, node: Node, func, args, kwargs, tensors: list, scalars: list, frame):
+        __tracebackhide__ = True
+        if node.kind in DEFERRED:
+            return self._defer(node, tensors, scalars)
+        sources = node.sources
+        for slot, t in enumerate(tensors):
+            src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
+            if src not in sources[slot]:
+                sources[slot].add(src)
+        return self._run_now(node, func, node.info, args, kwargs or {}, tensors, frame, scalars)
+
+    def _on_op(self, func, args, kwargs):
+        __tracebackhide__ = True
         if kwargs is None:
             kwargs = {}
         if self.mode == "eager":
             out = func(*args, **kwargs)
             anchor = self.anchor
-            if anchor is not None and func == anchor.func and location_key(sys._getframe(2), self.roots) == anchor.site:
+            if anchor is not None and func == anchor.func and location_key(sys._getframe(3), self.roots) == anchor.site:
                 self._eager_boundary()
             return out
         info = op_info(func)
@@ -279,9 +351,9 @@ class CoExecutor:
         spec = scan(args, kwargs, tensors, scalars)
         if not tensors and func in self.passthrough:
             return func(*args, **kwargs)
-        frame = sys._getframe(2)
+        frame = sys._getframe(3)
         site = location_key(frame, self.roots)
-        grad = (_is_grad_enabled(), _is_inference())
+        grad = _GRAD[_is_grad_enabled()][_is_inference()]
         if info.kind == "feed":
             spec = "feed"
         kspec = spec
@@ -300,31 +372,42 @@ class CoExecutor:
             if node is None or (node.count < self.trace_iters and not node.synthesized):
                 return self._fallback(f"{info.name}: an operation the trace has not seen here", frame,
                                       func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
-            # Producers are recorded, not enforced: values bind by object and the output metadata
-            # follows from the key, so a new producer (an optimizer buffer made in another
-            # iteration, a layer of an nn.Sequential) is a new data edge, not a reason to trace.
-            sources = node.sources
-            for slot, t in enumerate(tensors):
-                src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
-                if src not in sources[slot]:
-                    sources[slot].add(src)
-            if node.kind in DEFERRED:
-                return self._defer(node, tensors, scalars, _out_src(node, tensors))
-            return self._run_now(node, func, info, args, kwargs, tensors, frame, scalars)
+            if self.mode == "auto" and info.kind != "feed":
+                entries = self.cursor.fast.setdefault((func, frame.f_code, frame.f_lasti), [])
+                if node not in entries:
+                    entries.append(node)
+            return self._validated_op(node, func, args, kwargs, tensors, scalars, frame)
         return self._trace(func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad, frame)
 
     # -- skeleton ------------------------------------------------------------------------------
 
-    def _defer(self, node: Node, tensors: list, scalars: list, getter_src):
-        if node is self.anchor and self.block.ops:
-            self.flush()  # blocks end at iteration ends
+    def _defer(self, node: Node, tensors: list, scalars: list):
+        # The hot path of co-execution: everything here runs once per deferred op.
         blk = self.block
+        if node is self.anchor and blk.ops:
+            self.flush()  # blocks end at iteration ends
+            blk = self.block
+        # Producers are recorded, not enforced: values bind by object and the output metadata
+        # follows from the key, so a new producer (an optimizer buffer made in another
+        # iteration, a layer of an nn.Sequential) is a new data edge, not a reason to trace.
+        sources = node.sources
         wiring = []
+        slot = 0
         for t in tensors:
-            if type(t) is FutureTensor and t._tn_blk is blk:
-                wiring.append(t._tn_vidx)
+            if type(t) is FutureTensor:
+                src = t._tn_src
+                if t._tn_blk is blk:
+                    wiring.append(t._tn_vidx)
+                else:
+                    k = blk.input_ids.get(id(t))
+                    wiring.append(-1 - (blk.input(t) if k is None else k))
             else:
-                wiring.append(-1 - blk.input(t))
+                src = getattr(t, "_tn_src", EXTERNAL)
+                k = blk.input_ids.get(id(t))
+                wiring.append(-1 - (blk.input(t) if k is None else k))
+            if src not in sources[slot]:
+                sources[slot].add(src)
+            slot += 1
         blk.ops.append((node, tuple(wiring)))
         passed = node.passed
         if passed:
@@ -334,17 +417,51 @@ class CoExecutor:
         elif node.out_struct is NONE:
             out = None
         else:
-            refs = blk.refs
+            getter_src = _out_src(node, tensors) if node.info.prop is not None else None
+            futs = blk.futs
+            pool = node.pool or _new_pool(node)
             values = []
             for j, meta in enumerate(node.out_meta):
-                fut = FutureTensor(meta, getter_src or (node.family, j), self)
+                # Recycle the future this output had last time when nothing but the pool holds it
+                # (three references: the pool, ``fut`` and getrefcount's argument): a block that
+                # is queued or running holds its outputs, so its value is never overwritten.
+                fut = pool[j]
+                if fut is not None and _getrefcount(fut) == 3:
+                    fut._tn_val = None
+                    if getter_src is not None:
+                        fut._tn_src = getter_src
+                else:
+                    if fut is not None:
+                        fut._tn_pooled = False
+                    fut = pool[j] = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2],
+                                                  requires_grad=meta[3])
+                    fut._tn_meta = meta
+                    fut._tn_src = getter_src or (node.family, j)
+                    fut._tn_owner = self
+                    fut._tn_pooled = True
                 fut._tn_blk = blk
-                fut._tn_vidx = len(refs)
-                refs.append(weakref.ref(fut))
+                fut._tn_vidx = len(futs)
+                futs.append(fut)
                 values.append(fut)
             out = values[0] if node.out_struct is TENSOR else build_out(node.out_struct, values)  # type: ignore[arg-type]
         node.count += 1
-        self._advance(node)
+        # _advance's common case, inline: count the edge, move the cursor.
+        cursor = self.cursor
+        succ = cursor.succ
+        if node in succ:
+            succ[node] += 1
+            node.pred[cursor] += 1
+        else:
+            self.graph.step(cursor, node)
+        self.cursor = node
+        self.op_counter = now_op = self.op_counter + 1
+        if node is self.anchor or self.explicit_iterations or node.cell_mark is not self._cell_token \
+                or now_op > self._anchor_limit or node.seen_at < self._anchor_first:
+            self.cursor = cursor
+            self.op_counter -= 1
+            self._advance(node, stepped=True)
+        else:
+            node.seen_at = now_op
         self.ops_coexec += 1
         self._validated += 1
         self.deferred_total += 1
@@ -394,14 +511,18 @@ class CoExecutor:
         blk = self.block
         if not blk.ops:
             return
-        refs = blk.refs
-        outputs = tuple([i for i, r in enumerate(refs) if r() is not None])
+        self._ok_parent = None  # a frame kept for the fast path must not keep the user's tensors alive
+        futs = blk.futs
+        # A future is an output when the program still holds it: more references than the block's
+        # list, getrefcount's argument and (for the newest of its node) the node's pool.
+        outputs = tuple([i for i in range(len(futs)) if _getrefcount(futs[i]) > 2 + futs[i]._tn_pooled])
+        blk.futs = []
         key = (tuple(blk.ops), len(blk.inputs), outputs)
         compiled = self.compiled.get(key)
         if compiled is None:
             compiled = self._new_block(key)
         self.runner.submit(BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
-                                    [refs[i] for i in outputs], self.cell, self.iter_index))
+                                    [futs[i] for i in outputs], self.cell, self.iter_index))
         self.block = PendingBlock()
         self.iter_blocks += 1
 
@@ -634,14 +755,15 @@ class CoExecutor:
 
     # -- iterations ----------------------------------------------------------------------------
 
-    def _advance(self, node: Node) -> None:
-        if self.state is SKELETON:
+    def _advance(self, node: Node, stepped: bool = False) -> None:
+        if self.state is SKELETON and not stepped:
             self.graph.step(self.cursor, node)
         self.cursor = node
         self.op_counter = now_op = self.op_counter + 1
         if node is self.anchor:
             self._anchor_period = now_op - self._anchor_last
             self._anchor_last = now_op
+            self._anchor_limit = now_op + 10 * self._anchor_period + 10
             self._anchor_hits.append(now_op)
             now = _perf()
             self._close_iteration(now)
@@ -653,7 +775,7 @@ class CoExecutor:
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
-                if (self.anchor is None or now_op - self._anchor_last > 10 * self._anchor_period + 10
+                if (self.anchor is None or now_op > self._anchor_limit
                         or (prev < self._anchor_first and self._encloses_more_work(prev, now_op))):
                     self._reanchor(node, prev, now_op)
             else:
@@ -697,6 +819,7 @@ class CoExecutor:
         self._anchor_last = now_op
         self._anchor_period = now_op - prev
         self._anchor_hits = [prev, now_op]
+        self._anchor_limit = now_op + 10 * self._anchor_period + 10
         self._reset_iteration(2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
@@ -721,6 +844,11 @@ class CoExecutor:
         self.log.add_iteration(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
                                          self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
                                          self.ops_traced, self.ops_coexec))
+
+
+def _new_pool(node: Node) -> list:
+    node.pool = [None] * len(node.out_meta)
+    return node.pool
 
 
 def _out_src(node: Node, tensors: list, sources: list | None = None):

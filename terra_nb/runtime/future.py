@@ -31,9 +31,10 @@ class FutureTensor(torch.Tensor):
 
     _tn_meta: tuple
     _tn_src: tuple
-    _tn_val: torch.Tensor | None
+    _tn_val: torch.Tensor | None = None  # set by the GraphRunner (a class default: one attribute less to set per op)
     _tn_owner: Any
     _tn_blk: object
+    _tn_pooled: bool = False  # the newest future of its node, kept in the node's pool
     _tn_vidx: int
 
     @staticmethod

@@ -30,17 +30,21 @@ def _stop_runners() -> None:
 
 
 class BlockRun:
-    """One execution of a compiled block: its inputs, floats and the futures its outputs fill."""
+    """One execution of a compiled block: its inputs, floats and the futures its outputs fill.
 
-    __slots__ = ("block", "block_id", "inputs", "floats", "out_refs", "cell", "iteration")
+    It holds its output futures strongly until it has run: the skeleton recycles a future only
+    when nothing but its node's pool refers to it (see ``CoExecutor._defer``).
+    """
 
-    def __init__(self, block, block_id: int, inputs: list, floats: list, out_refs: list, cell: int,
+    __slots__ = ("block", "block_id", "inputs", "floats", "out_futs", "cell", "iteration")
+
+    def __init__(self, block, block_id: int, inputs: list, floats: list, out_futs: list, cell: int,
                  iteration: int = 0) -> None:
         self.block = block
         self.block_id = block_id
         self.inputs = inputs
         self.floats = floats
-        self.out_refs = out_refs
+        self.out_futs = out_futs
         self.cell = cell
         self.iteration = iteration
 
@@ -148,7 +152,9 @@ class GraphRunner:
                     self._pending = 0
                     self._queue.clear()
                     self._cv.notify_all()
+                run = None
                 continue
+            run = None  # the run's futures are recyclable once it is done
             with self._cv:
                 self._pending -= 1
                 if not self._pending:
@@ -161,10 +167,8 @@ class GraphRunner:
         outs = run.block(*args)
         elapsed = time.perf_counter() - t0
         torch._C._set_grad_enabled(True)
-        for ref, val in zip(run.out_refs, outs):
-            fut = ref()
-            if fut is not None:
-                fut._tn_val = val
+        for fut, val in zip(run.out_futs, outs):
+            fut._tn_val = val
         if self.captured is not None:
             if not self.captured or self.captured[-1][0] != (run.cell, run.iteration):
                 self.captured.append(((run.cell, run.iteration), []))
