@@ -23,7 +23,6 @@ import contextlib
 import gc
 import sys
 import time
-import weakref
 from typing import Any
 
 import torch
