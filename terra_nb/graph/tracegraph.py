@@ -38,7 +38,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "immediate", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -81,6 +81,7 @@ class Node:
         self.tail: tuple = site[1:]
         self.mask: frozenset = frozenset()  # int slots generalized into feeds
         self.pool: list = []  # the last futures the skeleton answered this node with, for reuse
+        self.immediate = False  # a one-element CPU op the skeleton runs at once when its inputs are real
 
     @property
     def name(self) -> str:

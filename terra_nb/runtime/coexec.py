@@ -59,6 +59,7 @@ _perf = time.perf_counter
 _getframe = sys._getframe
 _make_wrapper = torch.Tensor._make_wrapper_subclass
 _getrefcount = sys.getrefcount
+_len_mode_stack = torch._C._len_torch_function_stack
 # The grad-mode part of a node key, one object per state so that the fast path compares by identity.
 _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 
@@ -66,9 +67,11 @@ _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 class PendingBlock:
     """The validated ops the skeleton has not handed to the GraphRunner yet."""
 
-    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs")
+    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs", "seq", "busy")
 
-    def __init__(self) -> None:
+    def __init__(self, seq: int = 0, busy: dict | None = None) -> None:
+        self.seq = seq
+        self.busy = busy if busy is not None else {}
         self.ops: list[tuple[Node, tuple]] = []
         self.inputs: list = []
         self.input_ids: dict[int, int] = {}
@@ -81,6 +84,8 @@ class PendingBlock:
             k = self.input_ids[id(t)] = len(self.inputs)
             # A tensor that shares memory with numpy may change before the block runs: snapshot it.
             self.inputs.append(t.clone() if getattr(t, "_tn_numpy", False) else t)
+            if type(t) is not FutureTensor:
+                self.busy[_storage_key(t)] = self.seq  # Python must not touch its memory before the block ran
         return k
 
 
@@ -322,7 +327,7 @@ class CoExecutor:
 
     def _validated_op(self, node: Node, func, args, kwargs, tensors: list, scalars: list, frame):
         __tracebackhide__ = True
-        if node.kind in DEFERRED:
+        if node.kind in DEFERRED and not (node.immediate and not any(type(t) is FutureTensor for t in tensors)):
             return self._defer(node, tensors, scalars)
         sources = node.sources
         for slot, t in enumerate(tensors):
@@ -473,10 +478,12 @@ class CoExecutor:
         __tracebackhide__ = True
         has_future = any(type(t) is FutureTensor for t in tensors)
         waited_ms = -1.0
-        if (self.block.ops or self.runner.busy) and (has_future or node.kind != "feed"):
+        # Wait for the blocks before it when it needs a value they make, or reads memory they may
+        # still write (a real tensor a queued block takes as input; with no tensor: any state).
+        if (self.block.ops or self.runner.busy) and (
+                has_future or (node.kind != "feed" and (not tensors or self._touches_busy(tensors)))):
             t0 = _perf()
-            self.flush()
-            self.sync()
+            self.materialize()
             waited_ms = (_perf() - t0) * 1e3
         if has_future:
             args, kwargs = real((args, kwargs))
@@ -505,11 +512,25 @@ class CoExecutor:
                                str(user_line(frame) or ""), waited_ms))
         return out
 
+    def _touches_busy(self, tensors: list) -> bool:
+        """Whether a block not yet run takes one of these real tensors' memory as input."""
+        busy = self.block.busy
+        if not busy:
+            return False
+        done = self.runner.done_seq
+        return any(busy.get(_storage_key(t), -1) > done for t in tensors)
+
     def flush(self) -> None:
         """Hand the pending block to the GraphRunner."""
+        run = self._take_run()
+        if run is not None:
+            self.runner.submit(run)
+
+    def _take_run(self) -> BlockRun | None:
+        """The pending block as a run of its compiled block; a new pending block begins."""
         blk = self.block
         if not blk.ops:
-            return
+            return None
         self._ok_parent = None  # a frame kept for the fast path must not keep the user's tensors alive
         futs = blk.futs
         # A future is an output when the program still holds it: more references than the block's
@@ -520,10 +541,10 @@ class CoExecutor:
         compiled = self.compiled.get(key)
         if compiled is None:
             compiled = self._new_block(key)
-        self.runner.submit(BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
-                                    [futs[i] for i in outputs], self.cell, self.iter_index))
-        self.block = PendingBlock()
+        self.block = PendingBlock(blk.seq + 1, blk.busy)
         self.iter_blocks += 1
+        return BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
+                        [futs[i] for i in outputs], self.cell, self.iter_index, blk.seq)
 
     def _new_block(self, key: tuple) -> CompiledBlock:
         ops, n_inputs, outputs = key
@@ -548,15 +569,32 @@ class CoExecutor:
             self.raise_block_error()
 
     def materialize(self) -> None:
-        """Make every future the program holds real: flush, then wait."""
-        self.flush()
+        """Make every future the program holds real: flush, then wait.
+
+        The program waits anyway, so once the GraphRunner has run the blocks before it, the
+        pending block runs right here: two thread hand-overs fewer per sync point. (Not where
+        another torch-function mode or inference mode is active: the block must see the state
+        the GraphRunner's thread has.)
+        """
+        if self.block.ops and not _len_mode_stack() and not _is_inference():
+            run = self._take_run()
+            self.sync()
+            if run is not None:
+                grad = _is_grad_enabled()
+                try:
+                    torch._C._set_grad_enabled(True)
+                    self.runner.run_here(run)
+                finally:
+                    torch._C._set_grad_enabled(grad)
+        else:
+            self.flush()
         self.sync()
 
     def raise_block_error(self) -> None:
         error = self.runner.take_error()
         if error is None:
             return
-        self.block = PendingBlock()
+        self.block = PendingBlock(self.block.seq + 1)  # nothing is queued any more: nothing is busy
         self.state = TRACE
         self._validated = 0
         exc = error.exc
@@ -569,8 +607,7 @@ class CoExecutor:
 
     def _fallback(self, reason: str, frame, func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad):
         __tracebackhide__ = True
-        self.flush()
-        self.sync()
+        self.materialize()
         if self._validated:
             self.iter_fallbacks += 1
             self.log.add(Event("fallback", self.cell, self.iter_index, reason, str(user_line(frame) or "")))
@@ -731,6 +768,8 @@ class CoExecutor:
             node.kind = "effect"
         node.out_struct = struct
         node.out_meta = [meta_of(t) for t in outs]
+        node.immediate = (node.kind in DEFERRED and info.name in _IMMEDIATE_OPS and bool(tensors)
+                          and all(_is_small_cpu(t) for t in tensors) and all(_is_small_cpu(t) for t in outs))
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
         node.targs, node.tkwargs = template(args, kwargs)
@@ -843,6 +882,27 @@ class CoExecutor:
         self.log.add_iteration(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
                                          self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
                                          self.ops_traced, self.ops_coexec))
+
+
+def _storage_key(t) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return 0  # no plain storage: counts as shared with everything (always waits)
+
+
+# Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
+# inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
+# wait. Random ops are not here: they must draw from the generator in program order.
+_IMMEDIATE_OPS = frozenset({
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "add_", "sub_", "mul_", "div_", "add", "sub", "mul", "div",
+    "__add__", "__sub__", "__mul__", "__truediv__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__",
+    "_foreach_add_", "_foreach_add", "_foreach_sub_", "_foreach_mul_", "copy_", "fill_", "zero_",
+})
+
+
+def _is_small_cpu(t) -> bool:
+    return t.device.type == "cpu" and t.numel() <= 1 and not t.requires_grad
 
 
 def _new_pool(node: Node) -> list:

@@ -36,10 +36,11 @@ class BlockRun:
     when nothing but its node's pool refers to it (see ``CoExecutor._defer``).
     """
 
-    __slots__ = ("block", "block_id", "inputs", "floats", "out_futs", "cell", "iteration")
+    __slots__ = ("block", "block_id", "inputs", "floats", "out_futs", "cell", "iteration", "seq")
 
     def __init__(self, block, block_id: int, inputs: list, floats: list, out_futs: list, cell: int,
-                 iteration: int = 0) -> None:
+                 iteration: int = 0, seq: int = 0) -> None:
+        self.seq = seq
         self.block = block
         self.block_id = block_id
         self.inputs = inputs
@@ -65,6 +66,7 @@ class GraphRunner:
         self._queue: deque[BlockRun] = deque()
         self._cv = threading.Condition()
         self._pending = 0
+        self.done_seq = -1  # the sequence number of the last block run to its end
         self.error: BlockError | None = None
         self.on_run = on_run
         self.captured: deque | None = None  # the last iterations' block runs, for graph-only replay
@@ -84,6 +86,13 @@ class GraphRunner:
             self._queue.append(run)
             self._pending += 1
             self._cv.notify_all()
+
+    def run_here(self, run: BlockRun) -> None:
+        """Run a block in the calling thread, once the queue is empty (the caller waits anyway)."""
+        if self._pending:
+            self.submit(run)
+        elif self.error is None:
+            self._run_one(run)
 
     def capture_now(self, key: tuple, step, args: list, outs: list) -> None:
         """Capture an op the skeleton ran itself (after waiting: the blocks before it have run)."""
@@ -142,23 +151,27 @@ class GraphRunner:
                     self._cv.wait()
                 if self._stopped:
                     return
-                run = self._queue.popleft()
-            try:
-                self._execute(run)
-            except BaseException as exc:  # surfaces in the user's frame, see Skeleton.raise_block_error
-                op = failing_op(run.block.gm, exc.__traceback__)
-                with self._cv:
-                    self.error = BlockError(exc, run, op)
-                    self._pending = 0
-                    self._queue.clear()
-                    self._cv.notify_all()
-                run = None
+            # No local of this loop holds the run: its futures become recyclable once it is done.
+            # (Only this thread takes from the queue.)
+            if not self._run_one(self._queue.popleft()):
                 continue
-            run = None  # the run's futures are recyclable once it is done
             with self._cv:
                 self._pending -= 1
                 if not self._pending:
                     self._cv.notify_all()
+
+    def _run_one(self, run: BlockRun) -> bool:
+        try:
+            self._execute(run)
+            return True
+        except BaseException as exc:  # surfaces in the user's frame, see Skeleton.raise_block_error
+            op = failing_op(run.block.gm, exc.__traceback__)
+            with self._cv:
+                self.error = BlockError(exc, run, op)
+                self._pending = 0
+                self._queue.clear()
+                self._cv.notify_all()
+            return False
 
     def _execute(self, run: BlockRun) -> None:
         args = [_resolved(x) for x in run.inputs]
@@ -169,6 +182,7 @@ class GraphRunner:
         torch._C._set_grad_enabled(True)
         for fut, val in zip(run.out_futs, outs):
             fut._tn_val = val
+        self.done_seq = run.seq
         if self.captured is not None:
             if not self.captured or self.captured[-1][0] != (run.cell, run.iteration):
                 self.captured.append(((run.cell, run.iteration), []))
