@@ -280,3 +280,60 @@ def test_futures_survive_the_cell_and_behave_as_tensors():
     assert all(type(t) is torch.Tensor for t in namespace["losses"])
     later = torch.stack(namespace["losses"]).mean()
     assert later.shape == ()
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adam_step_counters_need_no_wait(foreach):
+    """Adam reads ``step.item()`` per parameter: the counters run at once, so nothing waits."""
+    source = PRELUDE + f"""
+opt = torch.optim.Adam(model.parameters(), lr=0.01, foreach={foreach})
+for x, y in data:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(f"{{loss.item():.6f}}")
+"""
+    session = check_program(source)
+    steady = [it for it in session.log.iterations if it.mode == "coexec"]
+    assert steady and all(it.syncs == 0 for it in steady), [(it.mode, it.syncs) for it in session.log.iterations]
+
+
+def test_a_real_tensor_read_waits_for_the_block_that_writes_it():
+    """``w`` is real; queued blocks add to it in place: reading it must wait for them, every time."""
+    check_program("""
+import torch
+w = torch.zeros(3)
+x = torch.arange(3.0)
+seen = []
+for i in range(8):
+    w.add_(x * i)
+    w.mul_(0.5)
+    seen.append(w.tolist())
+print(seen)
+""")
+
+
+def test_recycled_futures_never_change_under_the_program(monkeypatch):
+    """Futures are reused once nothing holds them; the ones the program keeps keep their values."""
+    from terra_nb.runtime import coexec
+
+    made = []
+    make = coexec._make_wrapper
+    monkeypatch.setattr(coexec, "_make_wrapper", lambda *a, **k: made.append(1) or make(*a, **k))
+    out, namespace, session = run_terra("""
+import torch
+x = torch.ones(4)
+kept = {}
+for i in range(30):
+    y = x * (i + 1.0)
+    z = y + 1
+    if i % 9 == 0:
+        kept[i] = z
+    x = x + 0
+    total = z.sum().item()
+print({k: v.tolist() for k, v in kept.items()}, total)
+""")
+    assert out == "{0: [2.0, 2.0, 2.0, 2.0], 9: [11.0, 11.0, 11.0, 11.0], 18: [20.0, 20.0, 20.0, 20.0], 27: [29.0, 29.0, 29.0, 29.0]} 124.0\n"
+    coexec_iterations = [it for it in session.log.iterations if it.mode == "coexec"]
+    assert len(coexec_iterations) >= 25
+    # four futures per iteration (y, z, x, the sum): most of them were recycled
+    assert len(made) < len(coexec_iterations)

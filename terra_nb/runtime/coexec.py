@@ -426,23 +426,33 @@ class CoExecutor:
             pool = node.pool or _new_pool(node)
             values = []
             for j, meta in enumerate(node.out_meta):
-                # Recycle the future this output had last time when nothing but the pool holds it
+                # Recycle a future this output had before when nothing but the pool holds it
                 # (three references: the pool, ``fut`` and getrefcount's argument): a block that
-                # is queued or running holds its outputs, so its value is never overwritten.
-                fut = pool[j]
-                if fut is not None and _getrefcount(fut) == 3:
+                # is queued or running holds its outputs, so its value is never overwritten. Two
+                # per output, since ``y = f(x)`` in a loop still holds the last one while the
+                # next is made.
+                fut = pool[2 * j]
+                if fut is None or _getrefcount(fut) != 3:
+                    fut = pool[2 * j + 1]
+                    if fut is not None and _getrefcount(fut) == 3:
+                        pool[2 * j + 1], pool[2 * j] = pool[2 * j], fut  # the one just used first
+                    else:
+                        fut = None
+                if fut is not None:
                     fut._tn_val = None
                     if getter_src is not None:
                         fut._tn_src = getter_src
                 else:
-                    if fut is not None:
-                        fut._tn_pooled = False
-                    fut = pool[j] = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2],
-                                                  requires_grad=meta[3])
+                    oldest = pool[2 * j + 1]
+                    if oldest is not None:
+                        oldest._tn_pooled = False
+                    fut = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
                     fut._tn_meta = meta
                     fut._tn_src = getter_src or (node.family, j)
                     fut._tn_owner = self
                     fut._tn_pooled = True
+                    pool[2 * j + 1] = pool[2 * j]
+                    pool[2 * j] = fut
                 fut._tn_blk = blk
                 fut._tn_vidx = len(futs)
                 futs.append(fut)
@@ -543,8 +553,11 @@ class CoExecutor:
             compiled = self._new_block(key)
         self.block = PendingBlock(blk.seq + 1, blk.busy)
         self.iter_blocks += 1
-        return BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
-                        [futs[i] for i in outputs], self.cell, self.iter_index, blk.seq)
+        run = BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
+                       [futs[i] for i in outputs], self.cell, self.iter_index, blk.seq)
+        # The old block lives on as the identity its futures name (``_tn_blk``): it holds nothing.
+        blk.inputs, blk.input_ids, blk.floats, blk.ops = [], {}, [], []
+        return run
 
     def _new_block(self, key: tuple) -> CompiledBlock:
         ops, n_inputs, outputs = key
@@ -906,7 +919,7 @@ def _is_small_cpu(t) -> bool:
 
 
 def _new_pool(node: Node) -> list:
-    node.pool = [None] * len(node.out_meta)
+    node.pool = [None] * (2 * len(node.out_meta))
     return node.pool
 
 
