@@ -56,6 +56,7 @@ TRACE, SKELETON = "trace", "skeleton"
 _is_grad_enabled = torch.is_grad_enabled
 _is_inference = torch.is_inference_mode_enabled
 _perf = time.perf_counter
+_thread_time = time.thread_time
 _getframe = sys._getframe
 _make_wrapper = torch.Tensor._make_wrapper_subclass
 _getrefcount = sys.getrefcount
@@ -90,24 +91,35 @@ class PendingBlock:
 
 
 class ProfilingMode(TorchFunctionMode):
-    """TerraMode that also adds up the time of every call the skeleton deferred (for the benchmark)."""
+    """TerraMode that also adds up the skeleton's own CPU time per deferred op, by iteration.
+
+    Thread CPU time, not wall time: the time the skeleton waits for the GIL while the
+    GraphRunner holds it is not the skeleton's cost. (For the benchmark.)
+    """
 
     def __init__(self, executor: CoExecutor) -> None:
         super().__init__()
         self.executor = executor
-        self.deferred_s = 0.0
-        self.deferred_ops = 0
+        self.by_iteration: dict[int, list] = {}  # iteration -> [seconds, deferred ops]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True
         executor = self.executor
         before = executor.deferred_total
-        t0 = _perf()
+        t0 = _thread_time()
         out = executor.on_op(func, args, kwargs)
         if executor.deferred_total != before:
-            self.deferred_s += _perf() - t0
-            self.deferred_ops += 1
+            acc = self.by_iteration.setdefault(executor.iter_index, [0.0, 0])
+            acc[0] += _thread_time() - t0
+            acc[1] += 1
         return out
+
+    def us_per_op(self) -> float | None:
+        """Mean µs per deferred op in steady state: over the second half of the iterations."""
+        first = max(self.by_iteration, default=0) // 2
+        spans = [v for k, v in self.by_iteration.items() if k > first]
+        ops = sum(n for _, n in spans)
+        return sum(t for t, _ in spans) / ops * 1e6 if ops else None
 
 
 class TerraMode(TorchFunctionMode):
