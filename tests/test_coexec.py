@@ -337,3 +337,18 @@ print({k: v.tolist() for k, v in kept.items()}, total)
     assert len(coexec_iterations) >= 25
     # four futures per iteration (y, z, x, the sum): most of them were recycled
     assert len(made) < len(coexec_iterations)
+
+
+def test_a_counter_that_became_a_gradient_is_read_after_backward():
+    """A small tensor made from Python data is read without waiting only while no block can write it:
+    once it is a parameter's ``.grad``, backward accumulates into it and reads must wait."""
+    check_program("""
+import torch
+w = torch.ones((), requires_grad=True)
+g = torch.tensor(0.0)
+w.grad = g
+for i in range(8):
+    loss = (w * (i + 1.0)) ** 2
+    loss.backward()
+    print(i, g.item())
+""")

@@ -23,6 +23,7 @@ import contextlib
 import gc
 import sys
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -68,11 +69,10 @@ _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 class PendingBlock:
     """The validated ops the skeleton has not handed to the GraphRunner yet."""
 
-    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs", "seq", "busy")
+    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs", "seq")
 
-    def __init__(self, seq: int = 0, busy: dict | None = None) -> None:
+    def __init__(self, seq: int = 0) -> None:
         self.seq = seq
-        self.busy = busy if busy is not None else {}
         self.ops: list[tuple[Node, tuple]] = []
         self.inputs: list = []
         self.input_ids: dict[int, int] = {}
@@ -85,8 +85,8 @@ class PendingBlock:
             k = self.input_ids[id(t)] = len(self.inputs)
             # A tensor that shares memory with numpy may change before the block runs: snapshot it.
             self.inputs.append(t.clone() if getattr(t, "_tn_numpy", False) else t)
-            if type(t) is not FutureTensor:
-                self.busy[_storage_key(t)] = self.seq  # Python must not touch its memory before the block ran
+            if type(t) is not FutureTensor and t.__dict__.get("_tn_local"):
+                t._tn_local = False  # a block may write it now: Python must wait before reading it
         return k
 
 
@@ -171,6 +171,7 @@ class CoExecutor:
         self.iter_index = 0
         self._hold_trace = False
         self._ok_parent: object = None
+        self._locals: list = []  # weak references to the tensors marked skeleton-local
         self._ok_lasti = -1
         self._ok_tail: tuple = ()
         self._reset_iteration(0, _perf())
@@ -195,6 +196,8 @@ class CoExecutor:
         self._cell_mode = mode
         self.baseline = max(0, int(baseline)) if mode != "eager" else 0
         self.mode = mode
+        if mode == "eager":
+            self._forget_locals()
         self.state = SKELETON if mode == "auto" else TRACE
         self._validated = 0
         self.cursor = self.graph.root
@@ -216,6 +219,7 @@ class CoExecutor:
                     setattr(owner, name, original)
                 self.roots.remove(root_code)
                 self._ok_parent = None
+                self._forget_locals()  # code outside co-execution is not watched
                 self._depth -= 1
                 self.cursor = self.graph.root
             if error is not None:
@@ -339,7 +343,7 @@ class CoExecutor:
 
     def _validated_op(self, node: Node, func, args, kwargs, tensors: list, scalars: list, frame):
         __tracebackhide__ = True
-        if node.kind in DEFERRED and not (node.immediate and not any(type(t) is FutureTensor for t in tensors)):
+        if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
             return self._defer(node, tensors, scalars)
         sources = node.sources
         for slot, t in enumerate(tensors):
@@ -500,10 +504,9 @@ class CoExecutor:
         __tracebackhide__ = True
         has_future = any(type(t) is FutureTensor for t in tensors)
         waited_ms = -1.0
-        # Wait for the blocks before it when it needs a value they make, or reads memory they may
-        # still write (a real tensor a queued block takes as input; with no tensor: any state).
-        if (self.block.ops or self.runner.busy) and (
-                has_future or (node.kind != "feed" and (not tensors or self._touches_busy(tensors)))):
+        # Wait for the blocks before it, unless it is a feed or reads only skeleton-local tensors
+        # (no block ever took them: see _is_local).
+        if (self.block.ops or self.runner.busy) and (has_future or (node.kind != "feed" and not _all_local(tensors))):
             t0 = _perf()
             self.materialize()
             waited_ms = (_perf() - t0) * 1e3
@@ -516,6 +519,7 @@ class CoExecutor:
         if node.kind == "feed":
             out = _snapshot(out)
         if struct is not None:
+            self._track_locals(node, tensors, out_tensors(out, struct))
             getter_src = _out_src(node, tensors)
             for j, t in enumerate(out_tensors(out, struct)):
                 if not any(t is x for x in tensors):  # an input returned (in place) keeps its provenance
@@ -533,14 +537,6 @@ class CoExecutor:
             self.log.add(Event("sync", self.cell, self.iter_index, f"{info.name}: Python needs a value",
                                str(user_line(frame) or ""), waited_ms))
         return out
-
-    def _touches_busy(self, tensors: list) -> bool:
-        """Whether a block not yet run takes one of these real tensors' memory as input."""
-        busy = self.block.busy
-        if not busy:
-            return False
-        done = self.runner.done_seq
-        return any(busy.get(_storage_key(t), -1) > done for t in tensors)
 
     def flush(self) -> None:
         """Hand the pending block to the GraphRunner."""
@@ -563,7 +559,7 @@ class CoExecutor:
         compiled = self.compiled.get(key)
         if compiled is None:
             compiled = self._new_block(key)
-        self.block = PendingBlock(blk.seq + 1, blk.busy)
+        self.block = PendingBlock(blk.seq + 1)
         self.iter_blocks += 1
         run = BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
                        [futs[i] for i in outputs], self.cell, self.iter_index, blk.seq)
@@ -619,7 +615,7 @@ class CoExecutor:
         error = self.runner.take_error()
         if error is None:
             return
-        self.block = PendingBlock(self.block.seq + 1)  # nothing is queued any more: nothing is busy
+        self.block = PendingBlock(self.block.seq + 1)
         self.state = TRACE
         self._validated = 0
         exc = error.exc
@@ -675,6 +671,7 @@ class CoExecutor:
         if node.kind == "feed":
             out = _snapshot(out)
             outs = out_tensors(out, struct)  # type: ignore[arg-type]
+        self._track_locals(node, tensors, outs)
         if node.alias < 0:
             getter_src = _out_src(node, tensors, sources)
             for j, t in enumerate(outs):
@@ -688,6 +685,34 @@ class CoExecutor:
             self.state = SKELETON
             self._validated = 0
         return out
+
+    def _track_locals(self, node: Node, tensors: list, outs: list) -> None:
+        """Keep the skeleton-local mark (see _all_local) true: set it, pass it on, or clear it."""
+        if not tensors:
+            if outs and all(_is_small_cpu(t) for t in outs):  # made from Python data: local
+                for t in outs:
+                    t._tn_local = True
+                    self._locals.append(weakref.ref(t))
+                if len(self._locals) > 4096:
+                    self._locals = [r for r in self._locals if r() is not None]
+        elif node.immediate or node.kind == "fetch":
+            if node.immediate and _all_local(tensors):
+                for t in outs:
+                    if not t.__dict__.get("_tn_local"):
+                        t._tn_local = True
+                        self._locals.append(weakref.ref(t))
+        else:  # any other use (a view, a setter like ``p.grad = t``) may let a block write it
+            for t in tensors:
+                if type(t) is not FutureTensor and t.__dict__.get("_tn_local"):
+                    t._tn_local = False
+
+    def _forget_locals(self) -> None:
+        """Plain eager execution does not keep the marks: clear them all."""
+        for ref in self._locals:
+            t = ref()
+            if t is not None:
+                t._tn_local = False
+        self._locals = []
 
     def _generalize(self, func, site, spec, in_meta, grad, struct, outs) -> Node | None:
         """An int that differs from a sibling node's while the output does not: make it a feed."""
@@ -835,6 +860,7 @@ class CoExecutor:
             self._anchor_traced = self.state is TRACE
             if self.baseline:
                 self.mode = "eager"  # the baseline: the next iterations run plain eager
+                self._forget_locals()
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
@@ -909,11 +935,20 @@ class CoExecutor:
                                          self.ops_traced, self.ops_coexec))
 
 
-def _storage_key(t) -> int:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return 0  # no plain storage: counts as shared with everything (always waits)
+def _all_local(tensors: list) -> bool:
+    """Whether every tensor is skeleton-local: small CPU state no block has ever taken.
+
+    A tensor is local when it was made from Python data with no tensor input (an optimizer's
+    ``step`` counter) and since then only immediate ops and fetches used it. No block can have
+    written it (a block that takes it clears the mark), and it is no parameter's ``.grad``
+    (a setter, like any other op, clears the mark), so reading it needs no wait.
+    """
+    if not tensors:
+        return False
+    for t in tensors:
+        if type(t) is FutureTensor or not t.__dict__.get("_tn_local"):
+            return False
+    return True
 
 
 # Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
