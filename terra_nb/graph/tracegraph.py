@@ -28,6 +28,9 @@ from ..trace.location import SourceLine
 from ..trace.ops import OpInfo
 
 EXTERNAL = (-1, 0)
+# Autograd's entry points: they write the ``.grad`` of tensors they do not take as inputs, which a
+# compiled graph around them would not see. They run alone, in an eager block.
+AUTOGRAD_OPS = frozenset({"backward", "grad"})
 DEFERRED = frozenset({"op", "effect"})
 
 
@@ -38,7 +41,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "immediate", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "immediate", "barrier", "flat", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -82,6 +85,8 @@ class Node:
         self.mask: frozenset = frozenset()  # int slots generalized into feeds
         self.pool: list = []  # the last futures the skeleton answered this node with, for reuse
         self.immediate = False  # a one-element CPU op the skeleton runs at once when its inputs are real
+        self.flat = -1  # n when the node's arguments are n tensors and nothing else
+        self.barrier = info.name in AUTOGRAD_OPS  # runs in a block of its own, never compiled
 
     @property
     def name(self) -> str:

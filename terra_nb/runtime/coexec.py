@@ -35,6 +35,8 @@ from ..trace.location import RootRegistry, location_key, module_path, user_line
 from ..trace.ops import (
     NONE,
     TENSOR,
+    T,
+    Tensor,
     build_out,
     feedable_ints,
     fill,
@@ -61,6 +63,7 @@ _thread_time = time.thread_time
 _getframe = sys._getframe
 _make_wrapper = torch.Tensor._make_wrapper_subclass
 _getrefcount = sys.getrefcount
+_NO_SCALARS: list = []  # never appended to: the fast path's scalars for a call with tensors only
 _len_mode_stack = torch._C._len_torch_function_stack
 # The grad-mode part of a node key, one object per state so that the fast path compares by identity.
 _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
@@ -302,9 +305,14 @@ class CoExecutor:
             code = frame.f_code
             entries = self.cursor.fast.get((func, code, frame.f_lasti))
             if entries is not None:
-                tensors: list = []
-                scalars: list = []
-                spec = scan(args, kwargs, tensors, scalars)
+                spec = entries[0].key[2]
+                if not kwargs and entries[0].flat == len(args) and all([isinstance(a, Tensor) for a in args]):
+                    tensors: list = list(args)  # tensors only: the spec is (T, ..., T), no scan needed
+                    scalars: list = _NO_SCALARS
+                else:
+                    tensors = []
+                    scalars = []
+                    spec = scan(args, kwargs, tensors, scalars)
                 grad = _GRAD[_is_grad_enabled()][_is_inference()]
                 for node in entries:
                     if node.grad is not grad or (generalize(spec, node.mask) if node.mask else spec) != node.key[2]:
@@ -404,8 +412,8 @@ class CoExecutor:
     def _defer(self, node: Node, tensors: list, scalars: list):
         # The hot path of co-execution: everything here runs once per deferred op.
         blk = self.block
-        if node is self.anchor and blk.ops:
-            self.flush()  # blocks end at iteration ends
+        if (node is self.anchor or node.barrier) and blk.ops:
+            self.flush()  # blocks end at iteration ends, and autograd runs in a block of its own
             blk = self.block
         # Producers are recorded, not enforced: values bind by object and the output metadata
         # follows from the key, so a new producer (an optimizer buffer made in another
@@ -495,7 +503,7 @@ class CoExecutor:
         self.ops_coexec += 1
         self._validated += 1
         self.deferred_total += 1
-        if len(blk.ops) >= self.max_block:
+        if len(blk.ops) >= self.max_block or node.barrier:
             self.flush()
         return out
 
@@ -776,6 +784,7 @@ class CoExecutor:
         node = self.graph.add_node((func, site, kspec, in_meta, grad), func, info)
         node.family = sibling.family
         node.spec, node.kind, node.out_struct, node.alias = sibling.spec, sibling.kind, sibling.out_struct, sibling.alias
+        node.flat = sibling.flat
         if not deferred:
             node.out_meta = []
         elif sibling.alias >= 0:  # in place: the output is the aliased input
@@ -804,6 +813,7 @@ class CoExecutor:
                 node.family = sibling.family
                 break
         node.spec = spec
+        node.flat = len(spec) if type(spec) is tuple and spec and all(x is T for x in spec) else -1
         node.int_pos = tuple(i for i, v in enumerate(scalars) if type(v) is int)
         mask = self.graph.int_masks.get((func, node.site), frozenset())
         node.passed = tuple(i for i, v in enumerate(scalars)
