@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class CompiledBlock:
         return self.fn(*args)
 
     def _start_compile(self, args) -> None:
+        _thread_aware_is_compiling()
         with self._lock:
             if self.state != "pending":
                 return
@@ -127,6 +129,51 @@ class CompiledBlock:
                 self.fn = self.gm
             self.state = "compiled" if self.fn is not self.gm else "eager"
         return out
+
+
+_SESSIONS: dict[int, int] = {}  # thread id -> open torch.compile sessions in that thread
+_PATCHED = []
+
+
+def _thread_aware_is_compiling() -> None:
+    """Make ``torch.compiler.is_compiling()`` true only in the threads that are compiling.
+
+    Upstream keeps one process-wide flag up for a whole compile session. With a block compiling
+    in the background for ~20 s, the program's own thread would see it too, and library code
+    that branches on it (torch.optim's ``_get_value``, ``clip_grad_norm_``) would take its
+    compiled-graph paths in plain Python: different ops, and wrong results. Installed on the
+    first background compile; Dynamo folds the new function to a constant, as it did the old.
+    """
+    if _PATCHED:
+        return
+    compiler = torch.compiler
+    open_session = compiler._compile_session_context
+
+    @contextlib.contextmanager
+    def compile_session_context():
+        ident = threading.get_ident()
+        _SESSIONS[ident] = _SESSIONS.get(ident, 0) + 1
+        try:
+            with open_session():
+                yield
+        finally:
+            left = _SESSIONS.pop(ident) - 1
+            if left:
+                _SESSIONS[ident] = left
+
+    upstream = compiler.is_compiling
+
+    def is_compiling() -> bool:
+        if not compiler._is_compiling_flag or torch.jit.is_scripting():
+            return False
+        # set outside a compile session (torch.export): as upstream; else only where compiling
+        return not _SESSIONS or threading.get_ident() in _SESSIONS
+
+    is_compiling.__doc__ = upstream.__doc__
+    is_compiling._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    compiler._compile_session_context = compile_session_context
+    compiler.is_compiling = is_compiling
+    _PATCHED.append(upstream)
 
 
 def _auto_threshold(args) -> int:
