@@ -132,7 +132,7 @@ class CompiledBlock:
 
 
 _SESSIONS: dict[int, int] = {}  # thread id -> open torch.compile sessions in that thread
-_PATCHED = []
+_PATCHED: list = []  # the upstream function, once replaced
 
 
 def _thread_aware_is_compiling() -> None:
