@@ -22,6 +22,7 @@ import bisect
 import contextlib
 import gc
 import sys
+import threading
 import time
 import weakref
 from typing import Any
@@ -252,16 +253,22 @@ class CoExecutor:
 
     def _patch_torch(self) -> list:
         """Python-level torch calls that touch state the GraphRunner owns must wait for it first."""
+        # The patches are process-wide; only the co-executing thread may act on them (Dynamo, in a
+        # background compile thread, reads the RNG state: materialising from there stole blocks).
+        owner = threading.get_ident()
+
         def syncing(original):
             def wrapper(*args, **kwargs):
-                self.materialize()
+                if threading.get_ident() == owner:
+                    self.materialize()
                 return original(*args, **kwargs)
             return wrapper
 
         def tagging(original):
             def from_numpy(array):
                 tensor = original(array)
-                tensor._tn_numpy = True
+                if threading.get_ident() == owner:
+                    tensor._tn_numpy = True
                 return tensor
             return from_numpy
 
@@ -278,7 +285,7 @@ class CoExecutor:
         parameter_new = torch.nn.Parameter.__new__
 
         def new_parameter(cls, data=None, requires_grad=True):
-            if type(data) is FutureTensor:
+            if type(data) is FutureTensor and threading.get_ident() == owner:
                 data = data.value()
             return parameter_new(cls, data, requires_grad)
 
