@@ -255,11 +255,11 @@ class CoExecutor:
         """Python-level torch calls that touch state the GraphRunner owns must wait for it first."""
         # The patches are process-wide; only the co-executing thread may act on them (Dynamo, in a
         # background compile thread, reads the RNG state: materialising from there stole blocks).
-        owner = threading.get_ident()
+        owner_thread = threading.get_ident()
 
         def syncing(original):
             def wrapper(*args, **kwargs):
-                if threading.get_ident() == owner:
+                if threading.get_ident() == owner_thread:
                     self.materialize()
                 return original(*args, **kwargs)
             return wrapper
@@ -267,7 +267,7 @@ class CoExecutor:
         def tagging(original):
             def from_numpy(array):
                 tensor = original(array)
-                if threading.get_ident() == owner:
+                if threading.get_ident() == owner_thread:
                     tensor._tn_numpy = True
                 return tensor
             return from_numpy
@@ -285,7 +285,7 @@ class CoExecutor:
         parameter_new = torch.nn.Parameter.__new__
 
         def new_parameter(cls, data=None, requires_grad=True):
-            if type(data) is FutureTensor and threading.get_ident() == owner:
+            if type(data) is FutureTensor and threading.get_ident() == owner_thread:
                 data = data.value()
             return parameter_new(cls, data, requires_grad)
 
