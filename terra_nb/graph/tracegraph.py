@@ -41,7 +41,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "immediate", "barrier", "flat", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -87,6 +87,8 @@ class Node:
         self.immediate = False  # a one-element CPU op the skeleton runs at once when its inputs are real
         self.flat = -1  # n when the node's arguments are n tensors and nothing else
         self.barrier = info.name in AUTOGRAD_OPS  # runs in a block of its own, never compiled
+        # 1: sets a tensor's .grad, 2: reads it (blocks that do either are never compiled)
+        self.grad_op = (1 if info.setter else 2) if info.prop == "grad" else 0
 
     @property
     def name(self) -> str:

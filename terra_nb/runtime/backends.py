@@ -82,13 +82,12 @@ class CompiledBlock:
             if self.state != "pending":
                 return
             self.state = "compiling"
-        if any(node.barrier or node.info.prop == "grad" for node, _ in self.spec.ops):
-            # backward writes .grad behind a compiled graph's back, and Dynamo's view of .grad
-            # did not follow it: blocks that run autograd or touch .grad run eagerly
+        if any(node.barrier or node.grad_op for node, _ in self.spec.ops):
+            # Autograd writes the .grad of tensors it does not take, and a compiled graph that
+            # reads or sets .grad did not see those writes (gpt2 read None grads): such blocks
+            # run eagerly. The skeleton cuts blocks so that pure compute stays apart from them.
             self.state = "eager"
             self.done.set()
-            if self.on_compiled:
-                self.on_compiled(self, "kept eager: it runs autograd or reads or sets .grad")
             return
         examples = [_clone(a) for a in args]
         thread = threading.Thread(target=self._compile, args=(examples,), daemon=True, name="terra-compile")

@@ -73,10 +73,13 @@ _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 class PendingBlock:
     """The validated ops the skeleton has not handed to the GraphRunner yet."""
 
-    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs", "seq")
+    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs", "seq", "kind")
 
     def __init__(self, seq: int = 0) -> None:
         self.seq = seq
+        # What its ops do with .grad, for the cuts in _defer: 0 nothing yet, 1 pure compute,
+        # 2 only sets .grad (zero_grad), 3 reads .grad (an optimizer step): only 1 compiles.
+        self.kind = 0
         self.ops: list[tuple[Node, tuple]] = []
         self.inputs: list = []
         self.input_ids: dict[int, int] = {}
@@ -340,6 +343,8 @@ class CoExecutor:
                         elif (t.shape, t.dtype, t.device, t.requires_grad) != m:
                             break
                     else:
+                        if node.kind in DEFERRED and not node.immediate:
+                            return self._defer(node, tensors, scalars)
                         return self._validated_op(node, func, args, kwargs, tensors, scalars, frame)
         return self._on_op(func, args, kwargs)
 
@@ -419,9 +424,18 @@ class CoExecutor:
     def _defer(self, node: Node, tensors: list, scalars: list):
         # The hot path of co-execution: everything here runs once per deferred op.
         blk = self.block
-        if (node is self.anchor or node.barrier) and blk.ops:
-            self.flush()  # blocks end at iteration ends, and autograd runs in a block of its own
+        grad_op = node.grad_op
+        kind = blk.kind
+        if blk.ops and (node is self.anchor or node.barrier or (grad_op and kind == 1) or (not grad_op and kind == 2)):
+            # Blocks end at iteration ends; autograd runs in a block of its own; and pure compute
+            # is kept apart from the ops that touch .grad, so that it can be compiled.
+            self.flush()
             blk = self.block
+            kind = 0
+        if kind == 0:
+            blk.kind = (1, 2, 3)[grad_op]
+        elif grad_op == 2:
+            blk.kind = 3
         # Producers are recorded, not enforced: values bind by object and the output metadata
         # follows from the key, so a new producer (an optimizer buffer made in another
         # iteration, a layer of an nn.Sequential) is a new data edge, not a reason to trace.
