@@ -74,7 +74,10 @@ class CompiledBlock:
                 self._start_compile(args)
         elif self.state == "measure":
             return self._measured(args)
-        return self.fn(*args)
+        fn = self.fn
+        if fn is self.gm:
+            return fn(*args)
+        return _call_compiled(fn, self.gm, args)
 
     def _start_compile(self, args) -> None:
         _thread_aware_is_compiling()
@@ -117,9 +120,8 @@ class CompiledBlock:
     def _measured(self, args):
         """Alternate compiled and eager runs a few times; keep whichever was faster."""
         use_compiled = len(self._trials) % 2 == 0
-        fn = self.fn if use_compiled else self.gm
         t0 = time.perf_counter()
-        out = fn(*args)
+        out = _call_compiled(self.fn, self.gm, args) if use_compiled else self.gm(*args)
         self._trials.append((use_compiled, time.perf_counter() - t0))
         if len(self._trials) >= 10:
             compiled = sorted(t for c, t in self._trials if c)
@@ -128,6 +130,26 @@ class CompiledBlock:
                 self.fn = self.gm
             self.state = "compiled" if self.fn is not self.gm else "eager"
         return out
+
+
+_NESTED_FX = "symbolically trace a dynamo-optimized function"
+
+
+def _call_compiled(fn, gm, args):
+    """Run a compiled block; its eager form while another thread's compile holds FX's tracing flag.
+
+    ``torch.fx``'s "tracing" flag is process-wide too: while Inductor traces a block in the
+    background, Dynamo refuses to run any compiled function from another thread (it believes it
+    is being traced). It refuses before running anything, so the eager form can take over.
+    """
+    if torch.fx._symbolic_trace._is_fx_tracing_flag:
+        return gm(*args)
+    try:
+        return fn(*args)
+    except RuntimeError as exc:
+        if _NESTED_FX not in str(exc):
+            raise
+        return gm(*args)
 
 
 _SESSIONS: dict[int, int] = {}  # thread id -> open torch.compile sessions in that thread
