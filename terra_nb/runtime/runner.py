@@ -71,6 +71,8 @@ class GraphRunner:
         self.on_run = on_run
         self.captured: deque | None = None  # the last iterations' block runs, for graph-only replay
         self._stopped = False
+        self._threads = torch.get_num_threads()
+        self._applied = -1  # the runner thread sets its own count at its first block
         self._thread = threading.Thread(target=self._loop, daemon=True, name="terra-graph-runner")
         self._thread.start()
         _RUNNERS.add(self)
@@ -92,7 +94,16 @@ class GraphRunner:
         if self._pending:
             self.submit(run)
         elif self.error is None:
+            # in the program's thread, with its thread count (switching it per run cost more
+            # than the run): with a backend other than eager, equal to eager up to rounding
             self._run_one(run)
+
+    def _threads_for(self, run: BlockRun) -> int:
+        """Intra-op threads for a block: all of them with the ``eager`` backend, whose results must
+        equal eager's to the bit (reductions split by thread count); one fewer with the others,
+        since the program's own thread keeps a core busy with the skeleton (on 2 cores, two teams
+        of two threads made conv2d 3x slower)."""
+        return self._threads if run.block.backend == "eager" else max(1, self._threads - 1)
 
     def capture_now(self, key: tuple, step, args: list, outs: list) -> None:
         """Capture an op the skeleton ran itself (after waiting: the blocks before it have run)."""
@@ -174,6 +185,11 @@ class GraphRunner:
             return False
 
     def _execute(self, run: BlockRun) -> None:
+        if threading.get_ident() == self._thread.ident:  # per thread: the program's keeps its own
+            want = self._threads_for(run)
+            if want != self._applied:
+                torch.set_num_threads(want)
+                self._applied = want
         args = [_resolved(x) for x in run.inputs]
         args.extend(run.floats)
         t0 = time.perf_counter()
