@@ -282,3 +282,20 @@ def test_an_edited_cell_retires_its_stale_nodes():
     assert {"mul", "sub", "tanh"} <= ops, "the unchanged line's nodes stay"
     report = session.run_cell("for i in range(4):\n    a = (w * 2).sum()\n    b = (w - 1).tanh().sum()\n", namespace)
     assert [it.mode for it in report.iterations].count("coexec") >= 3
+
+
+def test_a_call_site_has_one_offset_whichever_instruction_the_frame_reports():
+    """A frame waiting in a call may report its PRECALL or its CALL (the adaptive interpreter
+    decides): both must key the same location."""
+    import dis
+
+    from terra_nb.trace.location import canonical_offsets
+
+    def caller(f, a):
+        return f(a, 1) + f(a, 2)
+
+    canon = canonical_offsets(caller.__code__)
+    calls = [i.offset for i in dis.get_instructions(caller.__code__) if i.opname in ("PRECALL", "CALL")]
+    assert len(calls) == 4
+    first, second = {canon[o // 2] for o in calls[:2]}, {canon[o // 2] for o in calls[2:]}
+    assert len(first) == 1 and len(second) == 1 and first != second

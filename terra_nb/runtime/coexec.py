@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..graph.blocks import BlockSpec
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
-from ..trace.location import RootRegistry, location_key, module_path, user_line
+from ..trace.location import RootRegistry, frame_offset, location_key, module_path, user_line
 from ..trace.ops import (
     NONE,
     TENSOR,
@@ -352,7 +352,7 @@ class CoExecutor:
         """Whether the frames above the op's caller stand where ``tail`` (a node's site) says."""
         f = parent
         for code, lasti in tail[:-1]:
-            if f is None or f.f_code is not code or f.f_lasti != lasti:
+            if f is None or f.f_code is not code or frame_offset(f) != lasti:
                 return False
             f = f.f_back
         if f is None or f.f_code not in self._root_codes:

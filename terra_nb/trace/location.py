@@ -9,7 +9,8 @@ The root frame is keyed by the *text* of its line and the column of the call,
 not by its code object, and only for ops written in the root itself: an op in a
 function the root calls is keyed by the frames below the root, so a second cell
 that calls the same ``train_step(...)`` finds the nodes the first cell recorded.
-Every other frame is keyed by its code object and instruction offset: a
+Every other frame is keyed by its code object and instruction offset (made stable by
+:func:`canonical_offsets`): a
 function that is redefined gets new nodes, which is what "editing a cell
 retires its stale nodes" means.
 
@@ -70,6 +71,36 @@ def _line_key(code: types.CodeType, lasti: int) -> tuple:
 
 
 _CALLED_FROM_ROOT = ("root",)
+_CANON: dict[types.CodeType, list[int]] = {}
+
+
+def canonical_offsets(code: types.CodeType) -> list[int]:
+    """For each code unit of ``code``: the first offset of an instruction with the same source span.
+
+    A frame that waits in a call reports the offset of ``PRECALL`` or of ``CALL`` depending on how
+    the adaptive interpreter has specialised the call site (seen: ``train`` at 130 or 138 for one
+    call, so reinforce's ops got a second set of nodes mid-run). Both carry the call's source
+    span, so keying a frame by the first offset with that span makes the key stable.
+    """
+    canon = _CANON.get(code)
+    if canon is None:
+        first: dict[tuple, int] = {}
+        canon = []
+        for index, position in enumerate(code.co_positions()):
+            if position[0] is None:
+                canon.append(index * 2)
+            else:
+                canon.append(first.setdefault(position, index * 2))
+        _CANON[code] = canon
+    return canon
+
+
+def frame_offset(frame: types.FrameType) -> int:
+    """``frame``'s instruction offset, made stable (see :func:`canonical_offsets`)."""
+    lasti = frame.f_lasti
+    canon = _CANON.get(frame.f_code) or canonical_offsets(frame.f_code)
+    index = lasti // 2
+    return canon[index] if 0 <= index < len(canon) else lasti
 
 
 def location_key(frame: types.FrameType | None, roots: RootRegistry) -> tuple:
@@ -86,7 +117,7 @@ def location_key(frame: types.FrameType | None, roots: RootRegistry) -> tuple:
         if code in keys:
             out.append(_CALLED_FROM_ROOT if out else roots.root_key(frame))
             break
-        out.append((code, frame.f_lasti))
+        out.append((code, frame_offset(frame)))
         frame = frame.f_back
     return tuple(out)
 
