@@ -31,6 +31,14 @@ EXTERNAL = (-1, 0)
 # Autograd's entry points: they write the ``.grad`` of tensors they do not take as inputs, which a
 # compiled graph around them would not see. They run alone, in an eager block.
 AUTOGRAD_OPS = frozenset({"backward", "grad"})
+# Ops that draw from the global generator. A compiled block would draw another stream (Inductor's
+# RNG, the compile's own example run): blocks with them run eagerly, in program order.
+RANDOM_OPS = frozenset({
+    "dropout", "dropout_", "alpha_dropout", "feature_alpha_dropout", "dropout1d", "dropout2d", "dropout3d",
+    "feature_dropout", "native_dropout", "bernoulli", "bernoulli_", "rand", "randn", "randint", "randperm",
+    "rand_like", "randn_like", "randint_like", "normal", "normal_", "uniform_", "random_", "exponential_",
+    "geometric_", "cauchy_", "log_normal_", "multinomial", "poisson", "rrelu", "rrelu_", "gumbel_softmax",
+})
 DEFERRED = frozenset({"op", "effect"})
 
 
@@ -41,7 +49,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -87,6 +95,7 @@ class Node:
         self.immediate = False  # a one-element CPU op the skeleton runs at once when its inputs are real
         self.flat = -1  # n when the node's arguments are n tensors and nothing else
         self.barrier = info.name in AUTOGRAD_OPS  # runs in a block of its own, never compiled
+        self.random = info.name in RANDOM_OPS  # a block with it is never compiled
         # 1: sets a tensor's .grad, 2: reads it (blocks that do either are never compiled)
         self.grad_op = (1 if info.setter else 2) if info.prop == "grad" else 0
 

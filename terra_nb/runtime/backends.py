@@ -25,6 +25,7 @@ import torch
 from ..graph.blocks import BlockSpec, build_graph_module
 
 BACKENDS = ("eager", "inductor", "cudagraphs", "auto")
+COMPILE_THREAD = "terra-compile"  # the name of the threads that compile blocks
 _COMPILE_THREADS: list[threading.Thread] = []
 
 
@@ -93,15 +94,17 @@ class CompiledBlock:
             if self.state != "pending":
                 return
             self.state = "compiling"
-        if any(node.barrier or node.grad_op for node, _ in self.spec.ops):
+        if any(node.barrier or node.grad_op or node.random for node, _ in self.spec.ops):
             # Autograd writes the .grad of tensors it does not take, and a compiled graph that
-            # reads or sets .grad did not see those writes (gpt2 read None grads): such blocks
-            # run eagerly. The skeleton cuts blocks so that pure compute stays apart from them.
+            # reads or sets .grad did not see those writes (gpt2 read None grads); a compiled
+            # random op draws another stream than eager (the co-executed model got other initial
+            # weights): such blocks run eagerly. The skeleton cuts blocks so that pure compute
+            # stays apart from .grad.
             self.state = "eager"
             self.done.set()
             return
         examples = [_clone(a) for a in args]
-        thread = threading.Thread(target=self._compile, args=(examples,), daemon=True, name="terra-compile")
+        thread = threading.Thread(target=self._compile, args=(examples,), daemon=True, name=COMPILE_THREAD)
         _COMPILE_THREADS.append(thread)
         thread.start()
 

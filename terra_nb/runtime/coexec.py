@@ -51,7 +51,7 @@ from ..trace.ops import (
     spec_ints,
     template,
 )
-from .backends import CompiledBlock, check_backend
+from .backends import COMPILE_THREAD, CompiledBlock, check_backend
 from .events import Event, EventLog, Iteration
 from .future import FutureTensor, real
 from .runner import BlockRun, GraphRunner
@@ -261,9 +261,16 @@ class CoExecutor:
         owner_thread = threading.get_ident()
 
         def syncing(original):
+            restores = original.__name__ in ("set_rng_state", "manual_seed", "seed")
+
             def wrapper(*args, **kwargs):
                 if threading.get_ident() == owner_thread:
                     self.materialize()
+                elif restores and threading.current_thread().name == COMPILE_THREAD:
+                    # Dynamo saves and restores the global RNG state around tracing; the program
+                    # draws from it meanwhile, and a restore would replay those draws. Our
+                    # compiles draw nothing (blocks with random ops are not compiled): skip it.
+                    return None
                 return original(*args, **kwargs)
             return wrapper
 
