@@ -7,7 +7,7 @@ co-executed iterations in the event log (a run where everything fell back proves
 import pytest
 import torch
 
-from differential import check_program, run_terra
+from differential import check_program, run_eager, run_terra
 
 PRELUDE = """
 import math, random, statistics
@@ -352,3 +352,26 @@ for i in range(8):
     loss.backward()
     print(i, g.item())
 """)
+
+
+def test_an_index_that_changes_every_step_is_a_feed_not_a_new_block():
+    """``xs[i]`` whose ``i`` first varies in the skeleton (the trace saw one value): the int becomes
+    an input of the block, not a shape variant and a new block per step."""
+    import terra_nb
+
+    loop = """
+total = torch.zeros(3)
+for step in range(len(idx)):
+    total = total + (xs[idx[step]] @ w).relu()
+print(total)
+"""
+    setup = "import torch\ntorch.manual_seed(0)\nxs = torch.randn(40, 8)\nw = torch.randn(8, 3)\n"
+    session = terra_nb.Session(backend="eager")
+    run_terra(setup + "idx = [0, 0, 0, 0]" + loop, session=session)
+    before = len(session.executor.compiled)
+    source = setup + "idx = list(range(40))" + loop
+    printed, _ = run_eager(source)
+    printed_t, _, _ = run_terra(source, session=session)
+    assert printed_t == printed
+    assert "coexec" in [it.mode for it in session.log.iterations if it.cell == 2]
+    assert len(session.executor.compiled) - before <= 4, len(session.executor.compiled) - before

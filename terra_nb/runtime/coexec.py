@@ -414,6 +414,8 @@ class CoExecutor:
                 node = self.graph.index.get((func, site, kspec, in_meta, grad))
             except TypeError:
                 node = None
+            if node is None and scalars:
+                node = self._generalize_known(func, site, spec, in_meta, grad)
             if node is None:
                 node = self._synthesize_variant(func, info, site, kspec, in_meta, grad, args, kwargs, scalars, tensors)
             if node is None or (node.count < self.trace_iters and not node.synthesized):
@@ -764,6 +766,28 @@ class CoExecutor:
             differ = frozenset(i for i, (a, b) in enumerate(zip(ints, theirs)) if a != b)
             if differ and differ <= feedable_ints(sibling.info.name, spec) \
                     and generalize(spec, differ) == generalize(sibling.spec, differ):
+                self.graph.generalize_ints(func, site, differ)
+                self.compiled.clear()  # blocks that baked the old ints are stale
+                return sibling
+        return None
+
+    def _generalize_known(self, func, site, spec, in_meta, grad) -> Node | None:
+        """In the skeleton: an int that differs from a known sibling's where the op's output shape
+        cannot depend on it (``xs[step]``) becomes a feed of that sibling, as when tracing.
+
+        Without this, every new ``step`` made a shape variant and a new block to generate.
+        """
+        ints = spec_ints(spec)
+        for sibling in self.graph.by_site.get((func, site), ()):
+            if sibling.in_meta != in_meta or sibling.grad != grad or sibling.kind not in DEFERRED:
+                continue
+            theirs = spec_ints(sibling.spec)
+            if len(theirs) != len(ints):
+                continue
+            differ = frozenset(i for i, (a, b) in enumerate(zip(ints, theirs)) if a != b)
+            if differ and differ <= feedable_ints(sibling.info.name, spec) \
+                    and generalize(spec, differ) == generalize(sibling.spec, differ):
+                self.flush()  # the pending block's ops recorded their floats without this int
                 self.graph.generalize_ints(func, site, differ)
                 self.compiled.clear()  # blocks that baked the old ints are stale
                 return sibling
