@@ -415,7 +415,7 @@ class CoExecutor:
             except TypeError:
                 node = None
             if node is None and scalars:
-                node = self._generalize_known(func, site, spec, in_meta, grad)
+                node = self._generalize(func, site, spec, in_meta, grad)
             if node is None:
                 node = self._synthesize_variant(func, info, site, kspec, in_meta, grad, args, kwargs, scalars, tensors)
             if node is None or (node.count < self.trace_iters and not node.synthesized):
@@ -752,34 +752,18 @@ class CoExecutor:
                 t._tn_local = False
         self._locals = []
 
-    def _generalize(self, func, site, spec, in_meta, grad, struct, outs) -> Node | None:
-        """An int that differs from a sibling node's while the output does not: make it a feed."""
-        out_meta = [meta_of(t) for t in outs]
-        ints = spec_ints(spec)
-        for sibling in self.graph.by_site.get((func, site), ()):
-            if (sibling.in_meta != in_meta or sibling.grad != grad or sibling.out_struct != struct
-                    or sibling.out_meta != out_meta or sibling.kind not in DEFERRED):
-                continue
-            theirs = spec_ints(sibling.spec)
-            if len(theirs) != len(ints):
-                continue
-            differ = frozenset(i for i, (a, b) in enumerate(zip(ints, theirs)) if a != b)
-            if differ and differ <= feedable_ints(sibling.info.name, spec) \
-                    and generalize(spec, differ) == generalize(sibling.spec, differ):
-                self.graph.generalize_ints(func, site, differ)
-                self.compiled.clear()  # blocks that baked the old ints are stale
-                return sibling
-        return None
+    def _generalize(self, func, site, spec, in_meta, grad, struct=None, outs=None) -> Node | None:
+        """An int that differs from a sibling node's where the output cannot depend on it: a feed.
 
-    def _generalize_known(self, func, site, spec, in_meta, grad) -> Node | None:
-        """In the skeleton: an int that differs from a known sibling's where the op's output shape
-        cannot depend on it (``xs[step]``) becomes a feed of that sibling, as when tracing.
-
-        Without this, every new ``step`` made a shape variant and a new block to generate.
+        Traced calls (``struct``, ``outs`` given) also check that the output matches the sibling's.
+        In the skeleton (``xs[step]`` first varying after an eager baseline) the op's rule alone
+        decides; without it every new ``step`` made a shape variant and a new block.
         """
+        out_meta = [meta_of(t) for t in outs] if outs is not None else None
         ints = spec_ints(spec)
         for sibling in self.graph.by_site.get((func, site), ()):
-            if sibling.in_meta != in_meta or sibling.grad != grad or sibling.kind not in DEFERRED:
+            if sibling.in_meta != in_meta or sibling.grad != grad or sibling.kind not in DEFERRED or (
+                    out_meta is not None and (sibling.out_struct != struct or sibling.out_meta != out_meta)):
                 continue
             theirs = spec_ints(sibling.spec)
             if len(theirs) != len(ints):
@@ -787,7 +771,7 @@ class CoExecutor:
             differ = frozenset(i for i, (a, b) in enumerate(zip(ints, theirs)) if a != b)
             if differ and differ <= feedable_ints(sibling.info.name, spec) \
                     and generalize(spec, differ) == generalize(sibling.spec, differ):
-                self.flush()  # the pending block's ops recorded their floats without this int
+                self.flush()  # a pending block's ops recorded their floats without this int
                 self.graph.generalize_ints(func, site, differ)
                 self.compiled.clear()  # blocks that baked the old ints are stale
                 return sibling
