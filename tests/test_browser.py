@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 
 import pytest
+from test_widget import PROGRAM  # its seventh iteration takes a branch the trace has not seen
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +27,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 
-PROGRAM = """\
-import torch
-torch.manual_seed(0)
-model = torch.nn.Linear(4, 2)
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
-x = torch.randn(8, 4)
-for i in range(10):
-    out = model(x)
-    loss = out.abs().mean() if i == 6 else out.pow(2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    last = loss.item()
-"""
 CELLS = [
     f'PROGRAM = """\\\n{PROGRAM}"""\n'
     "import terra_nb\n"

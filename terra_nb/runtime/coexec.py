@@ -73,10 +73,9 @@ _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 class PendingBlock:
     """The validated ops the skeleton has not handed to the GraphRunner yet."""
 
-    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs", "seq", "kind")
+    __slots__ = ("ops", "inputs", "input_ids", "floats", "futs", "kind")
 
-    def __init__(self, seq: int = 0) -> None:
-        self.seq = seq
+    def __init__(self) -> None:
         # What its ops do with .grad, for the cuts in _defer: 0 nothing yet, 1 pure compute,
         # 2 only sets .grad (zero_grad), 3 reads .grad (an optimizer step): only 1 compiles.
         self.kind = 0
@@ -597,10 +596,10 @@ class CoExecutor:
         compiled = self.compiled.get(key)
         if compiled is None:
             compiled = self._new_block(key)
-        self.block = PendingBlock(blk.seq + 1)
+        self.block = PendingBlock()
         self.iter_blocks += 1
         run = BlockRun(compiled, self.block_ids[id(compiled)], blk.inputs, blk.floats,
-                       [futs[i] for i in outputs], self.cell, self.iter_index, blk.seq)
+                       [futs[i] for i in outputs], self.cell, self.iter_index)
         # The old block lives on as the identity its futures name (``_tn_blk``): it holds nothing.
         blk.inputs, blk.input_ids, blk.floats, blk.ops = [], {}, [], []
         return run
@@ -653,7 +652,7 @@ class CoExecutor:
         error = self.runner.take_error()
         if error is None:
             return
-        self.block = PendingBlock(self.block.seq + 1)
+        self.block = PendingBlock()
         self.state = TRACE
         self._validated = 0
         exc = error.exc

@@ -36,11 +36,10 @@ class BlockRun:
     when nothing but its node's pool refers to it (see ``CoExecutor._defer``).
     """
 
-    __slots__ = ("block", "block_id", "inputs", "floats", "out_futs", "cell", "iteration", "seq")
+    __slots__ = ("block", "block_id", "inputs", "floats", "out_futs", "cell", "iteration")
 
     def __init__(self, block, block_id: int, inputs: list, floats: list, out_futs: list, cell: int,
-                 iteration: int = 0, seq: int = 0) -> None:
-        self.seq = seq
+                 iteration: int = 0) -> None:
         self.block = block
         self.block_id = block_id
         self.inputs = inputs
@@ -66,7 +65,6 @@ class GraphRunner:
         self._queue: deque[BlockRun] = deque()
         self._cv = threading.Condition()
         self._pending = 0
-        self.done_seq = -1  # the sequence number of the last block run to its end
         self.error: BlockError | None = None
         self.on_run = on_run
         self.captured: deque | None = None  # the last iterations' block runs, for graph-only replay
@@ -198,7 +196,6 @@ class GraphRunner:
         torch._C._set_grad_enabled(True)
         for fut, val in zip(run.out_futs, outs):
             fut._tn_val = val
-        self.done_seq = run.seq
         if self.captured is not None:
             if not self.captured or self.captured[-1][0] != (run.cell, run.iteration):
                 self.captured.append(((run.cell, run.iteration), []))
