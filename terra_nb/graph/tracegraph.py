@@ -85,10 +85,11 @@ class Node:
         self.seen_at = 0
         self.synthesized = False  # a shape variant derived on meta tensors, not traced
         self.family = nid  # shape variants of one op share a family: provenance is by family
-        # The skeleton's fast path: successors validated after this node, by (func, code, lasti)
-        # of the frame that called them (see CoExecutor.on_op); and this node's site below its
-        # innermost frame, interned so that nodes called from one frame share it.
-        self.fast: dict[tuple, list[Node]] = {}
+        # The skeleton's fast path: successors validated after this node, by (func, id(code),
+        # lasti) of the frame that called them, as (code, [nodes]) (see CoExecutor.on_op); and
+        # this node's site below its innermost frame, interned so that nodes called from one
+        # frame share it.
+        self.fast: dict[tuple, tuple] = {}
         self.tail: tuple = site[1:]
         self.mask: frozenset = frozenset()  # int slots generalized into feeds
         self.pool: list = []  # the last futures the skeleton answered this node with, for reuse

@@ -24,6 +24,7 @@ import gc
 import sys
 import threading
 import time
+import types
 import weakref
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..trace.location import RootRegistry, frame_offset, location_key, module_pa
 from ..trace.ops import (
     NONE,
     TENSOR,
+    F,
     T,
     Tensor,
     build_out,
@@ -51,6 +53,7 @@ from ..trace.ops import (
     spec_ints,
     template,
 )
+from . import native
 from .backends import COMPILE_THREAD, CompiledBlock, check_backend
 from .events import Event, EventLog, Iteration
 from .future import FutureTensor, real
@@ -96,17 +99,38 @@ class PendingBlock:
         return k
 
 
-class ProfilingMode(TorchFunctionMode):
-    """TerraMode that also adds up the skeleton's own CPU time per deferred op, by iteration.
+class TerraMode(TorchFunctionMode):
+    """Routes every torch API call of the user's thread to the CoExecutor.
 
-    Thread CPU time, not wall time: the time the skeleton waits for the GIL while the
-    GraphRunner holds it is not the skeleton's cost. (For the benchmark.)
+    Where the C fast path is built (see :mod:`.native`), the mode's ``__torch_function__`` is
+    the C one; it hands every call it does not take to this Python method.
     """
 
     def __init__(self, executor: CoExecutor) -> None:
         super().__init__()
         self.executor = executor
+        self.native = _native_path(executor, self)
+        if self.native is not None:
+            self.__torch_function__ = types.MethodType(self.native, self)  # type: ignore[method-assign]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True
+        return self.executor.on_op(func, args, kwargs)
+
+
+class ProfilingMode(TerraMode):
+    """TerraMode that also adds up the skeleton's own CPU time per deferred op, by iteration.
+
+    Thread CPU time, not wall time: the time the skeleton waits for the GIL while the
+    GraphRunner holds it is not the skeleton's cost. (For the benchmark; the C path keeps the
+    same account itself.)
+    """
+
+    def __init__(self, executor: CoExecutor) -> None:
+        super().__init__(executor)
         self.by_iteration: dict[int, list] = {}  # iteration -> [seconds, deferred ops]
+        if self.native is not None:
+            self.native.profile = self.by_iteration
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True
@@ -128,16 +152,22 @@ class ProfilingMode(TorchFunctionMode):
         return sum(t for t, _ in spans) / ops * 1e6 if ops else None
 
 
-class TerraMode(TorchFunctionMode):
-    """Routes every torch API call of the user's thread to the CoExecutor."""
-
-    def __init__(self, executor: CoExecutor) -> None:
-        super().__init__()
-        self.executor = executor
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        __tracebackhide__ = True
-        return self.executor.on_op(func, args, kwargs)
+def _native_path(executor: CoExecutor, mode: TerraMode):
+    """The C fast path for ``mode``, or None where it is not built."""
+    module = native.load()
+    if module is None:
+        return None
+    constants = {
+        "Node": Node, "PendingBlock": PendingBlock, "FutureTensor": FutureTensor, "Tensor": Tensor,
+        "SKELETON": SKELETON, "auto": "auto", "op": "op", "effect": "effect",
+        "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
+        "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
+        "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F,
+        "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
+        "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference,
+    }
+    # The Python path, bound to the mode: the calls the C path does not take go there.
+    return module.FastPath(executor, TerraMode.__torch_function__.__get__(mode), constants)
 
 
 class CoExecutor:
@@ -319,8 +349,9 @@ class CoExecutor:
             # metadata, grad mode) without building it.
             frame = _getframe(2)
             code = frame.f_code
-            entries = self.cursor.fast.get((func, code, frame.f_lasti))
-            if entries is not None:
+            pair = self.cursor.fast.get((func, id(code), frame.f_lasti))
+            if pair is not None and pair[0] is code:
+                entries = pair[1]
                 spec = entries[0].key[2]
                 if not kwargs and entries[0].flat == len(args) and all([isinstance(a, Tensor) for a in args]):
                     tensors: list = list(args)  # tensors only: the spec is (T, ..., T), no scan needed
@@ -421,9 +452,15 @@ class CoExecutor:
                 return self._fallback(f"{info.name}: an operation the trace has not seen here", frame,
                                       func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
             if self.mode == "auto" and info.kind != "feed":
-                entries = self.cursor.fast.setdefault((func, frame.f_code, frame.f_lasti), [])
-                if node not in entries:
-                    entries.append(node)
+                # keyed by the code's id (a code object hashes slowly); the pair holds the code,
+                # so that id is never another code's while the entry lives
+                code = frame.f_code
+                key = (func, id(code), frame.f_lasti)
+                pair = self.cursor.fast.get(key)
+                if pair is None or pair[0] is not code:
+                    pair = self.cursor.fast[key] = (code, [])
+                if node not in pair[1]:
+                    pair[1].append(node)
             return self._validated_op(node, func, args, kwargs, tensors, scalars, frame)
         return self._trace(func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad, frame)
 
@@ -478,7 +515,7 @@ class CoExecutor:
             futs = blk.futs
             pool = node.pool or _new_pool(node)
             values = []
-            for j, meta in enumerate(node.out_meta):
+            for j in range(len(node.out_meta)):
                 # Recycle a future this output had before when nothing but the pool holds it
                 # (three references: the pool, ``fut`` and getrefcount's argument): a block that
                 # is queued or running holds its outputs, so its value is never overwritten. Two
@@ -496,16 +533,7 @@ class CoExecutor:
                     if getter_src is not None:
                         fut._tn_src = getter_src
                 else:
-                    oldest = pool[2 * j + 1]
-                    if oldest is not None:
-                        oldest._tn_pooled = False
-                    fut = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
-                    fut._tn_meta = meta
-                    fut._tn_src = getter_src or (node.family, j)
-                    fut._tn_owner = self
-                    fut._tn_pooled = True
-                    pool[2 * j + 1] = pool[2 * j]
-                    pool[2 * j] = fut
+                    fut = self._make_future(node, j, getter_src)
                 fut._tn_blk = blk
                 fut._tn_vidx = len(futs)
                 futs.append(fut)
@@ -535,6 +563,22 @@ class CoExecutor:
         if len(blk.ops) >= self.max_block or node.barrier:
             self.flush()
         return out
+
+    def _make_future(self, node: Node, j: int, getter_src):
+        """A new future for output ``j`` of ``node``; it becomes the newest in the node's pool."""
+        pool = node.pool
+        oldest = pool[2 * j + 1]
+        if oldest is not None:
+            oldest._tn_pooled = False
+        meta = node.out_meta[j]
+        fut = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
+        fut._tn_meta = meta
+        fut._tn_src = getter_src or (node.family, j)
+        fut._tn_owner = self
+        fut._tn_pooled = True
+        pool[2 * j + 1] = pool[2 * j]
+        pool[2 * j] = fut
+        return fut
 
     def _run_now(self, node: Node, func, info, args, kwargs, tensors: list, frame, scalars: list):
         """A fetch, a data-dependent op or a feed: run it for real, after the blocks before it."""

@@ -1,0 +1,1111 @@
+/* The skeleton's hot path in C: CoExecutor.on_op's fast path and CoExecutor._defer's common case.
+ *
+ * terra_nb/runtime/native.py compiles this file on first use (Python headers only, no torch
+ * headers) and falls back to the Python path when it cannot. The Python code in coexec.py is
+ * the reference: this file does exactly what it does, for the calls it can take, and hands
+ * every other call to Python (``slow``) before it has changed anything.
+ *
+ * A FastPath object is installed as a TerraMode's ``__torch_function__`` (a bound method of the
+ * mode, so torch's mode dispatch calls it directly). It reads and writes the same attributes as
+ * the Python path: the executor's state and counters, the nodes' and pending blocks' slots, the
+ * futures' instance dicts.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <structmember.h>
+#include <time.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#error "the native fast path needs Python 3.11 or newer"
+#endif
+
+/* ---- names ---------------------------------------------------------------------------------- */
+
+enum {
+    S_state, S_mode, S_cursor, S_block, S_anchor, S_explicit_iterations, S_cell_token, S_op_counter,
+    S_anchor_limit, S_anchor_first, S_ops_coexec, S_validated, S_deferred_total, S_max_block,
+    S_root_codes, S_ok_parent, S_ok_lasti, S_ok_tail, S_graph, S_iter_index,
+    S_tail_ok, S_validated_op, S_defer_py, S_flush, S_advance, S_step, S_input, S_stepped,
+    S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_owner, S_tn_pooled, S_tn_local,
+    S_dtype, S_device, S_requires_grad, S_make_future, S_out_src, S_build_out, S_prop, S_shape,
+    N_NAMES
+};
+static const char *NAMES[N_NAMES] = {
+    "state", "mode", "cursor", "block", "anchor", "explicit_iterations", "_cell_token", "op_counter",
+    "_anchor_limit", "_anchor_first", "ops_coexec", "_validated", "deferred_total", "max_block",
+    "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail", "graph", "iter_index",
+    "_tail_ok", "_validated_op", "_defer", "flush", "_advance", "step", "input", "stepped",
+    "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val", "_tn_owner", "_tn_pooled", "_tn_local",
+    "dtype", "device", "requires_grad", "make_future", "out_src", "build_out", "prop", "shape",
+};
+static PyObject *str[N_NAMES];
+
+/* Slots of Node and PendingBlock, read by offset (both classes define __slots__). */
+enum {
+    N_key, N_flat, N_grad, N_mask, N_tail, N_in_meta, N_kind, N_immediate, N_grad_op, N_barrier,
+    N_sources, N_passed, N_alias, N_out_struct, N_out_meta, N_pool, N_count, N_succ, N_pred,
+    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_NSLOTS
+};
+static const char *NODE_SLOTS[N_NSLOTS] = {
+    "key", "flat", "grad", "mask", "tail", "in_meta", "kind", "immediate", "grad_op", "barrier",
+    "sources", "passed", "alias", "out_struct", "out_meta", "pool", "count", "succ", "pred",
+    "cell_mark", "seen_at", "info", "family", "fast",
+};
+enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
+static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
+
+#define N_MISSES 13
+static const char *MISS_REASONS[N_MISSES] = {
+    "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
+    "no entries", "more than 16 arguments", "nested arguments", "generalized ints", "unexpected slots",
+    "no entry matched", "keyword arguments",
+};
+#define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *executor;      /* the CoExecutor */
+    PyObject *exdict;        /* its instance dict: its attributes are read and written there */
+    PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
+    PyObject *node_type, *block_type, *future_type, *tensor_type;
+    PyObject *skeleton, *auto_, *op_kind, *effect_kind;  /* the constants the Python path compares */
+    PyObject *grad_table[2][2];
+    PyObject *tensor_struct, *none_struct, *external;
+    PyObject *make_future;   /* executor._make_future(node, j, getter_src): a new future, into the pool */
+    PyObject *out_src;       /* coexec._out_src(node, tensors) */
+    PyObject *build_out;     /* ops.build_out(structure, values) */
+    PyObject *marker_t, *marker_f;  /* ops.T and ops.F */
+    PyObject *no_scalars;    /* an empty list, never appended to */
+    PyObject *is_grad_enabled, *is_inference;
+    PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
+    Py_ssize_t node_off[N_NSLOTS];
+    unsigned long long misses[N_MISSES];  /* calls handed to the Python path, by reason (see MISS) */
+    Py_ssize_t block_off[B_NSLOTS];
+} FastPath;
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#define NODE(fp, node, name) SLOT(node, (fp)->node_off[name])
+#define BLK(fp, blk, name) SLOT(blk, (fp)->block_off[name])
+
+static int
+slot_offsets(PyObject *type, const char **names, Py_ssize_t *offsets, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PyObject *descr = PyObject_GetAttrString(type, names[i]);
+        if (descr == NULL)
+            return -1;
+        if (Py_TYPE(descr) != &PyMemberDescr_Type) {
+            Py_DECREF(descr);
+            PyErr_Format(PyExc_TypeError, "%s is not a slot", names[i]);
+            return -1;
+        }
+        offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+    }
+    return 0;
+}
+
+/* Set a slot, keeping a reference to the value. */
+static void
+slot_set(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject *old = SLOT(obj, off);
+    Py_INCREF(value);
+    SLOT(obj, off) = value;
+    Py_XDECREF(old);
+}
+
+/* An attribute of a tensor's instance dict (borrowed), or NULL. */
+static inline PyObject *
+inst_get(PyObject *t, PyObject *name)
+{
+    PyObject **dictptr = _PyObject_GetDictPtr(t);
+    if (dictptr == NULL || *dictptr == NULL)
+        return NULL;
+    return PyDict_GetItemWithError(*dictptr, name);
+}
+
+static inline int
+inst_set(PyObject *t, PyObject *name, PyObject *value)
+{
+    PyObject **dictptr = _PyObject_GetDictPtr(t);
+    if (dictptr == NULL || *dictptr == NULL)
+        return PyObject_SetAttr(t, name, value);
+    return PyDict_SetItem(*dictptr, name, value);
+}
+
+/* ---- the executor's attributes (plain instance attributes, checked in fp_new) --------------- */
+
+/* executor.<name>, a new reference */
+static inline PyObject *
+ex_get(FastPath *fp, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError(fp->exdict, name);
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+static inline int
+ex_set(FastPath *fp, PyObject *name, PyObject *value)
+{
+    return PyDict_SetItem(fp->exdict, name, value);
+}
+
+static inline int
+get_ssize(FastPath *obj, PyObject *name, Py_ssize_t *out)
+{
+    PyObject *v = ex_get(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static inline int
+set_ssize(FastPath *obj, PyObject *name, Py_ssize_t value)
+{
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (v == NULL)
+        return -1;
+    int rc = ex_set(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static inline int
+add_ssize(FastPath *obj, PyObject *name, Py_ssize_t delta)
+{
+    Py_ssize_t v;
+    if (get_ssize(obj, name, &v) < 0)
+        return -1;
+    return set_ssize(obj, name, v + delta);
+}
+
+/* node.<slot> as a C integer (ints and bools) */
+static inline Py_ssize_t
+node_int(PyObject *v)
+{
+    if (v == Py_True)
+        return 1;
+    if (v == Py_False || v == NULL)
+        return 0;
+    return PyLong_AsSsize_t(v);
+}
+
+/* ---- _defer ------------------------------------------------------------------------------------ */
+
+/* The wiring index of tensor t in block blk (PendingBlock.input's dict lookup, inline). */
+static int
+wire_input(FastPath *fp, PyObject *blk, PyObject *t, Py_ssize_t *w)
+{
+    PyObject *ids = BLK(fp, blk, B_input_ids);
+    PyObject *key = PyLong_FromVoidPtr(t);
+    if (key == NULL)
+        return -1;
+    PyObject *k = PyDict_GetItemWithError(ids, key);
+    Py_DECREF(key);
+    if (k == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        PyObject *r = PyObject_CallMethodOneArg(blk, str[S_input], t);
+        if (r == NULL)
+            return -1;
+        *w = -1 - PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        return 0;
+    }
+    *w = -1 - PyLong_AsSsize_t(k);
+    return 0;
+}
+
+static PyObject *
+defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyObject *scalars)
+{
+    PyObject *ex = fp->executor;
+    PyObject *blk = NULL, *anchor = NULL, *out = NULL, *wiring = NULL, *op = NULL, *cursor = NULL;
+    PyObject *values = NULL;
+
+    blk = ex_get(fp, str[S_block]);
+    if (blk == NULL)
+        goto error;
+    if (Py_TYPE(blk) != (PyTypeObject *)fp->block_type) {
+        PyErr_SetString(PyExc_TypeError, "the executor's block is not a PendingBlock");
+        goto error;
+    }
+    anchor = ex_get(fp, str[S_anchor]);
+    if (anchor == NULL)
+        goto error;
+    Py_ssize_t grad_op = node_int(NODE(fp, node, N_grad_op));
+    Py_ssize_t kind = node_int(BLK(fp, blk, B_kind));
+    int barrier = NODE(fp, node, N_barrier) == Py_True;
+    if (PyList_GET_SIZE(BLK(fp, blk, B_ops))
+            && (node == anchor || barrier || (grad_op && kind == 1) || (!grad_op && kind == 2))) {
+        PyObject *r = PyObject_CallMethodNoArgs(ex, str[S_flush]);
+        if (r == NULL)
+            goto error;
+        Py_DECREF(r);
+        Py_DECREF(blk);
+        blk = ex_get(fp, str[S_block]);
+        if (blk == NULL)
+            goto error;
+        kind = 0;
+    }
+    if (kind == 0 || grad_op == 2) {
+        PyObject *k = PyLong_FromSsize_t(kind == 0 ? (grad_op == 0 ? 1 : grad_op == 1 ? 2 : 3) : 3);
+        slot_set(blk, fp->block_off[B_kind], k);
+        Py_DECREF(k);
+    }
+    /* wiring and provenance */
+    PyObject *sources = NODE(fp, node, N_sources);
+    wiring = PyTuple_New(nt);
+    if (wiring == NULL)
+        goto error;
+    for (Py_ssize_t slot = 0; slot < nt; slot++) {
+        PyObject *t = tensors[slot];
+        PyObject *src;
+        Py_ssize_t w;
+        if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
+            src = inst_get(t, str[S_tn_src]);
+            PyObject *tblk = inst_get(t, str[S_tn_blk]);
+            if (src == NULL || tblk == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_AttributeError, "a future without its block");
+                goto error;
+            }
+            if (tblk == blk) {
+                PyObject *v = inst_get(t, str[S_tn_vidx]);
+                if (v == NULL) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_AttributeError, "a future without its index");
+                    goto error;
+                }
+                w = PyLong_AsSsize_t(v);
+            } else if (wire_input(fp, blk, t, &w) < 0) {
+                goto error;
+            }
+        } else {
+            src = inst_get(t, str[S_tn_src]);
+            if (src == NULL) {
+                if (PyErr_Occurred())
+                    goto error;
+                src = fp->external;
+            }
+            if (wire_input(fp, blk, t, &w) < 0)
+                goto error;
+        }
+        PyObject *wv = PyLong_FromSsize_t(w);
+        if (wv == NULL)
+            goto error;
+        PyTuple_SET_ITEM(wiring, slot, wv);
+        PyObject *set = PyList_GET_ITEM(sources, slot);
+        Py_INCREF(src);  /* src is borrowed from a dict that the calls below may change */
+        int has = PySet_Contains(set, src);
+        if (has == 0)
+            has = PySet_Add(set, src);
+        Py_DECREF(src);
+        if (has < 0)
+            goto error;
+    }
+    op = PyTuple_Pack(2, node, wiring);
+    if (op == NULL || PyList_Append(BLK(fp, blk, B_ops), op) < 0)
+        goto error;
+    PyObject *passed = NODE(fp, node, N_passed);
+    Py_ssize_t np = PyTuple_GET_SIZE(passed);
+    for (Py_ssize_t i = 0; i < np; i++) {
+        Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(passed, i));
+        if (k < 0 || k >= PyList_GET_SIZE(scalars)) {
+            PyErr_SetString(PyExc_IndexError, "a node's passed scalar is missing");
+            goto error;
+        }
+        if (PyList_Append(BLK(fp, blk, B_floats), PyList_GET_ITEM(scalars, k)) < 0)
+            goto error;
+    }
+    /* the output */
+    Py_ssize_t alias = node_int(NODE(fp, node, N_alias));
+    PyObject *struc = NODE(fp, node, N_out_struct);
+    if (alias >= 0) {
+        out = tensors[alias];
+        Py_INCREF(out);
+    } else if (struc == fp->none_struct) {
+        out = Py_None;
+        Py_INCREF(out);
+    } else {
+        PyObject *getter_src = NULL;
+        PyObject *info_prop = PyObject_GetAttr(NODE(fp, node, N_info), str[S_prop]);
+        if (info_prop == NULL)
+            goto error;
+        if (info_prop != Py_None) {
+            PyObject *targs = PyTuple_New(nt);
+            if (targs == NULL) {
+                Py_DECREF(info_prop);
+                goto error;
+            }
+            for (Py_ssize_t i = 0; i < nt; i++) {
+                Py_INCREF(tensors[i]);
+                PyTuple_SET_ITEM(targs, i, tensors[i]);
+            }
+            PyObject *tl = PySequence_List(targs);
+            Py_DECREF(targs);
+            if (tl == NULL) {
+                Py_DECREF(info_prop);
+                goto error;
+            }
+            getter_src = PyObject_CallFunctionObjArgs(fp->out_src, node, tl, NULL);
+            Py_DECREF(tl);
+            if (getter_src == NULL) {
+                Py_DECREF(info_prop);
+                goto error;
+            }
+            if (getter_src == Py_None)
+                Py_CLEAR(getter_src);
+        }
+        Py_DECREF(info_prop);
+        PyObject *futs = BLK(fp, blk, B_futs);
+        PyObject *out_meta = NODE(fp, node, N_out_meta);
+        Py_ssize_t nout = PyList_GET_SIZE(out_meta);
+        PyObject *pool = NODE(fp, node, N_pool);
+        if (PyList_GET_SIZE(pool) != 2 * nout) {
+            PyObject *fresh = PyList_New(2 * nout);
+            if (fresh == NULL) {
+                Py_XDECREF(getter_src);
+                goto error;
+            }
+            for (Py_ssize_t i = 0; i < 2 * nout; i++) {
+                Py_INCREF(Py_None);
+                PyList_SET_ITEM(fresh, i, Py_None);
+            }
+            slot_set(node, fp->node_off[N_pool], fresh);
+            Py_DECREF(fresh);
+            pool = NODE(fp, node, N_pool);
+        }
+        values = PyList_New(nout);
+        if (values == NULL) {
+            Py_XDECREF(getter_src);
+            goto error;
+        }
+        for (Py_ssize_t j = 0; j < nout; j++) {
+            /* Recycle a future when nothing but the pool holds it (see CoExecutor._defer). */
+            PyObject *fut = PyList_GET_ITEM(pool, 2 * j);
+            if (fut == Py_None || Py_REFCNT(fut) != 1) {
+                PyObject *second = PyList_GET_ITEM(pool, 2 * j + 1);
+                if (second != Py_None && Py_REFCNT(second) == 1) {
+                    /* the one just used first */
+                    PyList_SET_ITEM(pool, 2 * j + 1, fut);
+                    PyList_SET_ITEM(pool, 2 * j, second);
+                    fut = second;
+                } else {
+                    fut = NULL;
+                }
+            }
+            if (fut != NULL) {
+                Py_INCREF(fut);
+                if (inst_set(fut, str[S_tn_val], Py_None) < 0
+                        || (getter_src != NULL && inst_set(fut, str[S_tn_src], getter_src) < 0)) {
+                    Py_DECREF(fut);
+                    Py_XDECREF(getter_src);
+                    goto error;
+                }
+            } else {
+                PyObject *jj = PyLong_FromSsize_t(j);
+                fut = jj ? PyObject_CallFunctionObjArgs(fp->make_future, node, jj,
+                                                        getter_src ? getter_src : Py_None, NULL) : NULL;
+                Py_XDECREF(jj);
+                if (fut == NULL) {
+                    Py_XDECREF(getter_src);
+                    goto error;
+                }
+                pool = NODE(fp, node, N_pool);  /* make_future rotates the pool */
+            }
+            PyObject *vidx = PyLong_FromSsize_t(PyList_GET_SIZE(futs));
+            if (vidx == NULL || inst_set(fut, str[S_tn_blk], blk) < 0 || inst_set(fut, str[S_tn_vidx], vidx) < 0
+                    || PyList_Append(futs, fut) < 0) {
+                Py_XDECREF(vidx);
+                Py_DECREF(fut);
+                Py_XDECREF(getter_src);
+                goto error;
+            }
+            Py_DECREF(vidx);
+            PyList_SET_ITEM(values, j, fut);  /* steals */
+        }
+        Py_XDECREF(getter_src);
+        if (struc == fp->tensor_struct) {
+            out = PyList_GET_ITEM(values, 0);
+            Py_INCREF(out);
+        } else {
+            out = PyObject_CallFunctionObjArgs(fp->build_out, struc, values, NULL);
+            if (out == NULL)
+                goto error;
+        }
+        Py_CLEAR(values);
+    }
+    /* node.count += 1 */
+    {
+        PyObject *c = PyLong_FromSsize_t(node_int(NODE(fp, node, N_count)) + 1);
+        if (c == NULL)
+            goto error;
+        slot_set(node, fp->node_off[N_count], c);
+        Py_DECREF(c);
+    }
+    /* _advance's common case, inline: count the edge, move the cursor */
+    cursor = ex_get(fp, str[S_cursor]);
+    if (cursor == NULL)
+        goto error;
+    {
+        PyObject *succ = NODE(fp, cursor, N_succ);
+        PyObject *n = PyDict_GetItemWithError(succ, node);
+        if (n != NULL) {
+            PyObject *pred = NODE(fp, node, N_pred);
+            PyObject *m = PyDict_GetItemWithError(pred, cursor);
+            if (m == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_KeyError, "an edge without its reverse");
+                goto error;
+            }
+            PyObject *n1 = PyLong_FromSsize_t(PyLong_AsSsize_t(n) + 1);
+            PyObject *m1 = PyLong_FromSsize_t(PyLong_AsSsize_t(m) + 1);
+            int rc = (n1 && m1) ? (PyDict_SetItem(succ, node, n1) | PyDict_SetItem(pred, cursor, m1)) : -1;
+            Py_XDECREF(n1);
+            Py_XDECREF(m1);
+            if (rc < 0)
+                goto error;
+        } else {
+            if (PyErr_Occurred())
+                goto error;
+            PyObject *graph = ex_get(fp, str[S_graph]);
+            PyObject *r = graph ? PyObject_CallMethodObjArgs(graph, str[S_step], cursor, node, NULL) : NULL;
+            Py_XDECREF(graph);
+            if (r == NULL)
+                goto error;
+            Py_DECREF(r);
+        }
+    }
+    {
+        Py_ssize_t now_op, limit, first, max_block;
+        if (get_ssize(fp, str[S_op_counter], &now_op) < 0 || get_ssize(fp, str[S_anchor_limit], &limit) < 0
+                || get_ssize(fp, str[S_anchor_first], &first) < 0)
+            goto error;
+        now_op += 1;
+        PyObject *explicit_ = ex_get(fp, str[S_explicit_iterations]);
+        PyObject *token = ex_get(fp, str[S_cell_token]);
+        if (explicit_ == NULL || token == NULL) {
+            Py_XDECREF(explicit_);
+            Py_XDECREF(token);
+            goto error;
+        }
+        int boundary = node == anchor || PyObject_IsTrue(explicit_) || NODE(fp, node, N_cell_mark) != token
+            || now_op > limit || node_int(NODE(fp, node, N_seen_at)) < first;
+        Py_DECREF(explicit_);
+        Py_DECREF(token);
+        if (boundary) {
+            PyObject *r = PyObject_CallMethodObjArgs(ex, str[S_advance], node, Py_True, NULL);
+            if (r == NULL)
+                goto error;
+            Py_DECREF(r);
+        } else {
+            if (ex_set(fp, str[S_cursor], node) < 0 || set_ssize(fp, str[S_op_counter], now_op) < 0)
+                goto error;
+            PyObject *s = PyLong_FromSsize_t(now_op);
+            if (s == NULL)
+                goto error;
+            slot_set(node, fp->node_off[N_seen_at], s);
+            Py_DECREF(s);
+        }
+        if (add_ssize(fp, str[S_ops_coexec], 1) < 0 || add_ssize(fp, str[S_validated], 1) < 0
+                || add_ssize(fp, str[S_deferred_total], 1) < 0 || get_ssize(fp, str[S_max_block], &max_block) < 0)
+            goto error;
+        if (PyList_GET_SIZE(BLK(fp, blk, B_ops)) >= max_block || barrier) {
+            PyObject *r = PyObject_CallMethodNoArgs(ex, str[S_flush]);
+            if (r == NULL)
+                goto error;
+            Py_DECREF(r);
+        }
+    }
+    Py_DECREF(blk);
+    Py_DECREF(anchor);
+    Py_DECREF(wiring);
+    Py_DECREF(op);
+    Py_DECREF(cursor);
+    return out;
+error:
+    Py_XDECREF(blk);
+    Py_XDECREF(anchor);
+    Py_XDECREF(wiring);
+    Py_XDECREF(op);
+    Py_XDECREF(cursor);
+    Py_XDECREF(values);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* ---- the fast path ----------------------------------------------------------------------------- */
+
+/* Whether tensor t has the metadata m = (shape, dtype, device, requires_grad). -1 on error. */
+static int
+meta_matches(FastPath *fp, PyObject *t, PyObject *m)
+{
+    if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
+        PyObject *tm = inst_get(t, str[S_tn_meta]);
+        if (tm == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        if (tm == m)
+            return 1;
+        return PyObject_RichCompareBool(tm, m, Py_EQ);
+    }
+    if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) != 4)
+        return 0;
+    PyObject *names[4] = {str[S_shape], str[S_dtype], str[S_device], str[S_requires_grad]};
+    /* cheapest first: dtype and requires_grad are singletons */
+    static const int order[4] = {1, 3, 0, 2};
+    for (int i = 0; i < 4; i++) {
+        int k = order[i];
+        PyObject *v = PyObject_GetAttr(t, names[k]);
+        if (v == NULL)
+            return -1;
+        PyObject *want = PyTuple_GET_ITEM(m, k);
+        int eq = v == want ? 1 : PyObject_RichCompareBool(v, want, Py_EQ);
+        Py_DECREF(v);
+        if (eq <= 0)
+            return eq;
+    }
+    return 1;
+}
+
+static PyObject *
+call_slow(FastPath *fp, PyObject *func, PyObject *types, PyObject *args, PyObject *kwargs)
+{
+    PyObject *argv[4] = {func, types, args, kwargs ? kwargs : Py_None};
+    return PyObject_Vectorcall(fp->slow, argv, 4, NULL);
+}
+
+/* The fast path proper (CoExecutor.on_op's first branch). With *taken == 0 the call was not
+ * taken and nothing was changed: the Python path takes it. */
+static PyObject *
+fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
+{
+    PyObject *ex = fp->executor;
+    PyObject *result = NULL;
+    PyObject *state = NULL, *mode = NULL, *cursor = NULL, *key = NULL, *spec = NULL, *scalars = NULL;
+    PyObject *parent = NULL, *code = NULL, *lasti_obj = NULL, *entries = NULL, *tlist = NULL;
+    PyObject *stack_tensors[16];
+    PyObject **tensors = stack_tensors;
+    Py_ssize_t nt = 0;
+    int parent_done = 0;
+    *taken = 0;
+
+    if (kwargs != NULL && kwargs != Py_None && (!PyDict_Check(kwargs) || PyDict_GET_SIZE(kwargs))) {
+        fp->misses[N_MISSES - 1]++;  /* keyword arguments: the Python path */
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(args))
+        return NULL;
+    state = ex_get(fp, str[S_state]);
+    if (state == NULL)
+        goto error;
+    if (state != fp->skeleton)
+        MISS(0);
+    mode = ex_get(fp, str[S_mode]);
+    if (mode == NULL)
+        goto error;
+    if (mode != fp->auto_) {
+        int eq = PyObject_RichCompareBool(mode, fp->auto_, Py_EQ);
+        if (eq < 0)
+            goto error;
+        if (!eq)
+            MISS(1);
+    }
+    PyFrameObject *frame = PyEval_GetFrame();
+    if (frame == NULL)
+        MISS(2);
+    code = (PyObject *)PyFrame_GetCode(frame);
+    lasti_obj = PyLong_FromLong(PyFrame_GetLasti(frame));
+    if (lasti_obj == NULL)
+        goto error;
+    cursor = ex_get(fp, str[S_cursor]);
+    if (cursor == NULL)
+        goto error;
+    if (Py_TYPE(cursor) != (PyTypeObject *)fp->node_type)
+        MISS(3);
+    {
+        /* node.fast: {(func, id(code), lasti): (code, [nodes])}; the pair holds the code, so
+           its id cannot be reused while the entry lives (a code object hashes slowly) */
+        PyObject *code_id = PyLong_FromVoidPtr(code);
+        if (code_id == NULL)
+            goto error;
+        key = PyTuple_Pack(3, func, code_id, lasti_obj);
+        Py_DECREF(code_id);
+    }
+    if (key == NULL)
+        goto error;
+    PyObject *pair = PyDict_GetItemWithError(NODE(fp, cursor, N_fast), key);
+    if (pair == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        MISS(4);
+    }
+    if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || PyTuple_GET_ITEM(pair, 0) != code)
+        MISS(5);
+    entries = PyTuple_GET_ITEM(pair, 1);
+    Py_INCREF(entries);
+    if (!PyList_CheckExact(entries) || PyList_GET_SIZE(entries) == 0)
+        MISS(6);
+
+    /* scan: the tensors, the scalars and the spec of the call */
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > 16)
+        MISS(7);
+    PyObject *e0 = PyList_GET_ITEM(entries, 0);
+    int all_tensors = node_int(NODE(fp, e0, N_flat)) == nargs;
+    for (Py_ssize_t i = 0; all_tensors && i < nargs; i++)
+        all_tensors = PyObject_TypeCheck(PyTuple_GET_ITEM(args, i), (PyTypeObject *)fp->tensor_type);
+    if (all_tensors) {
+        for (Py_ssize_t i = 0; i < nargs; i++)
+            tensors[i] = PyTuple_GET_ITEM(args, i);
+        nt = nargs;
+        spec = PyTuple_GET_ITEM(NODE(fp, e0, N_key), 2);
+        Py_INCREF(spec);
+        scalars = fp->no_scalars;
+        Py_INCREF(scalars);
+    } else {
+        spec = PyTuple_New(nargs);
+        scalars = PyList_New(0);
+        if (spec == NULL || scalars == NULL)
+            goto error;
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            PyObject *v = PyTuple_GET_ITEM(args, i);
+            PyObject *item = v;
+            if (PyObject_TypeCheck(v, (PyTypeObject *)fp->tensor_type)) {
+                tensors[nt++] = v;
+                item = fp->marker_t;
+            } else if (PyLong_CheckExact(v)) {
+                if (PyList_Append(scalars, v) < 0)
+                    goto error;
+            } else if (PyFloat_Check(v)) {
+                if (PyList_Append(scalars, v) < 0)
+                    goto error;
+                item = fp->marker_f;
+            } else if (PyList_Check(v) || PyTuple_Check(v) || PySlice_Check(v)) {
+                MISS(8);  /* nested arguments: the Python path scans them */
+            }
+            Py_INCREF(item);
+            PyTuple_SET_ITEM(spec, i, item);
+        }
+    }
+    PyObject *ge = PyObject_Vectorcall(fp->is_grad_enabled, NULL, 0, NULL);
+    if (ge == NULL)
+        goto error;
+    int g = ge == Py_True;
+    Py_DECREF(ge);
+    PyObject *inf = PyObject_Vectorcall(fp->is_inference, NULL, 0, NULL);
+    if (inf == NULL)
+        goto error;
+    int inference = inf == Py_True;
+    Py_DECREF(inf);
+    PyObject *grad = fp->grad_table[g][inference];
+
+    Py_ssize_t n_entries = PyList_GET_SIZE(entries);
+    for (Py_ssize_t e = 0; e < n_entries; e++) {
+        PyObject *node = PyList_GET_ITEM(entries, e);
+        if (Py_TYPE(node) != (PyTypeObject *)fp->node_type || NODE(fp, node, N_grad) != grad)
+            continue;
+        PyObject *mask = NODE(fp, node, N_mask);
+        Py_ssize_t masked = PyObject_Size(mask);
+        if (masked < 0)
+            goto error;
+        if (masked)
+            MISS(9);  /* generalized ints: the Python path */
+        PyObject *kspec = PyTuple_GET_ITEM(NODE(fp, node, N_key), 2);
+        if (kspec != spec) {
+            int eq = PyObject_RichCompareBool(spec, kspec, Py_EQ);
+            if (eq < 0)
+                goto error;
+            if (!eq)
+                continue;
+        }
+        PyObject *tail = NODE(fp, node, N_tail);
+        if (PyTuple_GET_SIZE(tail)) {
+            if (!parent_done) {
+                parent = (PyObject *)PyFrame_GetBack(frame);
+                parent_done = 1;
+            }
+            if (parent == NULL)
+                continue;
+            PyObject *ok_parent = ex_get(fp, str[S_ok_parent]);
+            PyObject *ok_tail = ex_get(fp, str[S_ok_tail]);
+            Py_ssize_t ok_lasti = -2;
+            if (ok_parent == NULL || ok_tail == NULL || get_ssize(fp, str[S_ok_lasti], &ok_lasti) < 0) {
+                Py_XDECREF(ok_parent);
+                Py_XDECREF(ok_tail);
+                goto error;
+            }
+            int same = parent == ok_parent && tail == ok_tail
+                && PyFrame_GetLasti((PyFrameObject *)parent) == ok_lasti;
+            Py_DECREF(ok_parent);
+            Py_DECREF(ok_tail);
+            if (!same) {
+                PyObject *r = PyObject_CallMethodObjArgs(ex, str[S_tail_ok], parent, tail, NULL);
+                if (r == NULL)
+                    goto error;
+                int ok = PyObject_IsTrue(r);
+                Py_DECREF(r);
+                if (ok < 0)
+                    goto error;
+                if (!ok)
+                    continue;
+            }
+        } else {
+            PyObject *roots = ex_get(fp, str[S_root_codes]);
+            if (roots == NULL)
+                goto error;
+            int in = PySequence_Contains(roots, code);
+            Py_DECREF(roots);
+            if (in < 0)
+                goto error;
+            if (!in)
+                continue;
+        }
+        PyObject *in_meta = NODE(fp, node, N_in_meta);
+        if (!PyTuple_CheckExact(in_meta) || !PyList_CheckExact(NODE(fp, node, N_out_meta))
+                || !PyTuple_CheckExact(NODE(fp, node, N_passed)) || !PyList_CheckExact(NODE(fp, node, N_pool))
+                || !PyList_CheckExact(NODE(fp, node, N_sources)) || PyList_GET_SIZE(NODE(fp, node, N_sources)) < nt)
+            MISS(10);  /* not the shapes this file expects: the Python path */
+        Py_ssize_t nm = PyTuple_GET_SIZE(in_meta);
+        int ok = 1;
+        for (Py_ssize_t i = 0; ok && i < nt && i < nm; i++) {
+            ok = meta_matches(fp, tensors[i], PyTuple_GET_ITEM(in_meta, i));
+            if (ok < 0)
+                goto error;
+        }
+        if (!ok)
+            continue;
+        /* validated */
+        *taken = 1;
+        PyObject *kind = NODE(fp, node, N_kind);
+        int deferred = kind == fp->op_kind || kind == fp->effect_kind;
+        if (!deferred && PyUnicode_Check(kind))
+            deferred = !PyUnicode_Compare(kind, fp->op_kind) || !PyUnicode_Compare(kind, fp->effect_kind);
+        if (deferred && NODE(fp, node, N_immediate) != Py_True) {
+            result = defer(fp, node, tensors, nt, scalars);
+        } else {
+            tlist = PyList_New(nt);
+            if (tlist == NULL)
+                goto error;
+            for (Py_ssize_t i = 0; i < nt; i++) {
+                Py_INCREF(tensors[i]);
+                PyList_SET_ITEM(tlist, i, tensors[i]);
+            }
+            PyObject *argv[8] = {ex, node, func, args, kwargs ? kwargs : Py_None, tlist, scalars, (PyObject *)frame};
+            result = PyObject_VectorcallMethod(str[S_validated_op], argv, 8, NULL);
+        }
+        goto out;
+    }
+    fp->misses[11]++;  /* no entry matched */
+out:
+    Py_XDECREF(state);
+    Py_XDECREF(mode);
+    Py_XDECREF(cursor);
+    Py_XDECREF(key);
+    Py_XDECREF(spec);
+    Py_XDECREF(scalars);
+    Py_XDECREF(parent);
+    Py_XDECREF(code);
+    Py_XDECREF(lasti_obj);
+    Py_XDECREF(entries);
+    Py_XDECREF(tlist);
+    if (tensors != stack_tensors)
+        PyMem_Free(tensors);
+    return result;
+error:
+    *taken = 1;
+    result = NULL;
+    goto out;
+}
+
+static double
+thread_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Add a deferred op's thread CPU time to profile[iteration] = [seconds, ops] (ProfilingMode). */
+static int
+profile_add(FastPath *fp, double seconds)
+{
+    PyObject *it = ex_get(fp, str[S_iter_index]);
+    if (it == NULL)
+        return -1;
+    PyObject *acc = PyDict_GetItemWithError(fp->profile, it);
+    if (acc == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(it);
+            return -1;
+        }
+        acc = Py_BuildValue("[di]", 0.0, 0);
+        if (acc == NULL || PyDict_SetItem(fp->profile, it, acc) < 0) {
+            Py_XDECREF(acc);
+            Py_DECREF(it);
+            return -1;
+        }
+        Py_DECREF(acc);
+    }
+    Py_DECREF(it);
+    PyObject *s = PyFloat_FromDouble(PyFloat_AsDouble(PyList_GET_ITEM(acc, 0)) + seconds);
+    PyObject *n = PyLong_FromSsize_t(PyLong_AsSsize_t(PyList_GET_ITEM(acc, 1)) + 1);
+    if (s == NULL || n == NULL) {
+        Py_XDECREF(s);
+        Py_XDECREF(n);
+        return -1;
+    }
+    PyList_SetItem(acc, 0, s);
+    PyList_SetItem(acc, 1, n);
+    return 0;
+}
+
+/* Called as the mode's bound method: (mode, func, types, args[, kwargs]). */
+static PyObject *
+fp_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    FastPath *fp = (FastPath *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs < 4 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "expected (mode, func, types, args[, kwargs])");
+        return NULL;
+    }
+    PyObject *func = argv[1], *types = argv[2], *args = argv[3];
+    PyObject *kwargs = nargs == 5 ? argv[4] : NULL;
+    int profiling = fp->profile != Py_None;
+    Py_ssize_t before = 0;
+    double t0 = 0.0;
+    if (profiling) {
+        if (get_ssize(fp, str[S_deferred_total], &before) < 0)
+            return NULL;
+        t0 = thread_seconds();
+    }
+    int taken;
+    PyObject *r = fast(fp, func, args, kwargs, &taken);
+    if (!taken)
+        r = call_slow(fp, func, types, args, kwargs);
+    if (profiling && r != NULL) {
+        Py_ssize_t after;
+        if (get_ssize(fp, str[S_deferred_total], &after) < 0 || (after != before && profile_add(fp, thread_seconds() - t0) < 0)) {
+            Py_DECREF(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+static int
+fp_traverse(FastPath *fp, visitproc visit, void *arg)
+{
+    Py_VISIT(fp->executor);
+    Py_VISIT(fp->exdict);
+    Py_VISIT(fp->slow);
+    Py_VISIT(fp->make_future);
+    Py_VISIT(fp->profile);
+    return 0;
+}
+
+static int
+fp_clear(FastPath *fp)
+{
+    Py_CLEAR(fp->executor);
+    Py_CLEAR(fp->exdict);
+    Py_CLEAR(fp->slow);
+    Py_CLEAR(fp->node_type);
+    Py_CLEAR(fp->block_type);
+    Py_CLEAR(fp->future_type);
+    Py_CLEAR(fp->tensor_type);
+    Py_CLEAR(fp->skeleton);
+    Py_CLEAR(fp->auto_);
+    Py_CLEAR(fp->op_kind);
+    Py_CLEAR(fp->effect_kind);
+    for (int g = 0; g < 2; g++)
+        for (int i = 0; i < 2; i++)
+            Py_CLEAR(fp->grad_table[g][i]);
+    Py_CLEAR(fp->tensor_struct);
+    Py_CLEAR(fp->none_struct);
+    Py_CLEAR(fp->external);
+    Py_CLEAR(fp->make_future);
+    Py_CLEAR(fp->out_src);
+    Py_CLEAR(fp->build_out);
+    Py_CLEAR(fp->marker_t);
+    Py_CLEAR(fp->marker_f);
+    Py_CLEAR(fp->no_scalars);
+    Py_CLEAR(fp->is_grad_enabled);
+    Py_CLEAR(fp->is_inference);
+    Py_CLEAR(fp->profile);
+    return 0;
+}
+
+static void
+fp_dealloc(FastPath *fp)
+{
+    PyObject_GC_UnTrack(fp);
+    fp_clear(fp);
+    Py_TYPE(fp)->tp_free((PyObject *)fp);
+}
+
+/* FastPath(executor, slow, consts): consts is a dict of the Python path's constants and helpers. */
+static PyObject *
+fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *executor, *slow, *c;
+    if (!PyArg_ParseTuple(args, "OOO!", &executor, &slow, &PyDict_Type, &c))
+        return NULL;
+    FastPath *fp = (FastPath *)type->tp_alloc(type, 0);
+    if (fp == NULL)
+        return NULL;
+    fp->vectorcall = fp_vectorcall;
+#define TAKE(field, name) do { \
+        PyObject *v_ = PyDict_GetItemString(c, name); \
+        if (v_ == NULL) { PyErr_Format(PyExc_KeyError, "FastPath needs %s", name); Py_DECREF(fp); return NULL; } \
+        Py_INCREF(v_); fp->field = v_; } while (0)
+    Py_INCREF(executor);
+    fp->executor = executor;
+    Py_INCREF(slow);
+    fp->slow = slow;
+    TAKE(node_type, "Node");
+    TAKE(block_type, "PendingBlock");
+    TAKE(future_type, "FutureTensor");
+    TAKE(tensor_type, "Tensor");
+    TAKE(skeleton, "SKELETON");
+    TAKE(auto_, "auto");
+    TAKE(op_kind, "op");
+    TAKE(effect_kind, "effect");
+    TAKE(grad_table[0][0], "grad00");
+    TAKE(grad_table[0][1], "grad01");
+    TAKE(grad_table[1][0], "grad10");
+    TAKE(grad_table[1][1], "grad11");
+    TAKE(tensor_struct, "TENSOR");
+    TAKE(none_struct, "NONE");
+    TAKE(external, "EXTERNAL");
+    TAKE(make_future, "make_future");
+    TAKE(out_src, "out_src");
+    TAKE(build_out, "build_out");
+    TAKE(marker_t, "T");
+    TAKE(marker_f, "F");
+    TAKE(is_grad_enabled, "is_grad_enabled");
+    TAKE(is_inference, "is_inference");
+#undef TAKE
+    fp->exdict = PyObject_GenericGetDict(executor, NULL);
+    if (fp->exdict == NULL) {
+        Py_DECREF(fp);
+        return NULL;
+    }
+    for (int i = S_state; i <= S_iter_index; i++) {
+        /* read and written in the instance dict: no class attribute may stand in the way */
+        if (PyObject_HasAttr((PyObject *)Py_TYPE(executor), str[i])) {
+            PyErr_Format(PyExc_TypeError, "the executor's class defines %U", str[i]);
+            Py_DECREF(fp);
+            return NULL;
+        }
+    }
+    fp->no_scalars = PyList_New(0);
+    Py_INCREF(Py_None);
+    fp->profile = Py_None;
+    if (fp->no_scalars == NULL
+            || slot_offsets(fp->node_type, NODE_SLOTS, fp->node_off, N_NSLOTS) < 0
+            || slot_offsets(fp->block_type, BLOCK_SLOTS, fp->block_off, B_NSLOTS) < 0) {
+        Py_DECREF(fp);
+        return NULL;
+    }
+    return (PyObject *)fp;
+}
+
+static PyObject *
+fp_get_profile(FastPath *fp, void *closure)
+{
+    Py_INCREF(fp->profile);
+    return fp->profile;
+}
+
+static int
+fp_set_profile(FastPath *fp, PyObject *value, void *closure)
+{
+    if (value == NULL || (value != Py_None && !PyDict_Check(value))) {
+        PyErr_SetString(PyExc_TypeError, "profile is None or a dict");
+        return -1;
+    }
+    Py_INCREF(value);
+    Py_SETREF(fp->profile, value);
+    return 0;
+}
+
+static PyObject *
+fp_call_tp(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return PyVectorcall_Call(self, args, kwargs);
+}
+
+static PyObject *
+fp_get_misses(FastPath *fp, void *closure)
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; d != NULL && i < N_MISSES; i++) {
+        if (!fp->misses[i])
+            continue;
+        PyObject *n = PyLong_FromUnsignedLongLong(fp->misses[i]);
+        if (n == NULL || PyDict_SetItemString(d, MISS_REASONS[i], n) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(n);
+    }
+    return d;
+}
+
+static PyGetSetDef fp_getset[] = {
+    {"misses", (getter)fp_get_misses, NULL, "the calls handed to the Python path, by reason", NULL},
+    {"profile", (getter)fp_get_profile, (setter)fp_set_profile,
+     "None, or a dict {iteration: [thread seconds, deferred ops]} that every deferred op adds to", NULL},
+    {NULL},
+};
+
+static PyTypeObject FastPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "terra_nb.runtime._fastpath.FastPath",
+    .tp_basicsize = sizeof(FastPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(FastPath, vectorcall),
+    .tp_call = fp_call_tp,
+    .tp_new = fp_new,
+    .tp_dealloc = (destructor)fp_dealloc,
+    .tp_traverse = (traverseproc)fp_traverse,
+    .tp_clear = (inquiry)fp_clear,
+    .tp_getset = fp_getset,
+    .tp_doc = "The skeleton's hot path; install as a bound method: MethodType(FastPath(...), mode).",
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "The skeleton's hot path in C (see coexec.py for the reference).", -1, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__fastpath(void)
+{
+    for (int i = 0; i < N_NAMES; i++) {
+        str[i] = PyUnicode_InternFromString(NAMES[i]);
+        if (str[i] == NULL)
+            return NULL;
+    }
+    if (PyType_Ready(&FastPathType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&FastPathType);
+    if (PyModule_AddObject(m, "FastPath", (PyObject *)&FastPathType) < 0) {
+        Py_DECREF(&FastPathType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,83 @@
+"""The skeleton's C hot path: it is built here, it takes the calls, and both paths agree."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sysconfig
+
+import pytest
+from test_coexec import CASES, PRELUDE
+
+import terra_nb
+from terra_nb.runtime import coexec, native
+
+from differential import check_program, run_eager, run_terra
+
+_CC = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+needs_compiler = pytest.mark.skipif(shutil.which(_CC) is None, reason=f"no C compiler ({_CC}) on this machine")
+
+LOOP = """
+import torch
+torch.manual_seed(0)
+w = torch.randn(8, 8)
+x = torch.randn(4, 8)
+total = 0.0
+for step in range(30):
+    y = (x @ w).relu() * 0.5 + step * 0.1
+    total += y.sum().item()
+print(round(total, 4))
+"""
+
+
+@needs_compiler
+def test_the_native_path_is_built_and_installed():
+    assert native.load() is not None, native.problem()
+    assert native.problem() == ""
+    session = terra_nb.Session()
+    mode = coexec.TerraMode(session.executor)
+    assert mode.native is not None
+    assert mode.__torch_function__.__func__ is mode.native
+
+
+@needs_compiler
+def test_the_native_path_takes_the_deferred_ops(monkeypatch):
+    """The C path validates and defers the ops; what the program prints is eager's, on either path."""
+    modes: list = []
+    init = coexec.TerraMode.__init__
+
+    def recording(self, executor):
+        init(self, executor)
+        modes.append(self)
+
+    monkeypatch.setattr(coexec.TerraMode, "__init__", recording)
+    out, _, session = run_terra(LOOP)
+    assert out == run_eager(LOOP)[0]
+    ops = session.executor.deferred_total
+    handed_over = sum(modes[-1].native.misses.values())  # calls the C path left to Python
+    assert ops > 100
+    assert handed_over < ops / 4, (modes[-1].native.misses, ops)
+    monkeypatch.setenv("TERRA_NB_NATIVE", "0")
+    pure_out, _, pure_session = run_terra(LOOP)
+    assert modes[-1].native is None
+    assert pure_out == out
+    assert pure_session.executor.deferred_total == ops
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_python_path_alone_is_the_same_as_eager(name, monkeypatch):
+    """Where the C path cannot be built, the Python path does the same work."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", "0")
+    assert native.load() is None
+    check_program(PRELUDE + CASES[name])
+
+
+def test_a_profiling_mode_counts_the_deferred_ops_of_either_path(monkeypatch):
+    for setting in ("1", "0"):
+        monkeypatch.setenv("TERRA_NB_NATIVE", setting)
+        session = terra_nb.Session()
+        profiler = session.executor.profiler = coexec.ProfilingMode(session.executor)
+        run_terra(LOOP, session)
+        counted = sum(n for _, n in profiler.by_iteration.values())
+        assert counted == session.executor.deferred_total > 0
+        assert profiler.us_per_op() is not None
