@@ -52,11 +52,15 @@ def programs_dir() -> str:
 
 _MICRO = """
 import torch
+w = torch.ones(8, SIZE, SIZE) * 0.01
+z = torch.zeros(8, SIZE, SIZE)
 x = torch.ones(SIZE, SIZE)
-w = torch.ones(SIZE, SIZE) * 0.01
+WEIGHTS
 for i in range(N):
 BODY"""
-_MICRO_OPS = ("    x = x * w\n", "    x = x + w\n", "    x = x.relu()\n", "    x = x - w\n")
+# Four ops a group, each group on its own weights: every line of the loop is a distinct op (a root's
+# op is keyed by its line's text, so a repeated line would be the same node, seen again).
+_MICRO_GROUP = ("    x = x * wK\n", "    x = x + wK\n", "    x = torch.maximum(x, zK)\n", "    x = x - wK\n")
 
 
 def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float]]:
@@ -71,8 +75,9 @@ def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float
     rows = []
     for size in (4, 64):
         for per_iter in (4, 32):
-            body = "".join(_MICRO_OPS[k % 4] for k in range(per_iter))
-            source = _MICRO.replace("SIZE", str(size)).replace("BODY", body)
+            body = "".join(_MICRO_GROUP[k % 4].replace("K", str(k // 4)) for k in range(per_iter))
+            weights = "".join(f"w{k}, z{k} = w[{k}].clone(), z[{k}].clone()\n" for k in range(per_iter // 4))
+            source = _MICRO.replace("SIZE", str(size)).replace("BODY", body).replace("WEIGHTS", weights)
             n = ops // per_iter
             t0 = time.perf_counter()
             exec(source.replace("N", str(n)), {})

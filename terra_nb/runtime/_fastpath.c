@@ -28,7 +28,7 @@ enum {
     S_root_codes, S_ok_parent, S_ok_lasti, S_ok_tail, S_graph, S_iter_index,
     S_tail_ok, S_validated_op, S_defer_py, S_flush, S_advance, S_step, S_input, S_stepped,
     S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_owner, S_tn_pooled, S_tn_local,
-    S_dtype, S_device, S_requires_grad, S_make_future, S_out_src, S_build_out, S_prop, S_shape,
+    S_dtype, S_device, S_requires_grad, S_make_future, S_out_src, S_build_out, S_prop, S_shape, S_tn_numpy,
     N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
@@ -37,7 +37,7 @@ static const char *NAMES[N_NAMES] = {
     "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail", "graph", "iter_index",
     "_tail_ok", "_validated_op", "_defer", "flush", "_advance", "step", "input", "stepped",
     "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val", "_tn_owner", "_tn_pooled", "_tn_local",
-    "dtype", "device", "requires_grad", "make_future", "out_src", "build_out", "prop", "shape",
+    "dtype", "device", "requires_grad", "make_future", "out_src", "build_out", "prop", "shape", "_tn_numpy",
 };
 static PyObject *str[N_NAMES];
 
@@ -215,11 +215,36 @@ wire_input(FastPath *fp, PyObject *blk, PyObject *t, Py_ssize_t *w)
     if (k == NULL) {
         if (PyErr_Occurred())
             return -1;
-        PyObject *r = PyObject_CallMethodOneArg(blk, str[S_input], t);
-        if (r == NULL)
+        /* PendingBlock.input, inline, for the common case: not a numpy-shared tensor (snapshot) */
+        PyObject *numpy = inst_get(t, str[S_tn_numpy]);
+        if (numpy == NULL && PyErr_Occurred())
             return -1;
-        *w = -1 - PyLong_AsSsize_t(r);
-        Py_DECREF(r);
+        if (numpy != NULL && numpy != Py_False) {
+            PyObject *r = PyObject_CallMethodOneArg(blk, str[S_input], t);
+            if (r == NULL)
+                return -1;
+            *w = -1 - PyLong_AsSsize_t(r);
+            Py_DECREF(r);
+            return 0;
+        }
+        PyObject *inputs = BLK(fp, blk, B_inputs);
+        Py_ssize_t k = PyList_GET_SIZE(inputs);
+        PyObject *kv = PyLong_FromSsize_t(k);
+        key = PyLong_FromVoidPtr(t);
+        int rc = (kv && key) ? PyDict_SetItem(ids, key, kv) : -1;
+        Py_XDECREF(kv);
+        Py_XDECREF(key);
+        if (rc < 0 || PyList_Append(inputs, t) < 0)
+            return -1;
+        if (Py_TYPE(t) != (PyTypeObject *)fp->future_type) {
+            PyObject *local = inst_get(t, str[S_tn_local]);
+            if (local == NULL && PyErr_Occurred())
+                return -1;
+            /* a block may write it now: Python must wait before reading it */
+            if (local != NULL && local != Py_False && inst_set(t, str[S_tn_local], Py_False) < 0)
+                return -1;
+        }
+        *w = -1 - k;
         return 0;
     }
     *w = -1 - PyLong_AsSsize_t(k);
@@ -1084,8 +1109,49 @@ static PyTypeObject FastPathType = {
     .tp_doc = "The skeleton's hot path; install as a bound method: MethodType(FastPath(...), mode).",
 };
 
+/* live_outputs(futs): the indices of the futures the program still holds (CoExecutor._take_run):
+ * more references than the list's and, for the newest of its node, the node's pool. */
+static PyObject *
+live_outputs(PyObject *module, PyObject *futs)
+{
+    if (!PyList_CheckExact(futs)) {
+        PyErr_SetString(PyExc_TypeError, "live_outputs takes a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(futs);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *fut = PyList_GET_ITEM(futs, i);
+        PyObject *pooled = inst_get(fut, str[S_tn_pooled]);
+        if (pooled == NULL && PyErr_Occurred()) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t held = 1 + (pooled == Py_True);
+        if (Py_REFCNT(fut) > held) {
+            PyObject *k = PyLong_FromSsize_t(i);
+            if (k == NULL || PyList_Append(out, k) < 0) {
+                Py_XDECREF(k);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(k);
+        }
+    }
+    PyObject *t = PyList_AsTuple(out);
+    Py_DECREF(out);
+    return t;
+}
+
+static PyMethodDef functions[] = {
+    {"live_outputs", live_outputs, METH_O, "the indices of the futures the program still holds"},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastpath", "The skeleton's hot path in C (see coexec.py for the reference).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_fastpath", "The skeleton's hot path in C (see coexec.py for the reference).", -1, functions,
 };
 
 PyMODINIT_FUNC

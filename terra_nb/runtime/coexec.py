@@ -182,6 +182,7 @@ class CoExecutor:
         self.roots = RootRegistry()
         self._root_codes = self.roots._keys
         self.runner = GraphRunner(on_run=self._on_run)
+        self._live_outputs = getattr(native.load(), "live_outputs", _live_outputs_py)  # C where built
         self.compiled: dict[tuple, CompiledBlock] = {}
         self.block_ids: dict[int, int] = {}
         self.passthrough: set = set()
@@ -634,7 +635,7 @@ class CoExecutor:
         futs = blk.futs
         # A future is an output when the program still holds it: more references than the block's
         # list, getrefcount's argument and (for the newest of its node) the node's pool.
-        outputs = tuple([i for i in range(len(futs)) if _getrefcount(futs[i]) > 2 + futs[i]._tn_pooled])
+        outputs = self._live_outputs(futs)
         blk.futs = []
         key = (tuple(blk.ops), len(blk.inputs), outputs)
         compiled = self.compiled.get(key)
@@ -1022,6 +1023,10 @@ class CoExecutor:
         self.log.add_iteration(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
                                          self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
                                          self.ops_traced, self.ops_coexec))
+
+
+def _live_outputs_py(futs: list) -> tuple:
+    return tuple([i for i in range(len(futs)) if _getrefcount(futs[i]) > 2 + futs[i]._tn_pooled])
 
 
 def _all_local(tensors: list) -> bool:
