@@ -19,6 +19,9 @@
 #if PY_VERSION_HEX < 0x030B0000
 #error "the native fast path needs Python 3.11 or newer"
 #endif
+#if PY_VERSION_HEX < 0x030C0000
+#define ROOTS_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)  /* changes with every change of d */
+#endif
 
 /* ---- names ---------------------------------------------------------------------------------- */
 
@@ -81,7 +84,9 @@ typedef struct {
     PyObject *is_grad_enabled, *is_inference;
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
     Py_ssize_t node_off[N_NSLOTS];
-    unsigned long long misses[N_MISSES];  /* calls handed to the Python path, by reason (see MISS) */
+    unsigned long long misses[N_MISSES];
+    PyObject *root_code, *root_dict;  /* the last root found (compared, never dereferenced) */
+    uint64_t root_version;  /* calls handed to the Python path, by reason (see MISS) */
     Py_ssize_t block_off[B_NSLOTS];
 } FastPath;
 
@@ -789,7 +794,23 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             PyObject *roots = ex_get(fp, str[S_root_codes]);
             if (roots == NULL)
                 goto error;
-            int in = PySequence_Contains(roots, code);
+            int in;
+#ifdef ROOTS_VERSION
+            /* A code object hashes slowly: remember the last root found, while the dict is unchanged
+               (it holds the code meanwhile, so the pointer names the same object). */
+            if (code == fp->root_code && roots == fp->root_dict && ROOTS_VERSION(roots) == fp->root_version) {
+                in = 1;
+            } else {
+                in = PySequence_Contains(roots, code);
+                if (in == 1 && PyDict_CheckExact(roots)) {
+                    fp->root_code = code;
+                    fp->root_dict = roots;
+                    fp->root_version = ROOTS_VERSION(roots);
+                }
+            }
+#else
+            in = PySequence_Contains(roots, code);
+#endif
             Py_DECREF(roots);
             if (in < 0)
                 goto error;
