@@ -81,3 +81,38 @@ def test_a_profiling_mode_counts_the_deferred_ops_of_either_path(monkeypatch):
         counted = sum(n for _, n in profiler.by_iteration.values())
         assert counted == session.executor.deferred_total > 0
         assert profiler.us_per_op() is not None
+
+
+@needs_compiler
+def test_the_c_scan_reads_arguments_as_the_python_scan_does():
+    """The spec, tensors and scalars of every argument shape the ops take, both ways."""
+    import numpy as np
+    import torch
+
+    from terra_nb.trace.ops import scan
+
+    session = terra_nb.Session()
+    fast = coexec.TerraMode(session.executor).native
+    t, u = torch.ones(2), torch.zeros(3)
+    calls = [
+        ((t, u), {}),
+        ((t, 0.5), {}),
+        ((t, 3), {}),
+        ((t, True, None), {}),
+        ((t, np.float64(0.25)), {}),
+        ((t, (0, 2, 1)), {}),
+        (([t, u],), {"dim": 0}),
+        ((t, torch.Size([2, 1])), {}),
+        ((t, slice(1, None, 2)), {}),
+        ((t, (slice(None), 0, Ellipsis)), {}),
+        ((t,), {"dim": -1, "keepdim": True, "dtype": torch.float64}),
+        ((t, [[1, 2.5], (u, "x")]), {"alpha": 0.1, "out": None}),
+    ]
+    for args, kwargs in calls:
+        tensors: list = []
+        scalars: list = []
+        want = scan(args, kwargs, tensors, scalars)
+        spec, c_tensors, c_scalars = native.load().scan(fast, args, kwargs)
+        assert spec == want, (args, kwargs)
+        assert [id(x) for x in c_tensors] == [id(x) for x in tensors]
+        assert c_scalars == scalars and [type(x) for x in c_scalars] == [type(x) for x in scalars]

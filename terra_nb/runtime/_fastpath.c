@@ -31,7 +31,7 @@ enum {
     S_root_codes, S_ok_parent, S_ok_lasti, S_ok_tail, S_graph, S_iter_index,
     S_tail_ok, S_validated_op, S_defer_py, S_flush, S_advance, S_step, S_input, S_stepped,
     S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_owner, S_tn_pooled, S_tn_local,
-    S_dtype, S_device, S_requires_grad, S_make_future, S_out_src, S_build_out, S_prop, S_shape, S_tn_numpy,
+    S_dtype, S_device, S_requires_grad, S_make_future, S_out_src, S_build_out, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs, S_passthrough,
     N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
@@ -40,7 +40,7 @@ static const char *NAMES[N_NAMES] = {
     "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail", "graph", "iter_index",
     "_tail_ok", "_validated_op", "_defer", "flush", "_advance", "step", "input", "stepped",
     "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val", "_tn_owner", "_tn_pooled", "_tn_local",
-    "dtype", "device", "requires_grad", "make_future", "out_src", "build_out", "prop", "shape", "_tn_numpy",
+    "dtype", "device", "requires_grad", "make_future", "out_src", "build_out", "prop", "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough",
 };
 static PyObject *str[N_NAMES];
 
@@ -58,11 +58,11 @@ static const char *NODE_SLOTS[N_NSLOTS] = {
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
-#define N_MISSES 13
+#define N_MISSES 12
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
-    "no entries", "more than 16 arguments", "nested arguments", "generalized ints", "unexpected slots",
-    "no entry matched", "keyword arguments",
+    "no entries", "more than 64 tensors", "generalized ints", "unexpected slots",
+    "no entry matched", "keyword arguments not in a dict",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
 
@@ -82,6 +82,7 @@ typedef struct {
     PyObject *marker_t, *marker_f;  /* ops.T and ops.F */
     PyObject *no_scalars;    /* an empty list, never appended to */
     PyObject *is_grad_enabled, *is_inference;
+    PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
     Py_ssize_t node_off[N_NSLOTS];
     unsigned long long misses[N_MISSES];
@@ -615,6 +616,136 @@ call_slow(FastPath *fp, PyObject *func, PyObject *types, PyObject *args, PyObjec
     return PyObject_Vectorcall(fp->slow, argv, 4, NULL);
 }
 
+/* ops._scan, in C: append v's tensors and Python scalars; return its part of the spec (a new
+ * reference). NULL on error, or with *over set when the call has more than MAX_TENSORS tensors. */
+#define MAX_TENSORS 64
+static PyObject *scan_seq(FastPath *fp, PyObject *seq, PyObject **tensors, Py_ssize_t *nt, PyObject *scalars, int *over);
+
+static PyObject *
+scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObject *scalars, int *over)
+{
+    if (PyObject_TypeCheck(v, (PyTypeObject *)fp->tensor_type)) {
+        if (*nt >= MAX_TENSORS) {
+            *over = 1;
+            return NULL;
+        }
+        tensors[(*nt)++] = v;
+        Py_INCREF(fp->marker_t);
+        return fp->marker_t;
+    }
+    if (PyLong_CheckExact(v)) {
+        if (PyList_Append(scalars, v) < 0)
+            return NULL;
+        Py_INCREF(v);
+        return v;
+    }
+    if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+        PyObject *inner = scan_seq(fp, v, tensors, nt, scalars, over);
+        if (inner == NULL)
+            return NULL;
+        PyObject *r = PyTuple_Pack(2, PyList_CheckExact(v) ? Py_True : Py_False, inner);
+        Py_DECREF(inner);
+        return r;
+    }
+    if (PySlice_Check(v)) {
+        PySliceObject *sl = (PySliceObject *)v;
+        PyObject *a = scan_value(fp, sl->start, tensors, nt, scalars, over);
+        PyObject *b = a ? scan_value(fp, sl->stop, tensors, nt, scalars, over) : NULL;
+        PyObject *c = b ? scan_value(fp, sl->step, tensors, nt, scalars, over) : NULL;
+        PyObject *r = c ? PyTuple_Pack(4, str[S_slice], a, b, c) : NULL;
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        return r;
+    }
+    if (PyFloat_Check(v)) {  /* floats and their subclasses (numpy's float64); bool is not one */
+        if (PyList_Append(scalars, v) < 0)
+            return NULL;
+        Py_INCREF(fp->marker_f);
+        return fp->marker_f;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *
+scan_seq(FastPath *fp, PyObject *seq, PyObject **tensors, Py_ssize_t *nt, PyObject *scalars, int *over)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = PyTuple_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = scan_value(fp, items[i], tensors, nt, scalars, over);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+/* The calls _on_op runs at once without a node: funcs it classified "meta" (run with subclass
+ * dispatch off, so a future answers from its metadata) and, when no tensor is among the
+ * arguments, the "passthrough" funcs. 1 with *result set (NULL if the call raised), 0 if not one. */
+static int
+direct_call(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, PyObject **tensors, PyObject **result)
+{
+    PyObject *meta = ex_get(fp, str[S_meta_funcs]);
+    if (meta == NULL)
+        return -1;
+    int is_meta = PySet_Contains(meta, func);
+    Py_DECREF(meta);
+    if (is_meta < 0) {  /* an unhashable callable: not one of them */
+        PyErr_Clear();
+        return 0;
+    }
+    if (is_meta) {
+        PyObject *argv[3] = {func, args, kwargs ? kwargs : Py_None};
+        *result = PyObject_Vectorcall(fp->run_meta, argv, 3, NULL);
+        return 1;
+    }
+    PyObject *passthrough = ex_get(fp, str[S_passthrough]);
+    if (passthrough == NULL)
+        return -1;
+    int through = PySet_Contains(passthrough, func);
+    Py_DECREF(passthrough);
+    if (through <= 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t nt = 0;
+    int over = 0;
+    PyObject *scalars = PyList_New(0);
+    PyObject *spec = scalars ? scan_seq(fp, args, tensors, &nt, scalars, &over) : NULL;
+    if (spec != NULL && kwargs != NULL && kwargs != Py_None) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(kwargs, &pos, &k, &v)) {
+            PyObject *item = scan_value(fp, v, tensors, &nt, scalars, &over);
+            if (item == NULL) {
+                Py_CLEAR(spec);
+                break;
+            }
+            Py_DECREF(item);
+        }
+    }
+    Py_XDECREF(scalars);
+    if (spec == NULL) {
+        if (!over)
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(spec);
+    if (nt)
+        return 0;
+    *result = PyObject_Call(func, args, kwargs != Py_None ? kwargs : NULL);
+    return 1;
+}
+
 /* The fast path proper (CoExecutor.on_op's first branch). With *taken == 0 the call was not
  * taken and nothing was changed: the Python path takes it. */
 static PyObject *
@@ -624,14 +755,14 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     PyObject *result = NULL;
     PyObject *state = NULL, *mode = NULL, *cursor = NULL, *key = NULL, *spec = NULL, *scalars = NULL;
     PyObject *parent = NULL, *code = NULL, *lasti_obj = NULL, *entries = NULL, *tlist = NULL;
-    PyObject *stack_tensors[16];
+    PyObject *stack_tensors[MAX_TENSORS];
     PyObject **tensors = stack_tensors;
     Py_ssize_t nt = 0;
     int parent_done = 0;
     *taken = 0;
 
-    if (kwargs != NULL && kwargs != Py_None && (!PyDict_Check(kwargs) || PyDict_GET_SIZE(kwargs))) {
-        fp->misses[N_MISSES - 1]++;  /* keyword arguments: the Python path */
+    if (kwargs != NULL && kwargs != Py_None && !PyDict_Check(kwargs)) {
+        fp->misses[N_MISSES - 1]++;
         return NULL;
     }
     if (!PyTuple_CheckExact(args))
@@ -678,6 +809,15 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     if (pair == NULL) {
         if (PyErr_Occurred())
             goto error;
+        /* Not a node: a metadata query (x.dtype, torch.is_complex) or a call the trace found takes
+           and returns no tensor (torch._C._set_grad_enabled) runs now, as _on_op runs it. */
+        int direct = direct_call(fp, func, args, kwargs, tensors, &result);
+        if (direct < 0)
+            goto error;
+        if (direct) {
+            *taken = 1;
+            goto out;
+        }
         MISS(4);
     }
     if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || PyTuple_GET_ITEM(pair, 0) != code)
@@ -689,10 +829,9 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
 
     /* scan: the tensors, the scalars and the spec of the call */
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-    if (nargs > 16)
-        MISS(7);
+    int has_kwargs = kwargs != NULL && kwargs != Py_None && PyDict_GET_SIZE(kwargs);
     PyObject *e0 = PyList_GET_ITEM(entries, 0);
-    int all_tensors = node_int(NODE(fp, e0, N_flat)) == nargs;
+    int all_tensors = !has_kwargs && nargs <= MAX_TENSORS && node_int(NODE(fp, e0, N_flat)) == nargs;
     for (Py_ssize_t i = 0; all_tensors && i < nargs; i++)
         all_tensors = PyObject_TypeCheck(PyTuple_GET_ITEM(args, i), (PyTypeObject *)fp->tensor_type);
     if (all_tensors) {
@@ -704,28 +843,33 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         scalars = fp->no_scalars;
         Py_INCREF(scalars);
     } else {
-        spec = PyTuple_New(nargs);
+        int over = 0;
         scalars = PyList_New(0);
-        if (spec == NULL || scalars == NULL)
+        if (scalars == NULL)
             goto error;
-        for (Py_ssize_t i = 0; i < nargs; i++) {
-            PyObject *v = PyTuple_GET_ITEM(args, i);
-            PyObject *item = v;
-            if (PyObject_TypeCheck(v, (PyTypeObject *)fp->tensor_type)) {
-                tensors[nt++] = v;
-                item = fp->marker_t;
-            } else if (PyLong_CheckExact(v)) {
-                if (PyList_Append(scalars, v) < 0)
-                    goto error;
-            } else if (PyFloat_Check(v)) {
-                if (PyList_Append(scalars, v) < 0)
-                    goto error;
-                item = fp->marker_f;
-            } else if (PyList_Check(v) || PyTuple_Check(v) || PySlice_Check(v)) {
-                MISS(8);  /* nested arguments: the Python path scans them */
+        spec = scan_seq(fp, args, tensors, &nt, scalars, &over);
+        if (spec != NULL && has_kwargs) {
+            PyObject *items = PyTuple_New(PyDict_GET_SIZE(kwargs));
+            PyObject *k, *v;
+            Py_ssize_t pos = 0, i = 0;
+            while (items != NULL && PyDict_Next(kwargs, &pos, &k, &v)) {
+                PyObject *item = scan_value(fp, v, tensors, &nt, scalars, &over);
+                PyObject *pair = item ? PyTuple_Pack(2, k, item) : NULL;
+                Py_XDECREF(item);
+                if (pair == NULL) {
+                    Py_CLEAR(items);
+                    break;
+                }
+                PyTuple_SET_ITEM(items, i++, pair);
             }
-            Py_INCREF(item);
-            PyTuple_SET_ITEM(spec, i, item);
+            PyObject *both = items ? PyTuple_Pack(2, spec, items) : NULL;
+            Py_XDECREF(items);
+            Py_SETREF(spec, both);
+        }
+        if (spec == NULL) {
+            if (over)
+                MISS(7);
+            goto error;
         }
     }
     PyObject *ge = PyObject_Vectorcall(fp->is_grad_enabled, NULL, 0, NULL);
@@ -750,7 +894,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         if (masked < 0)
             goto error;
         if (masked)
-            MISS(9);  /* generalized ints: the Python path */
+            MISS(8);  /* generalized ints: the Python path */
         PyObject *kspec = PyTuple_GET_ITEM(NODE(fp, node, N_key), 2);
         if (kspec != spec) {
             int eq = PyObject_RichCompareBool(spec, kspec, Py_EQ);
@@ -821,7 +965,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         if (!PyTuple_CheckExact(in_meta) || !PyList_CheckExact(NODE(fp, node, N_out_meta))
                 || !PyTuple_CheckExact(NODE(fp, node, N_passed)) || !PyList_CheckExact(NODE(fp, node, N_pool))
                 || !PyList_CheckExact(NODE(fp, node, N_sources)) || PyList_GET_SIZE(NODE(fp, node, N_sources)) < nt)
-            MISS(10);  /* not the shapes this file expects: the Python path */
+            MISS(9);  /* not the shapes this file expects: the Python path */
         Py_ssize_t nm = PyTuple_GET_SIZE(in_meta);
         int ok = 1;
         for (Py_ssize_t i = 0; ok && i < nt && i < nm; i++) {
@@ -852,7 +996,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         }
         goto out;
     }
-    fp->misses[11]++;  /* no entry matched */
+    fp->misses[10]++;  /* no entry matched */
 out:
     Py_XDECREF(state);
     Py_XDECREF(mode);
@@ -989,6 +1133,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->no_scalars);
     Py_CLEAR(fp->is_grad_enabled);
     Py_CLEAR(fp->is_inference);
+    Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->profile);
     return 0;
 }
@@ -1042,15 +1187,17 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(marker_f, "F");
     TAKE(is_grad_enabled, "is_grad_enabled");
     TAKE(is_inference, "is_inference");
+    TAKE(run_meta, "run_meta");
 #undef TAKE
     fp->exdict = PyObject_GenericGetDict(executor, NULL);
     if (fp->exdict == NULL) {
         Py_DECREF(fp);
         return NULL;
     }
-    for (int i = S_state; i <= S_iter_index; i++) {
+    for (int i = S_state; i < N_NAMES; i++) {
         /* read and written in the instance dict: no class attribute may stand in the way */
-        if (PyObject_HasAttr((PyObject *)Py_TYPE(executor), str[i])) {
+        if ((i <= S_iter_index || i == S_meta_funcs || i == S_passthrough)
+                && PyObject_HasAttr((PyObject *)Py_TYPE(executor), str[i])) {
             PyErr_Format(PyExc_TypeError, "the executor's class defines %U", str[i]);
             Py_DECREF(fp);
             return NULL;
@@ -1166,7 +1313,57 @@ live_outputs(PyObject *module, PyObject *futs)
     return t;
 }
 
+/* scan(fastpath, args, kwargs) -> (spec, tensors, scalars): the C scan, as ops.scan returns it. */
+static PyObject *
+scan_py(PyObject *module, PyObject *argv)
+{
+    PyObject *fpo, *args, *kwargs;
+    if (!PyArg_ParseTuple(argv, "O!O!O", &FastPathType, &fpo, &PyTuple_Type, &args, &kwargs))
+        return NULL;
+    FastPath *fp = (FastPath *)fpo;
+    PyObject *tensors[MAX_TENSORS];
+    Py_ssize_t nt = 0;
+    int over = 0;
+    PyObject *scalars = PyList_New(0);
+    PyObject *spec = scalars ? scan_seq(fp, args, tensors, &nt, scalars, &over) : NULL;
+    if (spec != NULL && PyDict_Check(kwargs) && PyDict_GET_SIZE(kwargs)) {
+        PyObject *items = PyList_New(0);
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (items != NULL && PyDict_Next(kwargs, &pos, &k, &v)) {
+            PyObject *item = scan_value(fp, v, tensors, &nt, scalars, &over);
+            PyObject *pair = item ? PyTuple_Pack(2, k, item) : NULL;
+            Py_XDECREF(item);
+            if (pair == NULL || PyList_Append(items, pair) < 0)
+                Py_CLEAR(items);
+            Py_XDECREF(pair);
+        }
+        PyObject *t = items ? PyList_AsTuple(items) : NULL;
+        Py_XDECREF(items);
+        PyObject *both = t ? PyTuple_Pack(2, spec, t) : NULL;
+        Py_XDECREF(t);
+        Py_SETREF(spec, both);
+    }
+    if (spec == NULL) {
+        Py_XDECREF(scalars);
+        if (over && !PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "more tensors than the C path takes");
+        return NULL;
+    }
+    PyObject *tl = PyList_New(nt);
+    for (Py_ssize_t i = 0; tl != NULL && i < nt; i++) {
+        Py_INCREF(tensors[i]);
+        PyList_SET_ITEM(tl, i, tensors[i]);
+    }
+    PyObject *r = tl ? PyTuple_Pack(3, spec, tl, scalars) : NULL;
+    Py_DECREF(spec);
+    Py_XDECREF(tl);
+    Py_DECREF(scalars);
+    return r;
+}
+
 static PyMethodDef functions[] = {
+    {"scan", scan_py, METH_VARARGS, "scan(fastpath, args, kwargs) -> (spec, tensors, scalars), as ops.scan"},
     {"live_outputs", live_outputs, METH_O, "the indices of the futures the program still holds"},
     {NULL},
 };

@@ -164,7 +164,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode):
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
-        "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference,
+        "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "run_meta": _run_meta,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
     return module.FastPath(executor, TerraMode.__torch_function__.__get__(mode), constants)
@@ -185,7 +185,8 @@ class CoExecutor:
         self._live_outputs = getattr(native.load(), "live_outputs", _live_outputs_py)  # C where built
         self.compiled: dict[tuple, CompiledBlock] = {}
         self.block_ids: dict[int, int] = {}
-        self.passthrough: set = set()
+        self.passthrough: set = set()  # funcs traced with no tensor in or out: run at once
+        self.meta_funcs: set = set()  # funcs classified "meta" (x.dtype, torch.is_complex)
         self.mode = "auto"
         self.state = TRACE
         self.cursor: Node = self.graph.root
@@ -422,8 +423,11 @@ class CoExecutor:
             return out
         info = op_info(func)
         if info.kind == "meta":
-            with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **kwargs)
+            try:
+                self.meta_funcs.add(func)  # the C path runs these at once
+            except TypeError:
+                pass
+            return _run_meta(func, args, kwargs)
         tensors: list = []
         scalars: list = []
         spec = scan(args, kwargs, tensors, scalars)
@@ -1023,6 +1027,12 @@ class CoExecutor:
         self.log.add_iteration(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
                                          self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
                                          self.ops_traced, self.ops_coexec))
+
+
+def _run_meta(func, args, kwargs):
+    """A metadata query, answered without materialising futures (their subclass dispatch is off)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **(kwargs or {}))
 
 
 def _live_outputs_py(futs: list) -> tuple:
