@@ -27,20 +27,21 @@
 
 enum {
     S_state, S_mode, S_cursor, S_block, S_anchor, S_explicit_iterations, S_cell_token, S_op_counter,
-    S_anchor_limit, S_anchor_first, S_ops_coexec, S_validated, S_deferred_total, S_max_block,
-    S_root_codes, S_ok_parent, S_ok_lasti, S_ok_tail, S_graph, S_iter_index,
-    S_tail_ok, S_validated_op, S_defer_py, S_flush, S_advance, S_step, S_input, S_stepped,
-    S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_owner, S_tn_pooled, S_tn_local,
-    S_dtype, S_device, S_requires_grad, S_make_future, S_out_src, S_build_out, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs, S_passthrough,
+    S_anchor_limit, S_anchor_first, S_ops_coexec, S_validated, S_deferred_total, S_max_block, S_root_codes, S_ok_parent,
+    S_ok_lasti, S_ok_tail, S_graph, S_iter_index, S_validated_op, S_flush, S_advance, S_step,
+    S_input, S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_pooled, S_tn_local,
+    S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
+    S_passthrough,
     N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
-    "state", "mode", "cursor", "block", "anchor", "explicit_iterations", "_cell_token", "op_counter",
-    "_anchor_limit", "_anchor_first", "ops_coexec", "_validated", "deferred_total", "max_block",
-    "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail", "graph", "iter_index",
-    "_tail_ok", "_validated_op", "_defer", "flush", "_advance", "step", "input", "stepped",
-    "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val", "_tn_owner", "_tn_pooled", "_tn_local",
-    "dtype", "device", "requires_grad", "make_future", "out_src", "build_out", "prop", "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough",
+    "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
+    "_cell_token", "op_counter", "_anchor_limit", "_anchor_first", "ops_coexec", "_validated",
+    "deferred_total", "max_block", "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail",
+    "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
+    "input", "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val",
+    "_tn_pooled", "_tn_local", "dtype", "device", "requires_grad", "prop",
+    "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough",
 };
 static PyObject *str[N_NAMES];
 
@@ -83,6 +84,7 @@ typedef struct {
     PyObject *no_scalars;    /* an empty list, never appended to */
     PyObject *is_grad_enabled, *is_inference;
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
+    PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
     Py_ssize_t node_off[N_NSLOTS];
     unsigned long long misses[N_MISSES];
@@ -687,6 +689,111 @@ scan_seq(FastPath *fp, PyObject *seq, PyObject **tensors, Py_ssize_t *nt, PyObje
     return out;
 }
 
+/* Whether code is a root (a cell, a script, a @coexecute function): 1, 0, or -1 on error. */
+static int
+is_root(FastPath *fp, PyObject *code)
+{
+    PyObject *roots = ex_get(fp, str[S_root_codes]);
+    if (roots == NULL)
+        return -1;
+    int in;
+#ifdef ROOTS_VERSION
+    /* A code object hashes slowly: remember the last root found, while the dict is unchanged
+       (it holds the code meanwhile, so the pointer names the same object). */
+    if (code == fp->root_code && roots == fp->root_dict && ROOTS_VERSION(roots) == fp->root_version) {
+        in = 1;
+    } else {
+        in = PySequence_Contains(roots, code);
+        if (in == 1 && PyDict_CheckExact(roots)) {
+            fp->root_code = code;
+            fp->root_dict = roots;
+            fp->root_version = ROOTS_VERSION(roots);
+        }
+    }
+#else
+    in = PySequence_Contains(roots, code);
+#endif
+    Py_DECREF(roots);
+    return in;
+}
+
+/* location.frame_offset: frame's instruction offset, made stable. -1 with an error set on error. */
+static Py_ssize_t
+frame_offset(FastPath *fp, PyFrameObject *frame, PyObject *code)
+{
+    Py_ssize_t lasti = PyFrame_GetLasti(frame);
+    PyObject *id = PyLong_FromVoidPtr(code);
+    if (id == NULL)
+        return -1;
+    PyObject *entry = PyDict_GetItemWithError(fp->canon, id);
+    Py_DECREF(id);
+    PyObject *canon;
+    if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 && PyTuple_GET_ITEM(entry, 0) == code) {
+        canon = PyTuple_GET_ITEM(entry, 1);
+        Py_INCREF(canon);
+    } else {
+        if (PyErr_Occurred())
+            return -1;
+        canon = PyObject_CallOneArg(fp->canonical_offsets, code);
+        if (canon == NULL)
+            return -1;
+    }
+    Py_ssize_t index = lasti / 2, offset = lasti;
+    if (PyList_CheckExact(canon) && index >= 0 && index < PyList_GET_SIZE(canon))
+        offset = PyLong_AsSsize_t(PyList_GET_ITEM(canon, index));
+    Py_DECREF(canon);
+    return offset;
+}
+
+/* CoExecutor._tail_ok: whether the frames above the op's caller stand where tail says.
+ * 1, 0, or -1 on error. */
+static int
+tail_ok(FastPath *fp, PyObject *parent, PyObject *tail)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(tail);
+    PyFrameObject *f = (PyFrameObject *)parent;
+    Py_XINCREF(f);
+    int ok = 1;
+    for (Py_ssize_t i = 0; ok && i < n - 1; i++) {
+        PyObject *want = PyTuple_GET_ITEM(tail, i);
+        if (f == NULL || !PyTuple_CheckExact(want) || PyTuple_GET_SIZE(want) != 2) {
+            ok = 0;
+            break;
+        }
+        PyObject *code = (PyObject *)PyFrame_GetCode(f);
+        if (code != PyTuple_GET_ITEM(want, 0)) {
+            ok = 0;
+        } else {
+            Py_ssize_t offset = frame_offset(fp, f, code);
+            if (offset == -1 && PyErr_Occurred())
+                ok = -1;
+            else
+                ok = offset == PyLong_AsSsize_t(PyTuple_GET_ITEM(want, 1));
+        }
+        Py_DECREF(code);
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    if (ok == 1) {
+        if (f == NULL) {
+            ok = 0;
+        } else {
+            PyObject *code = (PyObject *)PyFrame_GetCode(f);
+            ok = is_root(fp, code);
+            Py_DECREF(code);
+        }
+    }
+    Py_XDECREF(f);
+    if (ok == 1) {
+        /* While parent runs, the frames above it cannot move: remember it for the next ops. */
+        if (ex_set(fp, str[S_ok_parent], parent) < 0 || set_ssize(fp, str[S_ok_lasti], PyFrame_GetLasti((PyFrameObject *)parent)) < 0
+                || ex_set(fp, str[S_ok_tail], tail) < 0)
+            return -1;
+    }
+    return ok;
+}
+
 /* The calls _on_op runs at once without a node: funcs it classified "meta" (run with subclass
  * dispatch off, so a future answers from its metadata) and, when no tensor is among the
  * arguments, the "passthrough" funcs. 1 with *result set (NULL if the call raised), 0 if not one. */
@@ -924,38 +1031,14 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             Py_DECREF(ok_parent);
             Py_DECREF(ok_tail);
             if (!same) {
-                PyObject *r = PyObject_CallMethodObjArgs(ex, str[S_tail_ok], parent, tail, NULL);
-                if (r == NULL)
-                    goto error;
-                int ok = PyObject_IsTrue(r);
-                Py_DECREF(r);
+                int ok = tail_ok(fp, parent, tail);
                 if (ok < 0)
                     goto error;
                 if (!ok)
                     continue;
             }
         } else {
-            PyObject *roots = ex_get(fp, str[S_root_codes]);
-            if (roots == NULL)
-                goto error;
-            int in;
-#ifdef ROOTS_VERSION
-            /* A code object hashes slowly: remember the last root found, while the dict is unchanged
-               (it holds the code meanwhile, so the pointer names the same object). */
-            if (code == fp->root_code && roots == fp->root_dict && ROOTS_VERSION(roots) == fp->root_version) {
-                in = 1;
-            } else {
-                in = PySequence_Contains(roots, code);
-                if (in == 1 && PyDict_CheckExact(roots)) {
-                    fp->root_code = code;
-                    fp->root_dict = roots;
-                    fp->root_version = ROOTS_VERSION(roots);
-                }
-            }
-#else
-            in = PySequence_Contains(roots, code);
-#endif
-            Py_DECREF(roots);
+            int in = is_root(fp, code);
             if (in < 0)
                 goto error;
             if (!in)
@@ -1134,6 +1217,8 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->is_grad_enabled);
     Py_CLEAR(fp->is_inference);
     Py_CLEAR(fp->run_meta);
+    Py_CLEAR(fp->canon);
+    Py_CLEAR(fp->canonical_offsets);
     Py_CLEAR(fp->profile);
     return 0;
 }
@@ -1188,6 +1273,8 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(is_grad_enabled, "is_grad_enabled");
     TAKE(is_inference, "is_inference");
     TAKE(run_meta, "run_meta");
+    TAKE(canon, "CANON");
+    TAKE(canonical_offsets, "canonical_offsets");
 #undef TAKE
     fp->exdict = PyObject_GenericGetDict(executor, NULL);
     if (fp->exdict == NULL) {

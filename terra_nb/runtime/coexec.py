@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..graph.blocks import BlockSpec
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
+from ..trace import location
 from ..trace.location import RootRegistry, frame_offset, location_key, module_path, user_line
 from ..trace.ops import (
     NONE,
@@ -165,6 +166,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode):
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "run_meta": _run_meta,
+        "CANON": location._CANON, "canonical_offsets": location.canonical_offsets,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
     return module.FastPath(executor, TerraMode.__torch_function__.__get__(mode), constants)

@@ -71,7 +71,9 @@ def _line_key(code: types.CodeType, lasti: int) -> tuple:
 
 
 _CALLED_FROM_ROOT = ("root",)
-_CANON: dict[types.CodeType, list[int]] = {}
+# id(code) -> (code, canonical offsets): keyed by id since a code object hashes slowly; the entry
+# holds the code, so the id is never another code's while it lives.
+_CANON: dict[int, tuple[types.CodeType, list[int]]] = {}
 
 
 def canonical_offsets(code: types.CodeType) -> list[int]:
@@ -82,23 +84,26 @@ def canonical_offsets(code: types.CodeType) -> list[int]:
     call, so reinforce's ops got a second set of nodes mid-run). Both carry the call's source
     span, so keying a frame by the first offset with that span makes the key stable.
     """
-    canon = _CANON.get(code)
-    if canon is None:
-        first: dict[tuple, int] = {}
-        canon = []
-        for index, position in enumerate(code.co_positions()):
-            if position[0] is None:
-                canon.append(index * 2)
-            else:
-                canon.append(first.setdefault(position, index * 2))
-        _CANON[code] = canon
+    entry = _CANON.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
+    first: dict[tuple, int] = {}
+    canon = []
+    for index, position in enumerate(code.co_positions()):
+        if position[0] is None:
+            canon.append(index * 2)
+        else:
+            canon.append(first.setdefault(position, index * 2))
+    _CANON[id(code)] = (code, canon)
     return canon
 
 
 def frame_offset(frame: types.FrameType) -> int:
     """``frame``'s instruction offset, made stable (see :func:`canonical_offsets`)."""
     lasti = frame.f_lasti
-    canon = _CANON.get(frame.f_code) or canonical_offsets(frame.f_code)
+    code = frame.f_code
+    entry = _CANON.get(id(code))
+    canon = entry[1] if entry is not None and entry[0] is code else canonical_offsets(code)
     index = lasti // 2
     return canon[index] if 0 <= index < len(canon) else lasti
 
