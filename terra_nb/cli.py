@@ -7,6 +7,7 @@ import os
 import sys
 
 from .runtime.backends import BACKENDS
+from .runtime.runner import PLACEMENTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("script", help="path of the script, run as __main__")
     run.add_argument("--backend", default="eager", choices=BACKENDS)
     run.add_argument("--trace-iters", type=int, default=1, metavar="N", help="times a node is traced before it is deferred")
+    run.add_argument("--runner", default="auto", choices=PLACEMENTS,
+                     help="where blocks run: auto (CPU blocks in the program's thread, CUDA blocks on the GraphRunner's), thread, inline")
     run.add_argument("--baseline", type=int, default=0, metavar="N", help="run N iterations eagerly (once the loop is found), for the speedup column")
     run.add_argument("--eager", action="store_true", help="run the script plainly, for comparison")
     run.add_argument("--export", metavar="PATH", help="write the event log's tables (.csv or .parquet)")
@@ -62,7 +65,7 @@ def _run(args) -> int:
         return 0
     from .session import Session
 
-    session = Session(backend=args.backend, trace_iters=args.trace_iters)
+    session = Session(backend=args.backend, trace_iters=args.trace_iters, runner=args.runner)
     status = 0
     try:
         session.run_path(args.script, script_args, baseline=args.baseline)

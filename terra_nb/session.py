@@ -49,11 +49,14 @@ class Session:
         backend: ``eager`` (default; the FX graph replayed op by op), ``inductor``,
             ``cudagraphs`` or ``auto``.
         trace_iters: how many times a node is traced before the skeleton may defer it.
+        runner: where blocks run: ``auto`` (default: a CPU block in the program's thread when the
+            skeleton hands it over, a CUDA block on the GraphRunner's thread), ``thread`` (always
+            the GraphRunner's thread) or ``inline`` (always the program's thread).
     """
 
-    def __init__(self, backend: str = "eager", trace_iters: int = 1) -> None:
+    def __init__(self, backend: str = "eager", trace_iters: int = 1, runner: str = "auto") -> None:
         self.log = EventLog()
-        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters)
+        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters, runner=runner)
         self.cells = 0
 
     # -- running -------------------------------------------------------------------------------
@@ -203,7 +206,8 @@ class Session:
         self.sync()
         backend, trace_iters = self.executor.backend, self.executor.trace_iters
         self.log.clear()
-        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters)
+        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters,
+                                   runner=self.executor.runner.placement)
 
     # -- views ---------------------------------------------------------------------------------
 

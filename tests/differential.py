@@ -20,8 +20,8 @@ def run_eager(source: str) -> tuple[str, dict]:
 
 
 def run_terra(source: str, session: terra_nb.Session | None = None, backend: str = "eager",
-              mode: str = "auto") -> tuple[str, dict, terra_nb.Session]:
-    session = session or terra_nb.Session(backend=backend)
+              mode: str = "auto", runner: str = "auto") -> tuple[str, dict, terra_nb.Session]:
+    session = session or terra_nb.Session(backend=backend, runner=runner)
     namespace: dict = {"__name__": "__main__"}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -67,10 +67,11 @@ def assert_same_state(expected: dict, actual: dict, exact: bool = True, rtol: fl
             torch.testing.assert_close(got.detach(), want.detach(), rtol=rtol, atol=1e-6, msg=key)
 
 
-def check_program(source: str, backend: str = "eager", exact: bool = True, require_coexec: bool = True):
+def check_program(source: str, backend: str = "eager", exact: bool = True, require_coexec: bool = True,
+                  runner: str = "auto"):
     """Run ``source`` eagerly and co-executed; assert same stdout and state; return the session."""
     printed, namespace = run_eager(source)
-    printed_t, namespace_t, session = run_terra(source, backend=backend)
+    printed_t, namespace_t, session = run_terra(source, backend=backend, runner=runner)
     if exact:
         assert printed_t == printed
     else:

@@ -214,9 +214,35 @@ print(f"{loss.item():.6f}")
 }
 
 
+@pytest.mark.parametrize("runner", ["auto", "thread"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_same_as_eager(name):
-    check_program(PRELUDE + CASES[name])
+def test_same_as_eager(name, runner):
+    """``auto`` runs these CPU blocks in the program's thread; ``thread`` on the GraphRunner's."""
+    check_program(PRELUDE + CASES[name], runner=runner)
+
+
+def test_cpu_blocks_run_where_the_placement_says(monkeypatch):
+    import threading
+
+    from terra_nb.runtime.runner import GraphRunner
+
+    threads: list = []
+    execute = GraphRunner._execute
+
+    def recording(self, run):
+        threads.append(threading.get_ident())
+        return execute(self, run)
+
+    monkeypatch.setattr(GraphRunner, "_execute", recording)
+    for runner, on_program_thread in (("auto", True), ("inline", True), ("thread", False)):
+        threads.clear()
+        session = check_program(PRELUDE + CASES["print_tensor"], runner=runner)
+        assert threads, "no block ran"
+        main = threading.get_ident()
+        if on_program_thread:
+            assert set(threads) == {main}, runner
+        else:  # (a sync that finds the runner idle still runs the pending block itself)
+            assert session.executor.runner._thread.ident in threads, runner
 
 
 def test_user_exception_in_iteration_k_leaves_eager_state():
@@ -252,7 +278,8 @@ for i, (x, y) in enumerate(data):
     session.run_cell("y = model(data[0][0]).sum().item()", terra_ns)
 
 
-def test_error_inside_a_block_surfaces_as_eager_type():
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_error_inside_a_block_surfaces_as_eager_type(runner):
     body = """
 emb = nn.Embedding(10, 4)
 base = torch.tensor([1.0, 2.0, 3.0])
@@ -265,7 +292,7 @@ for i in range(8):
 """
     import terra_nb
 
-    session = terra_nb.Session()
+    session = terra_nb.Session(runner=runner)
     with pytest.raises(IndexError) as info:
         run_terra(PRELUDE + body, session=session)
     assert "index out of range" in str(info.value)

@@ -31,7 +31,7 @@ enum {
     S_ok_lasti, S_ok_tail, S_graph, S_iter_index, S_validated_op, S_flush, S_advance, S_step,
     S_input, S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_pooled, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
-    S_passthrough,
+    S_passthrough, S_runner, S_inline_seconds,
     N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
@@ -41,7 +41,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val",
     "_tn_pooled", "_tn_local", "dtype", "device", "requires_grad", "prop",
-    "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough",
+    "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds",
 };
 static PyObject *str[N_NAMES];
 
@@ -1143,6 +1143,20 @@ profile_add(FastPath *fp, double seconds)
     return 0;
 }
 
+/* executor.runner.inline_seconds: thread time of the blocks run in the program's thread */
+static int
+inline_seconds(FastPath *fp, double *out)
+{
+    PyObject *runner = ex_get(fp, str[S_runner]);
+    PyObject *v = runner ? PyObject_GetAttr(runner, str[S_inline_seconds]) : NULL;
+    Py_XDECREF(runner);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 /* Called as the mode's bound method: (mode, func, types, args[, kwargs]). */
 static PyObject *
 fp_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
@@ -1157,9 +1171,9 @@ fp_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kw
     PyObject *kwargs = nargs == 5 ? argv[4] : NULL;
     int profiling = fp->profile != Py_None;
     Py_ssize_t before = 0;
-    double t0 = 0.0;
+    double t0 = 0.0, blocks0 = 0.0, blocks1 = 0.0;
     if (profiling) {
-        if (get_ssize(fp, str[S_deferred_total], &before) < 0)
+        if (get_ssize(fp, str[S_deferred_total], &before) < 0 || inline_seconds(fp, &blocks0) < 0)
             return NULL;
         t0 = thread_seconds();
     }
@@ -1169,7 +1183,9 @@ fp_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kw
         r = call_slow(fp, func, types, args, kwargs);
     if (profiling && r != NULL) {
         Py_ssize_t after;
-        if (get_ssize(fp, str[S_deferred_total], &after) < 0 || (after != before && profile_add(fp, thread_seconds() - t0) < 0)) {
+        double t1 = thread_seconds();
+        if (get_ssize(fp, str[S_deferred_total], &after) < 0 || inline_seconds(fp, &blocks1) < 0
+                || (after != before && profile_add(fp, t1 - t0 - (blocks1 - blocks0)) < 0)) {
             Py_DECREF(r);
             return NULL;
         }
@@ -1283,7 +1299,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     for (int i = S_state; i < N_NAMES; i++) {
         /* read and written in the instance dict: no class attribute may stand in the way */
-        if ((i <= S_iter_index || i == S_meta_funcs || i == S_passthrough)
+        if ((i <= S_iter_index || i == S_meta_funcs || i == S_passthrough || i == S_runner)
                 && PyObject_HasAttr((PyObject *)Py_TYPE(executor), str[i])) {
             PyErr_Format(PyExc_TypeError, "the executor's class defines %U", str[i]);
             Py_DECREF(fp);

@@ -123,7 +123,8 @@ class ProfilingMode(TerraMode):
     """TerraMode that also adds up the skeleton's own CPU time per deferred op, by iteration.
 
     Thread CPU time, not wall time: the time the skeleton waits for the GIL while the
-    GraphRunner holds it is not the skeleton's cost. (For the benchmark; the C path keeps the
+    GraphRunner holds it is not the skeleton's cost; nor is the time of the blocks that run in the
+    program's thread (``GraphRunner.inline_seconds``). (For the benchmark; the C path keeps the
     same account itself.)
     """
 
@@ -137,11 +138,12 @@ class ProfilingMode(TerraMode):
         __tracebackhide__ = True
         executor = self.executor
         before = executor.deferred_total
+        blocks = executor.runner.inline_seconds
         t0 = _thread_time()
         out = executor.on_op(func, args, kwargs)
         if executor.deferred_total != before:
             acc = self.by_iteration.setdefault(executor.iter_index, [0.0, 0])
-            acc[0] += _thread_time() - t0
+            acc[0] += _thread_time() - t0 - (executor.runner.inline_seconds - blocks)
             acc[1] += 1
         return out
 
@@ -175,7 +177,8 @@ def _native_path(executor: CoExecutor, mode: TerraMode):
 class CoExecutor:
     """The engine: one TraceGraph, one GraphRunner, the per-op trace and skeleton paths."""
 
-    def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64) -> None:
+    def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
+                 runner: str = "auto") -> None:
         self.log = log
         self.backend = check_backend(backend)
         self.trace_iters = max(1, int(trace_iters))
@@ -183,7 +186,7 @@ class CoExecutor:
         self.graph = TraceGraph()
         self.roots = RootRegistry()
         self._root_codes = self.roots._keys
-        self.runner = GraphRunner(on_run=self._on_run)
+        self.runner = GraphRunner(on_run=self._on_run, placement=runner)
         self._live_outputs = getattr(native.load(), "live_outputs", _live_outputs_py)  # C where built
         self.compiled: dict[tuple, CompiledBlock] = {}
         self.block_ids: dict[int, int] = {}

@@ -21,6 +21,9 @@ from ..graph.blocks import failing_op
 from .future import FutureTensor, ValueLostError
 
 _RUNNERS: weakref.WeakSet = weakref.WeakSet()
+# Where blocks run: "auto" (a CPU block in the program's thread, a CUDA block on the runner's),
+# "thread" (always the runner's thread), "inline" (always the program's thread).
+PLACEMENTS = ("auto", "thread", "inline")
 
 
 @atexit.register
@@ -61,7 +64,11 @@ class BlockError:
 class GraphRunner:
     """Executes :class:`BlockRun` items on a daemon thread; ``wait()`` is the only sync point."""
 
-    def __init__(self, on_run=None) -> None:
+    def __init__(self, on_run=None, placement: str = "auto") -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown runner placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        self.placement = placement
+        self.inline_seconds = 0.0  # thread CPU time of the blocks run in the program's thread
         self._queue: deque[BlockRun] = deque()
         self._cv = threading.Condition()
         self._pending = 0
@@ -80,12 +87,42 @@ class GraphRunner:
         return self._pending > 0
 
     def submit(self, run: BlockRun) -> None:
+        if self._inline(run):
+            # In the program's thread, now: the skeleton hands a block over only once every op of
+            # it is validated, so this is the same order the runner's thread would keep.
+            grad = torch.is_grad_enabled()
+            t0 = time.thread_time()
+            try:
+                torch._C._set_grad_enabled(True)  # as on the runner's thread (the graph sets its own)
+                self._run_one(run)
+            finally:
+                torch._C._set_grad_enabled(grad)
+                self.inline_seconds += time.thread_time() - t0
+            return
         with self._cv:
             if self.error is not None:
                 return
             self._queue.append(run)
             self._pending += 1
             self._cv.notify_all()
+
+    def _inline(self, run: BlockRun) -> bool:
+        """Whether ``run`` runs in the calling (program's) thread rather than on the runner's.
+
+        On a CPU the runner's thread only adds GIL hand-overs: the skeleton and the block's
+        Python both need the GIL, every op of the block gives it up for its kernel, and taking it
+        back waits for the skeleton to drop it (the switch interval). Measured with the ``eager``
+        backend: gpt2 23.6 -> 13.7 ms per iteration, resnet 20.1 -> 6.8, lstm_lm 6.2 -> 3.4. A
+        CUDA block is a sequence of asynchronous launches: there the runner's thread overlaps
+        their launch cost with the skeleton. Never while a block is queued (order), after an
+        error, under another torch-function mode or in inference mode (the block must see the
+        state the runner's thread has).
+        """
+        if self.placement == "thread" or self._pending or self.error is not None:
+            return False
+        if self.placement == "auto" and run.block.on_cuda:
+            return False
+        return not torch._C._len_torch_function_stack() and not torch.is_inference_mode_enabled()
 
     def run_here(self, run: BlockRun) -> None:
         """Run a block in the calling thread, once the queue is empty (the caller waits anyway)."""
@@ -94,7 +131,9 @@ class GraphRunner:
         elif self.error is None:
             # in the program's thread, with its thread count (switching it per run cost more
             # than the run): with a backend other than eager, equal to eager up to rounding
+            t0 = time.thread_time()
             self._run_one(run)
+            self.inline_seconds += time.thread_time() - t0
 
     def _threads_for(self, run: BlockRun) -> int:
         """Intra-op threads for a block: all of them with the ``eager`` backend, whose results must
