@@ -118,9 +118,10 @@ def blocks_frame(log: EventLog):
                                "compile_ms": 0.0, "runs": 0, "total": 0.0}
         elif e.kind == "compile" and e.block in blocks:
             blocks[e.block]["compile_ms"] = e.duration_ms
-        elif e.kind == "run" and e.block in blocks:
-            blocks[e.block]["runs"] += 1
-            blocks[e.block]["total"] += e.duration_ms
+    for block, (runs, total) in list(log.block_runs.items()):  # (the runner thread may add meanwhile)
+        if block in blocks:
+            blocks[block]["runs"] += runs
+            blocks[block]["total"] += total
     rows = [(b["block"], b["nodes"], b["backend"], b["compile_ms"], b["runs"],
              b["total"] / b["runs"] if b["runs"] else math.nan) for b in blocks.values()]
     frame = pd.DataFrame(rows, columns=["block", "nodes", "backend", "compile_ms", "runs", "mean_ms"])

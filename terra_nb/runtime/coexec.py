@@ -673,7 +673,7 @@ class CoExecutor:
                            block=self.block_ids.get(id(compiled), -1), backend=compiled.backend))
 
     def _on_run(self, run: BlockRun, elapsed: float) -> None:
-        self.log.add(Event("run", run.cell, -1, duration_ms=elapsed * 1e3, block=run.block_id))
+        self.log.add_run(run.block_id, elapsed * 1e3)
 
     def sync(self) -> None:
         """Wait for the GraphRunner; re-raise here what a block raised."""

@@ -7,10 +7,13 @@ this log alone. Two record types:
 * :class:`Event` -- something worth a user's attention, with its reason and source line:
   ``sync`` (Python waited for the GraphRunner), ``fallback`` (co-execution switched to
   tracing), ``compile`` (a block got a compiled form), ``block`` (a new block was generated),
-  ``run`` (the GraphRunner ran a block), ``error`` (an exception ended a cell), ``node`` (a
+  ``error`` (an exception ended a cell), ``node`` (a
   node joined the TraceGraph: ``block`` holds its id, ``reason`` its op, ``location`` its line,
   ``backend`` its kind, ``nodes`` its module path) and ``counts`` (at a cell's end, ``nodes``
   holds ``(node id, count)`` pairs).
+
+Block runs are counted, not logged one by one: ``block_runs[block] = [runs, total ms]`` (a
+program runs thousands of blocks a second; an event each cost time and grew without bound).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 MODES = ("eager", "trace", "coexec", "fallback")
-EVENT_KINDS = ("sync", "fallback", "compile", "block", "run", "error", "node", "counts")
+EVENT_KINDS = ("sync", "fallback", "compile", "block", "error", "node", "counts")
 
 
 @dataclass(slots=True)
@@ -40,7 +43,7 @@ class Iteration:
 
 @dataclass(slots=True)
 class Event:
-    """A sync, fallback, compile, block, run or error, with its reason and location."""
+    """A sync, fallback, compile, block or error, with its reason and location."""
 
     kind: str
     cell: int
@@ -61,6 +64,7 @@ class EventLog:
         self.iterations: list[Iteration] = []
         self.events: list[Event] = []
         self.listeners: list = []  # called with each new Iteration (the live table)
+        self.block_runs: dict[int, list] = {}  # block id -> [runs, total ms]
 
     def add_iteration(self, iteration: Iteration) -> None:
         self.iterations.append(iteration)
@@ -70,9 +74,18 @@ class EventLog:
     def add(self, event: Event) -> None:
         self.events.append(event)
 
+    def add_run(self, block: int, ms: float) -> None:
+        acc = self.block_runs.get(block)
+        if acc is None:
+            self.block_runs[block] = [1, ms]
+        else:
+            acc[0] += 1
+            acc[1] += ms
+
     def of_kind(self, kind: str) -> list[Event]:
         return [e for e in self.events if e.kind == kind]
 
     def clear(self) -> None:
         self.iterations.clear()
         self.events.clear()
+        self.block_runs.clear()
