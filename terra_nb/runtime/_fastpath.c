@@ -31,7 +31,7 @@ enum {
     S_ok_lasti, S_ok_tail, S_graph, S_iter_index, S_validated_op, S_flush, S_advance, S_step,
     S_input, S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_pooled, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
-    S_passthrough, S_runner, S_inline_seconds,
+    S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
     N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
@@ -41,7 +41,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val",
     "_tn_pooled", "_tn_local", "dtype", "device", "requires_grad", "prop",
-    "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds",
+    "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
 };
 static PyObject *str[N_NAMES];
 
@@ -85,6 +85,7 @@ typedef struct {
     PyObject *is_grad_enabled, *is_inference;
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
+    PyObject *block_run_type;  /* runner.BlockRun */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
     Py_ssize_t node_off[N_NSLOTS];
     unsigned long long misses[N_MISSES];
@@ -551,7 +552,10 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             slot_set(node, fp->node_off[N_seen_at], s);
             Py_DECREF(s);
         }
-        if (add_ssize(fp, str[S_ops_coexec], 1) < 0 || add_ssize(fp, str[S_validated], 1) < 0
+        /* _validated is read only as a flag (a validated prefix exists): set, not counted */
+        Py_ssize_t validated;
+        if (add_ssize(fp, str[S_ops_coexec], 1) < 0 || get_ssize(fp, str[S_validated], &validated) < 0
+                || (!validated && set_ssize(fp, str[S_validated], 1) < 0)
                 || add_ssize(fp, str[S_deferred_total], 1) < 0 || get_ssize(fp, str[S_max_block], &max_block) < 0)
             goto error;
         if (PyList_GET_SIZE(BLK(fp, blk, B_ops)) >= max_block || barrier) {
@@ -1234,6 +1238,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->is_inference);
     Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->canon);
+    Py_CLEAR(fp->block_run_type);
     Py_CLEAR(fp->canonical_offsets);
     Py_CLEAR(fp->profile);
     return 0;
@@ -1290,6 +1295,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(is_inference, "is_inference");
     TAKE(run_meta, "run_meta");
     TAKE(canon, "CANON");
+    TAKE(block_run_type, "BlockRun");
     TAKE(canonical_offsets, "canonical_offsets");
 #undef TAKE
     fp->exdict = PyObject_GenericGetDict(executor, NULL);
@@ -1317,6 +1323,118 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     return (PyObject *)fp;
 }
+
+static PyObject *live_outputs(PyObject *module, PyObject *futs);
+
+/* CoExecutor._take_run: the pending block as a BlockRun of its compiled block (None when empty);
+ * a new pending block begins. */
+static PyObject *
+fp_take_run(FastPath *fp, PyObject *unused)
+{
+    PyObject *blk = NULL, *futs = NULL, *outputs = NULL, *key = NULL, *compiled = NULL, *run = NULL;
+    PyObject *out_futs = NULL, *tmp = NULL;
+    blk = ex_get(fp, str[S_block]);
+    if (blk == NULL)
+        return NULL;
+    if (Py_TYPE(blk) != (PyTypeObject *)fp->block_type) {
+        PyErr_SetString(PyExc_TypeError, "the executor's block is not a PendingBlock");
+        goto done;
+    }
+    if (PyList_GET_SIZE(BLK(fp, blk, B_ops)) == 0) {
+        run = Py_None;
+        Py_INCREF(run);
+        goto done;
+    }
+    /* a frame kept for the fast path must not keep the user's tensors alive */
+    if (ex_set(fp, str[S_ok_parent], Py_None) < 0)
+        goto done;
+    futs = BLK(fp, blk, B_futs);
+    Py_INCREF(futs);
+    /* a future is an output when the program still holds it (see live_outputs) */
+    outputs = live_outputs(NULL, futs);
+    if (outputs == NULL || (tmp = PyList_New(0)) == NULL)
+        goto done;
+    slot_set(blk, fp->block_off[B_futs], tmp);
+    Py_CLEAR(tmp);
+    tmp = PyList_AsTuple(BLK(fp, blk, B_ops));
+    if (tmp == NULL)
+        goto done;
+    key = Py_BuildValue("(OnO)", tmp, PyList_GET_SIZE(BLK(fp, blk, B_inputs)), outputs);
+    Py_CLEAR(tmp);
+    if (key == NULL || (tmp = ex_get(fp, str[S_compiled])) == NULL)
+        goto done;
+    compiled = PyDict_GetItemWithError(tmp, key);
+    Py_XINCREF(compiled);
+    Py_CLEAR(tmp);
+    if (compiled == NULL) {
+        if (PyErr_Occurred())
+            goto done;
+        compiled = PyObject_CallMethodOneArg(fp->executor, str[S_new_block], key);
+        if (compiled == NULL)
+            goto done;
+    }
+    tmp = PyObject_CallNoArgs(fp->block_type);
+    if (tmp == NULL || ex_set(fp, str[S_block], tmp) < 0 || add_ssize(fp, str[S_iter_blocks], 1) < 0)
+        goto done;
+    Py_CLEAR(tmp);
+    Py_ssize_t n = PyTuple_GET_SIZE(outputs);
+    out_futs = PyList_New(n);
+    if (out_futs == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *fut = PyList_GET_ITEM(futs, PyLong_AsSsize_t(PyTuple_GET_ITEM(outputs, i)));
+        Py_INCREF(fut);
+        PyList_SET_ITEM(out_futs, i, fut);
+    }
+    {
+        PyObject *ids = ex_get(fp, str[S_block_ids]);
+        PyObject *cid = ids ? PyLong_FromVoidPtr(compiled) : NULL;
+        PyObject *bid = cid ? PyObject_GetItem(ids, cid) : NULL;
+        PyObject *cell = bid ? ex_get(fp, str[S_cell]) : NULL;
+        PyObject *it = cell ? ex_get(fp, str[S_iter_index]) : NULL;
+        if (it != NULL) {
+            PyObject *argv[7] = {compiled, bid, BLK(fp, blk, B_inputs), BLK(fp, blk, B_floats), out_futs, cell, it};
+            run = PyObject_Vectorcall(fp->block_run_type, argv, 7, NULL);
+        }
+        Py_XDECREF(ids);
+        Py_XDECREF(cid);
+        Py_XDECREF(bid);
+        Py_XDECREF(cell);
+        Py_XDECREF(it);
+        if (run == NULL)
+            goto done;
+    }
+    /* The old block lives on as the identity its futures name (_tn_blk): it holds nothing. */
+    {
+        PyObject *inputs = PyList_New(0), *ids = PyDict_New(), *floats = PyList_New(0), *ops = PyList_New(0);
+        if (inputs && ids && floats && ops) {
+            slot_set(blk, fp->block_off[B_inputs], inputs);
+            slot_set(blk, fp->block_off[B_input_ids], ids);
+            slot_set(blk, fp->block_off[B_floats], floats);
+            slot_set(blk, fp->block_off[B_ops], ops);
+        } else {
+            Py_CLEAR(run);
+        }
+        Py_XDECREF(inputs);
+        Py_XDECREF(ids);
+        Py_XDECREF(floats);
+        Py_XDECREF(ops);
+    }
+done:
+    Py_XDECREF(blk);
+    Py_XDECREF(futs);
+    Py_XDECREF(outputs);
+    Py_XDECREF(key);
+    Py_XDECREF(compiled);
+    Py_XDECREF(out_futs);
+    Py_XDECREF(tmp);
+    return run;
+}
+
+static PyMethodDef fp_methods[] = {
+    {"take_run", (PyCFunction)fp_take_run, METH_NOARGS, "CoExecutor._take_run, in C"},
+    {NULL},
+};
 
 static PyObject *
 fp_get_profile(FastPath *fp, void *closure)
@@ -1377,6 +1495,7 @@ static PyTypeObject FastPathType = {
     .tp_traverse = (traverseproc)fp_traverse,
     .tp_clear = (inquiry)fp_clear,
     .tp_getset = fp_getset,
+    .tp_methods = fp_methods,
     .tp_doc = "The skeleton's hot path; install as a bound method: MethodType(FastPath(...), mode).",
 };
 

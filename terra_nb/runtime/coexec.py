@@ -155,8 +155,8 @@ class ProfilingMode(TerraMode):
         return sum(t for t, _ in spans) / ops * 1e6 if ops else None
 
 
-def _native_path(executor: CoExecutor, mode: TerraMode):
-    """The C fast path for ``mode``, or None where it is not built."""
+def _native_path(executor: CoExecutor, mode: TerraMode | None):
+    """The C fast path for ``mode`` (for the executor's own use when None), or None where it is not built."""
     module = native.load()
     if module is None:
         return None
@@ -168,10 +168,11 @@ def _native_path(executor: CoExecutor, mode: TerraMode):
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "run_meta": _run_meta,
-        "CANON": location._CANON, "canonical_offsets": location.canonical_offsets,
+        "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
-    return module.FastPath(executor, TerraMode.__torch_function__.__get__(mode), constants)
+    slow = TerraMode.__torch_function__.__get__(mode) if mode is not None else None
+    return module.FastPath(executor, slow, constants)
 
 
 class CoExecutor:
@@ -201,7 +202,7 @@ class CoExecutor:
         self.deferred_total = 0
         self.profiler: ProfilingMode | None = None  # set by the benchmark
         self._depth = 0
-        self._validated = 0
+        self._validated = 0  # 1 once an op was validated since the skeleton (re)started: a fallback is then an event
         self.anchor: Node | None = None
         self.op_counter = 0
         self._anchor_first = self._anchor_last = self._anchor_period = 0
@@ -218,6 +219,7 @@ class CoExecutor:
         self._ok_lasti = -1
         self._ok_tail: tuple = ()
         self._reset_iteration(0, _perf())
+        self._native = _native_path(self, None)  # the C take_run, where built
 
     # -- entering and leaving ------------------------------------------------------------------
 
@@ -568,7 +570,7 @@ class CoExecutor:
         else:
             node.seen_at = now_op
         self.ops_coexec += 1
-        self._validated += 1
+        self._validated = 1
         self.deferred_total += 1
         if len(blk.ops) >= self.max_block or node.barrier:
             self.flush()
@@ -622,7 +624,7 @@ class CoExecutor:
         node.count += 1
         self._advance(node)
         self.ops_coexec += 1
-        self._validated += 1
+        self._validated = 1
         if waited_ms >= 0:
             self.iter_syncs += 1
             self.log.add(Event("sync", self.cell, self.iter_index, f"{info.name}: Python needs a value",
@@ -637,6 +639,8 @@ class CoExecutor:
 
     def _take_run(self) -> BlockRun | None:
         """The pending block as a run of its compiled block; a new pending block begins."""
+        if self._native is not None:
+            return self._native.take_run()  # the same, in C
         blk = self.block
         if not blk.ops:
             return None
