@@ -628,7 +628,7 @@ class CoExecutor:
         if waited_ms >= 0:
             self.iter_syncs += 1
             self.log.add(Event("sync", self.cell, self.iter_index, f"{info.name}: Python needs a value",
-                               str(user_line(frame) or ""), waited_ms))
+                               str(node.line or user_line(frame) or ""), waited_ms))  # (same site, same line)
         return out
 
     def flush(self) -> None:
