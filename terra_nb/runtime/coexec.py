@@ -131,6 +131,7 @@ class ProfilingMode(TerraMode):
     def __init__(self, executor: CoExecutor) -> None:
         super().__init__(executor)
         self.by_iteration: dict[int, list] = {}  # iteration -> [seconds, deferred ops]
+        executor.runner.measure_inline = True
         if self.native is not None:
             self.native.profile = self.by_iteration
 

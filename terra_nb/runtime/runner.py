@@ -68,7 +68,10 @@ class GraphRunner:
         if placement not in PLACEMENTS:
             raise ValueError(f"unknown runner placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
         self.placement = placement
-        self.inline_seconds = 0.0  # thread CPU time of the blocks run in the program's thread
+        # thread CPU time of the blocks run in the program's thread, kept while measure_inline is
+        # set (by the benchmark's ProfilingMode: a thread-time read is a system call)
+        self.inline_seconds = 0.0
+        self.measure_inline = False
         self._queue: deque[BlockRun] = deque()
         self._cv = threading.Condition()
         self._pending = 0
@@ -91,13 +94,14 @@ class GraphRunner:
             # In the program's thread, now: the skeleton hands a block over only once every op of
             # it is validated, so this is the same order the runner's thread would keep.
             grad = torch.is_grad_enabled()
-            t0 = time.thread_time()
+            t0 = time.thread_time() if self.measure_inline else 0.0
             try:
                 torch._C._set_grad_enabled(True)  # as on the runner's thread (the graph sets its own)
                 self._run_one(run)
             finally:
                 torch._C._set_grad_enabled(grad)
-                self.inline_seconds += time.thread_time() - t0
+                if self.measure_inline:
+                    self.inline_seconds += time.thread_time() - t0
             return
         with self._cv:
             if self.error is not None:
@@ -131,9 +135,10 @@ class GraphRunner:
         elif self.error is None:
             # in the program's thread, with its thread count (switching it per run cost more
             # than the run): with a backend other than eager, equal to eager up to rounding
-            t0 = time.thread_time()
+            t0 = time.thread_time() if self.measure_inline else 0.0
             self._run_one(run)
-            self.inline_seconds += time.thread_time() - t0
+            if self.measure_inline:
+                self.inline_seconds += time.thread_time() - t0
 
     def _threads_for(self, run: BlockRun) -> int:
         """Intra-op threads for a block: all of them with the ``eager`` backend, whose results must
