@@ -189,7 +189,6 @@ class CoExecutor:
         self.roots = RootRegistry()
         self._root_codes = self.roots._keys
         self.runner = GraphRunner(on_run=self._on_run, placement=runner)
-        self._live_outputs = getattr(native.load(), "live_outputs", _live_outputs_py)  # C where built
         self.compiled: dict[tuple, CompiledBlock] = {}
         self.block_ids: dict[int, int] = {}
         self.passthrough: set = set()  # funcs traced with no tensor in or out: run at once
@@ -649,7 +648,7 @@ class CoExecutor:
         futs = blk.futs
         # A future is an output when the program still holds it: more references than the block's
         # list, getrefcount's argument and (for the newest of its node) the node's pool.
-        outputs = self._live_outputs(futs)
+        outputs = _live_outputs(futs)
         blk.futs = []
         key = (tuple(blk.ops), len(blk.inputs), outputs)
         compiled = self.compiled.get(key)
@@ -1045,7 +1044,7 @@ def _run_meta(func, args, kwargs):
         return func(*args, **(kwargs or {}))
 
 
-def _live_outputs_py(futs: list) -> tuple:
+def _live_outputs(futs: list) -> tuple:
     return tuple([i for i in range(len(futs)) if _getrefcount(futs[i]) > 2 + futs[i]._tn_pooled])
 
 
