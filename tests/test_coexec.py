@@ -4,6 +4,9 @@ With the ``eager`` backend the final state must be bitwise equal; every case mus
 co-executed iterations in the event log (a run where everything fell back proves nothing).
 """
 
+import contextlib
+import io
+
 import pytest
 import torch
 
@@ -364,6 +367,33 @@ print({k: v.tolist() for k, v in kept.items()}, total)
     assert len(coexec_iterations) >= 25
     # four futures per iteration (y, z, x, the sum): most of them were recycled
     assert len(made) < len(coexec_iterations)
+
+
+def test_a_node_run_many_times_an_iteration_reuses_its_futures(monkeypatch):
+    """One node run six times an iteration, its results kept in a list until the next list is
+    built: its ring keeps one future per run and reuses them (two per output made six a step)."""
+    from terra_nb.runtime import coexec
+
+    made: list = []
+    make = coexec._make_wrapper
+    monkeypatch.setattr(coexec, "_make_wrapper", lambda *a, **k: made.append(1) or make(*a, **k))
+    program = """
+import torch
+x = torch.linspace(0, 1, 5)
+for i in range(STEPS):
+    ys = [x * float(k) for k in range(6)]
+    x = ys[3] * 0.25 + 0.01
+print([round(v, 6) for v in x.tolist()], [y.sum().item() for y in ys])
+"""
+    out, namespace, session = run_terra(program.replace("STEPS", "10"))
+    assert out == run_eager(program.replace("STEPS", "10"))[0]
+    made.clear()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(program.replace("STEPS", "60"), namespace)
+    assert out.getvalue() == run_eager(program.replace("STEPS", "60"))[0]
+    assert sum(it.mode == "coexec" for it in session.log.iterations) >= 50
+    assert len(made) < 30, len(made)  # ~7 a step (360) with two futures per node output
 
 
 def test_a_counter_that_became_a_gradient_is_read_after_backward():

@@ -92,7 +92,7 @@ class Node:
         self.fast: dict[tuple, tuple] = {}
         self.tail: tuple = site[1:]
         self.mask: frozenset = frozenset()  # int slots generalized into feeds
-        self.pool: list = []  # the last futures the skeleton answered this node with, for reuse
+        self.pool: list = []  # per output, a ring of the futures the skeleton answered with, for reuse
         self.immediate = False  # a one-element CPU op the skeleton runs at once when its inputs are real
         self.flat = -1  # n when the node's arguments are n tensors and nothing else
         self.barrier = info.name in AUTOGRAD_OPS  # runs in a block of its own, never compiled

@@ -406,15 +406,19 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         PyObject *out_meta = NODE(fp, node, N_out_meta);
         Py_ssize_t nout = PyList_GET_SIZE(out_meta);
         PyObject *pool = NODE(fp, node, N_pool);
-        if (PyList_GET_SIZE(pool) != 2 * nout) {
-            PyObject *fresh = PyList_New(2 * nout);
+        if (PyList_GET_SIZE(pool) != nout) {
+            /* coexec._new_pool: one ring per output, [position, future, ...] */
+            PyObject *fresh = PyList_New(nout);
+            for (Py_ssize_t i = 0; fresh != NULL && i < nout; i++) {
+                PyObject *ring = Py_BuildValue("[i]", 0);
+                if (ring == NULL)
+                    Py_CLEAR(fresh);
+                else
+                    PyList_SET_ITEM(fresh, i, ring);
+            }
             if (fresh == NULL) {
                 Py_XDECREF(getter_src);
                 goto error;
-            }
-            for (Py_ssize_t i = 0; i < 2 * nout; i++) {
-                Py_INCREF(Py_None);
-                PyList_SET_ITEM(fresh, i, Py_None);
             }
             slot_set(node, fp->node_off[N_pool], fresh);
             Py_DECREF(fresh);
@@ -426,17 +430,26 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             goto error;
         }
         for (Py_ssize_t j = 0; j < nout; j++) {
-            /* Recycle a future when nothing but the pool holds it (see CoExecutor._defer). */
-            PyObject *fut = PyList_GET_ITEM(pool, 2 * j);
-            if (fut == Py_None || Py_REFCNT(fut) != 1) {
-                PyObject *second = PyList_GET_ITEM(pool, 2 * j + 1);
-                if (second != Py_None && Py_REFCNT(second) == 1) {
-                    /* the one just used first */
-                    PyList_SET_ITEM(pool, 2 * j + 1, fut);
-                    PyList_SET_ITEM(pool, 2 * j, second);
-                    fut = second;
-                } else {
-                    fut = NULL;
+            /* Recycle the future the ring's position names when nothing but the ring holds it
+               (see CoExecutor._defer and _make_future). */
+            PyObject *ring = PyList_GET_ITEM(pool, j);
+            PyObject *fut = NULL;
+            Py_ssize_t n = PyList_CheckExact(ring) ? PyList_GET_SIZE(ring) - 1 : -1;
+            if (n < 0) {
+                PyErr_SetString(PyExc_TypeError, "a node's future ring is not a list");
+                Py_XDECREF(getter_src);
+                goto error;
+            }
+            if (n > 0) {
+                Py_ssize_t pos = PyLong_AsSsize_t(PyList_GET_ITEM(ring, 0));
+                if (pos >= 0 && pos < n && Py_REFCNT(PyList_GET_ITEM(ring, 1 + pos)) == 1) {
+                    fut = PyList_GET_ITEM(ring, 1 + pos);
+                    PyObject *next = PyLong_FromSsize_t((pos + 1) % n);
+                    if (next == NULL) {
+                        Py_XDECREF(getter_src);
+                        goto error;
+                    }
+                    PyList_SetItem(ring, 0, next);  /* steals next */
                 }
             }
             if (fut != NULL) {
@@ -456,7 +469,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
                     Py_XDECREF(getter_src);
                     goto error;
                 }
-                pool = NODE(fp, node, N_pool);  /* make_future rotates the pool */
+                pool = NODE(fp, node, N_pool);  /* (make_future changed the ring) */
             }
             PyObject *vidx = PyLong_FromSsize_t(PyList_GET_SIZE(futs));
             if (vidx == NULL || inst_set(fut, str[S_tn_blk], blk) < 0 || inst_set(fut, str[S_tn_vidx], vidx) < 0
@@ -1500,7 +1513,7 @@ static PyTypeObject FastPathType = {
 };
 
 /* live_outputs(futs): the indices of the futures the program still holds (CoExecutor._take_run):
- * more references than the list's and, for the newest of its node, the node's pool. */
+ * more references than the list's and, while its node's ring keeps it, the ring's. */
 static PyObject *
 live_outputs(PyObject *module, PyObject *futs)
 {

@@ -528,19 +528,14 @@ class CoExecutor:
             pool = node.pool or _new_pool(node)
             values = []
             for j in range(len(node.out_meta)):
-                # Recycle a future this output had before when nothing but the pool holds it
-                # (three references: the pool, ``fut`` and getrefcount's argument): a block that
-                # is queued or running holds its outputs, so its value is never overwritten. Two
-                # per output, since ``y = f(x)`` in a loop still holds the last one while the
-                # next is made.
-                fut = pool[2 * j]
-                if fut is None or _getrefcount(fut) != 3:
-                    fut = pool[2 * j + 1]
-                    if fut is not None and _getrefcount(fut) == 3:
-                        pool[2 * j + 1], pool[2 * j] = pool[2 * j], fut  # the one just used first
-                    else:
-                        fut = None
-                if fut is not None:
+                # Recycle the future the ring's position names when nothing but the ring holds it
+                # (three references: the ring, ``fut`` and getrefcount's argument): a block that
+                # is queued or running holds its outputs, so its value is never overwritten.
+                ring = pool[j]
+                pos = ring[0]
+                fut = ring[1 + pos] if len(ring) > 1 else None
+                if fut is not None and _getrefcount(fut) == 3:
+                    ring[0] = (pos + 1) % (len(ring) - 1)
                     fut._tn_val = None
                     if getter_src is not None:
                         fut._tn_src = getter_src
@@ -577,19 +572,28 @@ class CoExecutor:
         return out
 
     def _make_future(self, node: Node, j: int, getter_src):
-        """A new future for output ``j`` of ``node``; it becomes the newest in the node's pool."""
-        pool = node.pool
-        oldest = pool[2 * j + 1]
-        if oldest is not None:
-            oldest._tn_pooled = False
+        """A new future for output ``j`` of ``node``, put in its ring where the position stands.
+
+        The ring grows (up to ``_RING``) while the future at its position is still held: a node
+        that runs many times an iteration (``p.grad`` in a loop over parameters, with all the
+        results kept in a list) gets one future per run, each reused at the next iteration.
+        ``y = f(x)`` in a loop settles at two, since the last ``y`` is held while the next is made.
+        """
+        ring = node.pool[j]
+        pos, n = ring[0], len(ring) - 1
         meta = node.out_meta[j]
         fut = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
         fut._tn_meta = meta
         fut._tn_src = getter_src or (node.family, j)
         fut._tn_owner = self
         fut._tn_pooled = True
-        pool[2 * j + 1] = pool[2 * j]
-        pool[2 * j] = fut
+        if n < _RING:
+            ring.insert(1 + pos, fut)  # before the held one: the position still names it next
+            ring[0] = (pos + 1) % (n + 1)
+        else:
+            ring[1 + pos]._tn_pooled = False  # evicted: only the program holds it now
+            ring[1 + pos] = fut
+            ring[0] = (pos + 1) % n
         return fut
 
     def _run_now(self, node: Node, func, info, args, kwargs, tensors: list, frame, scalars: list):
@@ -647,7 +651,7 @@ class CoExecutor:
         self._ok_parent = None  # a frame kept for the fast path must not keep the user's tensors alive
         futs = blk.futs
         # A future is an output when the program still holds it: more references than the block's
-        # list, getrefcount's argument and (for the newest of its node) the node's pool.
+        # list, getrefcount's argument and (while its node's ring keeps it) the ring.
         outputs = _live_outputs(futs)
         blk.futs = []
         key = (tuple(blk.ops), len(blk.inputs), outputs)
@@ -1078,8 +1082,12 @@ def _is_small_cpu(t) -> bool:
     return t.device.type == "cpu" and t.numel() <= 1 and not t.requires_grad
 
 
+_RING = 256  # the most futures a node output keeps for reuse
+
+
 def _new_pool(node: Node) -> list:
-    node.pool = [None] * (2 * len(node.out_meta))
+    """One ring per output: ``[position, future, future, ...]``."""
+    node.pool = [[0] for _ in node.out_meta]
     return node.pool
 
 

@@ -34,7 +34,7 @@ class FutureTensor(torch.Tensor):
     _tn_val: torch.Tensor | None = None  # set by the GraphRunner (a class default: one attribute less to set per op)
     _tn_owner: Any
     _tn_blk: object
-    _tn_pooled: bool = False  # the newest future of its node, kept in the node's pool
+    _tn_pooled: bool = False  # held by its node's ring of futures for reuse (see CoExecutor._make_future)
     _tn_vidx: int
 
     @staticmethod
