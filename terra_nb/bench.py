@@ -63,14 +63,23 @@ BODY"""
 _MICRO_GROUP = ("    x = x * wK\n", "    x = x + wK\n", "    x = torch.maximum(x, zK)\n", "    x = x - wK\n")
 
 
-def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float]]:
-    """µs per op for a loop of deferred ops: eager, the skeleton alone (GraphRunner not running), co-executed.
+def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float, float]]:
+    """µs per op for a loop of deferred ops: eager, mode dispatch alone (a mode that does nothing),
+    the skeleton alone (blocks never run), co-executed.
 
     Rows for 4 and 32 ops per iteration: the difference is the cost of an iteration's end (a
     block handed over, an iteration recorded) spread over its ops.
     """
+    from torch.overrides import TorchFunctionMode
+
     from .runtime import runner as runner_module
     from .session import Session
+
+    class DispatchOnly(TorchFunctionMode):
+        """Answers every call with its first argument: the cost of being a mode at all."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return args[0]
 
     rows = []
     for size in (4, 64):
@@ -82,6 +91,14 @@ def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float
             t0 = time.perf_counter()
             exec(source.replace("N", str(n)), {})
             eager = (time.perf_counter() - t0) / ops * 1e6
+            # the floor: torch's dispatch to a mode that does nothing but return its first argument
+            setup, loop = source.replace("N", str(n)).split("for i in range(")
+            namespace: dict = {}
+            exec(setup, namespace)
+            with DispatchOnly():
+                t0 = time.perf_counter()
+                exec("for i in range(" + loop, namespace)
+                floor = (time.perf_counter() - t0) / ops * 1e6
             session = Session()
             session.run_cell(source.replace("N", "10"), {})  # trace, and generate the block once
             t0 = time.perf_counter()
@@ -100,16 +117,17 @@ def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float
                 alone = (time.perf_counter() - t0) / ops * 1e6
             finally:
                 runner_module.GraphRunner.submit = submit  # type: ignore[method-assign]
-            rows.append((size, per_iter, eager, alone, coexec))
+            rows.append((size, per_iter, eager, floor, alone, coexec))
     return rows
+
 
 
 def run_bench(args) -> int:
     if args.skeleton:
         print("µs per op")
-        print(f"{'tensor':>8}{'ops/iter':>10}{'eager':>8}{'skeleton alone':>16}{'co-executed':>13}")
-        for size, per_iter, eager, alone, coexec in skeleton_micro():
-            print(f"{f'{size}x{size}':>8}{per_iter:>10}{eager:>8.2f}{alone:>16.2f}{coexec:>13.2f}")
+        print(f"{'tensor':>8}{'ops/iter':>10}{'eager':>8}{'mode dispatch':>15}{'skeleton alone':>16}{'co-executed':>13}")
+        for size, per_iter, eager, floor, alone, coexec in skeleton_micro():
+            print(f"{f'{size}x{size}':>8}{per_iter:>10}{eager:>8.2f}{floor:>15.2f}{alone:>16.2f}{coexec:>13.2f}")
         return 0
     names = [n for n in args.programs.split(",") if n]
     variants = [v for v in args.variants.split(",") if v]

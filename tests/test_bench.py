@@ -34,3 +34,15 @@ def test_bench_rejects_unknown_programs():
     result = subprocess.run([sys.executable, "-m", "terra_nb.cli", "bench", "--programs", "nope"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown program" in result.stderr
+
+
+@pytest.mark.slow
+def test_skeleton_micro_benchmark_prints_its_table():
+    result = subprocess.run([sys.executable, "-m", "terra_nb.cli", "bench", "--skeleton"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "mode dispatch" in lines[1] and "skeleton alone" in lines[1]
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("4x4", "4"), ("4x4", "32"), ("64x64", "4"), ("64x64", "32")]
+    assert all(float(x) > 0 for r in rows for x in r[2:])
