@@ -116,3 +116,15 @@ def test_the_c_scan_reads_arguments_as_the_python_scan_does():
         assert spec == want, (args, kwargs)
         assert [id(x) for x in c_tensors] == [id(x) for x in tensors]
         assert c_scalars == scalars and [type(x) for x in c_scalars] == [type(x) for x in scalars]
+
+
+def test_without_a_compiler_the_python_path_runs_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_LOADED", [])
+    monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(native.sysconfig, "get_config_var", lambda name: "no-such-cc-terra" if name == "CC" else None)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert native.load() is None
+    assert "no-such-cc-terra" in native.problem()
+    out, _, session = run_terra(LOOP)
+    assert out == run_eager(LOOP)[0]
+    assert any(it.mode == "coexec" for it in session.log.iterations)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_fastpath.c")
@@ -42,6 +43,11 @@ def load():
             _LOADED[:] = [_build_and_import(), ""]
         except Exception as exc:  # no compiler, no headers: the Python path does the same work
             _LOADED[:] = [None, f"{type(exc).__name__}: {exc}"]
+            warnings.warn(
+                f"terra_nb: the skeleton's C path could not be built ({_LOADED[1][:300]}); co-execution "
+                "runs its Python path, about twice as slow per op. Install a C compiler and Python's "
+                "headers to build it, or set TERRA_NB_NATIVE=0 to choose the Python path silently.",
+                RuntimeWarning, stacklevel=2)
     return _LOADED[0]
 
 
