@@ -432,3 +432,17 @@ print(total)
     assert printed_t == printed
     assert "coexec" in [it.mode for it in session.log.iterations if it.cell == 2]
     assert len(session.executor.compiled) - before <= 4, len(session.executor.compiled) - before
+
+
+def test_shape_variants_share_their_generated_code():
+    """Blocks that differ only in shapes (a data-dependent batch size) generate their code once."""
+    session = check_program(PRELUDE + """
+batches = [(torch.randn(n, 6), torch.randint(0, 3, (n,))) for n in [8, 5, 7, 3, 8, 5, 7, 3, 6, 8, 5, 7]]
+for x, y in batches:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(f"{loss.item():.6f}")
+""")
+    blocks = list(session.executor.compiled.values())
+    codes = {id(block.gm) for block in blocks}
+    assert len(blocks) > len(codes), (len(blocks), len(codes))

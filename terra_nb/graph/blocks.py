@@ -40,6 +40,17 @@ class BlockSpec:
         return sum(node.n_floats for node, _ in self.ops)
 
 
+def code_key(spec: BlockSpec) -> tuple:
+    """What the generated code of a block depends on: equal keys generate the same code.
+
+    Per node: the op, its constants (the scan spec of its key; every float and generalised int is
+    a graph input), its grad mode and its output structure, and how its inputs are wired. Not the
+    shapes: shape variants of one op (a data-dependent number of boxes) share their code.
+    """
+    return (tuple([((node.func, node.key[2], node.passed, node.grad, node.alias, node.out_struct, len(node.out_meta)),
+                    wiring) for node, wiring in spec.ops]), spec.n_inputs, spec.outputs)
+
+
 def produces(node: Node) -> int:
     """How many new values ``node`` adds to its block."""
     if node.alias >= 0 or node.out_struct is NONE:

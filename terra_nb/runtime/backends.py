@@ -49,18 +49,27 @@ def check_backend(name: str, device: str = "cpu") -> str:
     return name
 
 
+def on_cuda(spec: BlockSpec) -> bool:
+    """Whether a block touches CUDA tensors, from the trace's metadata (no future is waited for)."""
+    return any(meta[2].type == "cuda" for node, _ in spec.ops for meta in (*node.in_meta, *node.out_meta))
+
+
+def stays_eager(spec: BlockSpec, backend: str) -> bool:
+    """Whether a block of ``spec`` will only ever run its generated code (never a compiled form)."""
+    return backend == "eager" or (backend == "auto" and AUTO_COMPILE_AFTER["cuda" if on_cuda(spec) else "cpu"] is None)
+
+
 class CompiledBlock:
     """The callable the GraphRunner runs for one block spec, switching to a compiled form when ready."""
 
     __slots__ = ("spec", "gm", "fn", "backend", "state", "compile_ms", "_trials", "_lock", "on_compiled", "runs", "done",
                  "on_cuda", "forward")
 
-    def __init__(self, spec: BlockSpec, backend: str, on_compiled=None) -> None:
+    def __init__(self, spec: BlockSpec, backend: str, on_compiled=None, gm: torch.fx.GraphModule | None = None) -> None:
         self.spec = spec
-        self.gm = build_graph_module(spec)
+        self.gm = gm if gm is not None else build_graph_module(spec)  # (``gm``: the same code, generated before)
         self.forward = self.gm.forward  # the generated code itself: nn.Module's __call__ costs 1.8 µs a block
-        # from the trace's metadata (a future's device is known without waiting for it)
-        self.on_cuda = any(meta[2].type == "cuda" for node, _ in spec.ops for meta in (*node.in_meta, *node.out_meta))
+        self.on_cuda = on_cuda(spec)
         self.fn: Callable = self.gm
         self.backend = backend
         self.state = "eager" if backend == "eager" else "pending"
