@@ -12,6 +12,9 @@ the second half of the run. Variants:
 * ``graph_only`` -- co-executed, then the last iterations' blocks replayed with no skeleton
   (the limit co-execution approaches).
 
+With ``--repeat N`` every variant runs N times (the order rotated each round) and the medians
+are reported: on a small machine one process's times vary by ±20% from the next's.
+
 Ratios are times divided (terra / other): below 1 means terra_nb is faster.
 """
 
@@ -36,6 +39,8 @@ _ITER_LINE = re.compile(r"^iter \d+")
 def add_arguments(parser) -> None:
     parser.add_argument("--programs", default=",".join(PROGRAMS), help="comma-separated program names")
     parser.add_argument("--iters", type=int, default=20, help="iterations per run")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each variant N times (fresh processes, order rotated); report the medians")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="write the records as JSON")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
@@ -140,10 +145,13 @@ def run_bench(args) -> int:
         return 2
     results: dict[str, dict[str, dict]] = {name: {} for name in names}
     for index, name in enumerate(names):
-        order = variants[index % len(variants):] + variants[:index % len(variants)]
-        for variant in order:
-            print(f"terra-nb bench: {name} / {variant} ...", file=sys.stderr, flush=True)
-            results[name][variant] = _run_worker(name, variant, args)
+        rounds: dict[str, list] = {variant: [] for variant in variants}
+        for round_ in range(max(1, args.repeat)):
+            shift = (index + round_) % len(variants)
+            for variant in variants[shift:] + variants[:shift]:  # alternated, to cancel drift
+                print(f"terra-nb bench: {name} / {variant} ...", file=sys.stderr, flush=True)
+                rounds[variant].append(_run_worker(name, variant, args))
+        results[name] = {variant: _combine(runs) for variant, runs in rounds.items()}
     records = [_record(name, results[name], args.device) for name in names]
     print(format_table(records))
     if args.json_path:
@@ -169,6 +177,20 @@ def _run_worker(name: str, variant: str, args) -> dict:
     os.remove(out_path)
     data["wall_s"] = wall
     return data
+
+
+def _combine(runs: list[dict]) -> dict:
+    """One variant's rounds as one run: the first that succeeded, with the median of each timing."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    combined = dict(ok[0])
+    for key in ("steady_ms", "steady_s", "skeleton_us_per_op"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        if values:
+            combined[key] = statistics.median(values)
+    combined["rounds"] = len(ok)
+    return combined
 
 
 def _record(name: str, runs: dict, device: str) -> dict:
