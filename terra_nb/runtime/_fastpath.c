@@ -1,4 +1,6 @@
-/* The skeleton's hot path in C: CoExecutor.on_op's fast path and CoExecutor._defer's common case.
+/* The skeleton's hot path in C: CoExecutor.on_op's fast path (with ops.scan and _tail_ok),
+ * CoExecutor._defer's common case (with PendingBlock.input), CoExecutor._take_run, and the calls
+ * _on_op runs at once (metadata queries, passthrough calls).
  *
  * terra_nb/runtime/native.py compiles this file on first use (Python headers only, no torch
  * headers) and falls back to the Python path when it cannot. The Python code in coexec.py is
