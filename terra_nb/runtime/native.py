@@ -9,6 +9,7 @@ the same; ``TERRA_NB_NATIVE=0`` chooses the Python path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -87,3 +88,9 @@ def _compile(target: Path) -> None:
         if result.returncode != 0:
             raise RuntimeError(f"{shlex.join(cmd)} failed: {result.stderr.strip()[-2000:]}")
         os.replace(out, target)  # atomic: a concurrent process sees the whole file or none
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    for old in target.parent.glob(f"_fastpath_*{suffix}"):  # this Python's builds of other sources
+        # (a build another process has loaded stays mapped there)
+        if old != target and old.is_file():
+            with contextlib.suppress(OSError):
+                old.unlink()
