@@ -126,7 +126,6 @@ def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float
     return rows
 
 
-
 def run_bench(args) -> int:
     if args.skeleton:
         print("µs per op")

@@ -603,7 +603,7 @@ class CoExecutor:
         has_future = any(type(t) is FutureTensor for t in tensors)
         waited_ms = -1.0
         # Wait for the blocks before it, unless it is a feed or reads only skeleton-local tensors
-        # (no block ever took them: see _is_local).
+        # (no block ever took them: see _all_local).
         if (self.block.ops or self.runner.busy) and (has_future or (node.kind != "feed" and not _all_local(tensors))):
             t0 = _perf()
             self.materialize()
@@ -708,12 +708,7 @@ class CoExecutor:
             run = self._take_run()
             self.sync()
             if run is not None:
-                grad = _is_grad_enabled()
-                try:
-                    torch._C._set_grad_enabled(True)
-                    self.runner.run_here(run)
-                finally:
-                    torch._C._set_grad_enabled(grad)
+                self.runner.run_here(run)
         else:
             self.flush()
         self.sync()
@@ -797,21 +792,21 @@ class CoExecutor:
         """Keep the skeleton-local mark (see _all_local) true: set it, pass it on, or clear it."""
         if not tensors:
             if outs and all(_is_small_cpu(t) for t in outs):  # made from Python data: local
-                for t in outs:
-                    t._tn_local = True
-                    self._locals.append(weakref.ref(t))
+                self._mark_local(outs)
                 if len(self._locals) > 4096:
                     self._locals = [r for r in self._locals if r() is not None]
         elif node.immediate or node.kind == "fetch":
             if node.immediate and _all_local(tensors):
-                for t in outs:
-                    if not t.__dict__.get("_tn_local"):
-                        t._tn_local = True
-                        self._locals.append(weakref.ref(t))
+                self._mark_local([t for t in outs if not t.__dict__.get("_tn_local")])
         else:  # any other use (a view, a setter like ``p.grad = t``) may let a block write it
             for t in tensors:
                 if type(t) is not FutureTensor and t.__dict__.get("_tn_local"):
                     t._tn_local = False
+
+    def _mark_local(self, tensors: list) -> None:
+        for t in tensors:
+            t._tn_local = True
+            self._locals.append(weakref.ref(t))
 
     def _forget_locals(self) -> None:
         """Plain eager execution does not keep the marks: clear them all."""

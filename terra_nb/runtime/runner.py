@@ -93,15 +93,7 @@ class GraphRunner:
         if self._inline(run):
             # In the program's thread, now: the skeleton hands a block over only once every op of
             # it is validated, so this is the same order the runner's thread would keep.
-            grad = torch.is_grad_enabled()
-            t0 = time.thread_time() if self.measure_inline else 0.0
-            try:
-                torch._C._set_grad_enabled(True)  # as on the runner's thread (the graph sets its own)
-                self._run_one(run)
-            finally:
-                torch._C._set_grad_enabled(grad)
-                if self.measure_inline:
-                    self.inline_seconds += time.thread_time() - t0
+            self._run_in_caller(run)
             return
         with self._cv:
             if self.error is not None:
@@ -115,9 +107,9 @@ class GraphRunner:
 
         On a CPU the runner's thread only adds GIL hand-overs: the skeleton and the block's
         Python both need the GIL, every op of the block gives it up for its kernel, and taking it
-        back waits for the skeleton to drop it (the switch interval). Measured with the ``eager``
-        backend: gpt2 23.6 -> 13.7 ms per iteration, resnet 20.1 -> 6.8, lstm_lm 6.2 -> 3.4. A
-        CUDA block is a sequence of asynchronous launches: there the runner's thread overlaps
+        back waits for the skeleton to drop it (the switch interval). ``terra-nb run P --backend
+        auto --runner thread|auto`` measured gpt2 19.9 -> 14.0 ms per iteration, lstm_lm 6.0 ->
+        3.3, dcgan 13.1 -> 7.1 (docs/benchmarks.md). A CUDA block is a sequence of asynchronous launches: there the runner's thread overlaps
         their launch cost with the skeleton. Never while a block is queued (order), after an
         error, under another torch-function mode or in inference mode (the block must see the
         state the runner's thread has).
@@ -133,10 +125,18 @@ class GraphRunner:
         if self._pending:
             self.submit(run)
         elif self.error is None:
-            # in the program's thread, with its thread count (switching it per run cost more
-            # than the run): with a backend other than eager, equal to eager up to rounding
-            t0 = time.thread_time() if self.measure_inline else 0.0
+            self._run_in_caller(run)
+
+    def _run_in_caller(self, run: BlockRun) -> None:
+        """Run a block in the calling thread, with its thread count (switching it per run cost more
+        than the run) and grad mode on, as on the runner's thread (the graph sets its own)."""
+        grad = torch.is_grad_enabled()
+        t0 = time.thread_time() if self.measure_inline else 0.0
+        try:
+            torch._C._set_grad_enabled(True)
             self._run_one(run)
+        finally:
+            torch._C._set_grad_enabled(grad)
             if self.measure_inline:
                 self.inline_seconds += time.thread_time() - t0
 

@@ -101,9 +101,7 @@ def canonical_offsets(code: types.CodeType) -> list[int]:
 def frame_offset(frame: types.FrameType) -> int:
     """``frame``'s instruction offset, made stable (see :func:`canonical_offsets`)."""
     lasti = frame.f_lasti
-    code = frame.f_code
-    entry = _CANON.get(id(code))
-    canon = entry[1] if entry is not None and entry[0] is code else canonical_offsets(code)
+    canon = canonical_offsets(frame.f_code)
     index = lasti // 2
     return canon[index] if 0 <= index < len(canon) else lasti
 
