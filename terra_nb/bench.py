@@ -8,7 +8,9 @@ the second half of the run. Variants:
 
 * ``eager``      -- the program as is;
 * ``compile``    -- the program's own ``--compile`` (``torch.compile`` applied as a user would);
-* ``terra``      -- co-executed (``auto`` backend) under ``Session.run_path``;
+* ``terra``      -- under ``Session.run_path`` with the ``auto`` backend, as a user runs it: on a CPU
+  auto measures co-execution against eager iterations and goes on with the faster;
+* ``coexec``     -- the same, co-executed whatever the measurement (``always_coexec``);
 * ``graph_only`` -- co-executed, then the last iterations' blocks replayed with no skeleton
   (the limit co-execution approaches).
 
@@ -32,7 +34,7 @@ import time
 
 PROGRAMS = ("dcgan", "resnet", "faster_rcnn", "yolo", "sdpoint", "bert_qa", "bert_cls", "gpt2",
             "music_transformer", "dropblock", "lstm_lm", "reinforce")
-VARIANTS = ("eager", "compile", "terra", "graph_only")
+VARIANTS = ("eager", "compile", "terra", "coexec", "graph_only")
 _ITER_LINE = re.compile(r"^iter \d+")
 
 
@@ -197,6 +199,7 @@ def _record(name: str, runs: dict, device: str) -> dict:
         return runs.get(variant, {}).get("steady_ms")
 
     eager, compiled, terra, graph = ms("eager"), ms("compile"), ms("terra"), ms("graph_only")
+    coexec = ms("coexec")
     terra_run, compile_run = runs.get("terra", {}), runs.get("compile", {})
     eager_out = runs.get("eager", {}).get("stdout")
     return {
@@ -204,12 +207,16 @@ def _record(name: str, runs: dict, device: str) -> dict:
         "eager_ms": eager, "compile_ms": compiled, "terra_ms": terra, "graph_only_ms": graph,
         "terra_vs_eager": _ratio(terra, eager), "terra_vs_compile": _ratio(terra, compiled),
         "terra_vs_graph_only": _ratio(terra, graph),
+        "coexec_ms": coexec, "coexec_vs_eager": _ratio(coexec, eager),
+        "eager_share": terra_run.get("eager_share"),
         "steady_s_compile": compile_run.get("steady_s"), "steady_s_terra": terra_run.get("steady_s"),
         "dynamo_graphs": compile_run.get("dynamo_graphs"), "dynamo_breaks": compile_run.get("dynamo_breaks"),
-        "blocks_per_iter": terra_run.get("blocks_per_iter"), "syncs_per_iter": terra_run.get("syncs_per_iter"),
+        "blocks_per_iter": runs.get("coexec", terra_run).get("blocks_per_iter"),
+        "syncs_per_iter": runs.get("coexec", terra_run).get("syncs_per_iter"),
         "skeleton_us_per_op": runs.get("graph_only", {}).get("skeleton_us_per_op"),
         "peak_mb": {v: r.get("peak_mb") for v, r in runs.items()},
-        "matched_eager": {v: _matches(eager_out, r.get("stdout")) for v, r in runs.items() if v not in ("eager", "graph_only")},
+        "matched_eager": {v: _matches(eager_out, r.get("stdout")) for v, r in runs.items()
+                          if v not in ("eager", "graph_only")},
         "errors": {v: r["error"] for v, r in runs.items() if "error" in r},
     }
 
@@ -242,7 +249,8 @@ def format_table(records: list[dict]) -> str:
         return "-" if v is None else format(v, spec)
 
     head = (f"{'program':<18}{'eager ms':>10}{'compile':>10}{'terra':>10}{'graph':>10}{'t/eager':>9}{'t/comp':>8}"
-            f"{'t/graph':>9}{'steady_s c/t':>14}{'dyn g/b':>9}{'blk/it':>8}{'sync/it':>8}{'us/op':>7}  match")
+            f"{'t/graph':>9}{'coexec':>9}{'c/eager':>8}{'eager%':>7}{'steady_s c/t':>14}{'dyn g/b':>9}{'blk/it':>8}"
+            f"{'sync/it':>8}{'us/op':>7}  match")
     lines = [head, "-" * len(head)]
     for r in records:
         matched = r["matched_eager"]
@@ -251,7 +259,9 @@ def format_table(records: list[dict]) -> str:
         dyn = f"{f(r['dynamo_graphs'], 'd')}/{f(r['dynamo_breaks'], 'd')}"
         lines.append(f"{r['program']:<18}{f(r['eager_ms'], '.2f'):>10}{f(r['compile_ms'], '.2f'):>10}"
                      f"{f(r['terra_ms'], '.2f'):>10}{f(r['graph_only_ms'], '.2f'):>10}{f(r['terra_vs_eager'], '.2f'):>9}"
-                     f"{f(r['terra_vs_compile'], '.2f'):>8}{f(r['terra_vs_graph_only'], '.2f'):>9}{steady:>14}{dyn:>9}"
+                     f"{f(r['terra_vs_compile'], '.2f'):>8}{f(r['terra_vs_graph_only'], '.2f'):>9}"
+                     f"{f(r.get('coexec_ms'), '.2f'):>9}{f(r.get('coexec_vs_eager'), '.2f'):>8}"
+                     f"{f(None if r.get('eager_share') is None else 100 * r['eager_share'], '.0f'):>7}{steady:>14}{dyn:>9}"
                      f"{f(r['blocks_per_iter'], '.1f'):>8}{f(r['syncs_per_iter'], '.1f'):>8}"
                      f"{f(r['skeleton_us_per_op'], '.1f'):>7}  {match}")
         if r["errors"]:
@@ -320,7 +330,7 @@ def worker(variant: str, name: str, iters: int, device: str, size: str, out_path
             from .runtime.coexec import ProfilingMode
             from .session import Session
 
-            session = Session(backend="auto")
+            session = Session(backend="auto", always_coexec=variant != "terra")
             if variant == "graph_only":  # the terra variant is timed without the profiler's clock reads
                 session.executor.profiler = ProfilingMode(session.executor)
                 session.executor.runner.capture(max(3, iters // 4))
@@ -337,6 +347,9 @@ def worker(variant: str, name: str, iters: int, device: str, size: str, out_path
         result["dynamo_breaks"] = int(sum(counters["graph_break"].values()))
     if session is not None:
         frame = session.to_pandas("iterations")
+        later = frame.iloc[len(frame) // 2:]
+        if len(later):
+            result["eager_share"] = float((later["mode"] == "eager").mean())  # auto's choice, in steady state
         steady = frame[frame["mode"] == "coexec"]
         if len(steady):
             result["blocks_per_iter"] = float(steady["blocks"].median())

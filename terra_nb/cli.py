@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--runner", default="auto", choices=PLACEMENTS,
                      help="where blocks run: auto (CPU blocks in the program's thread, CUDA blocks on the GraphRunner's), thread, inline")
     run.add_argument("--baseline", type=int, default=0, metavar="N", help="run N iterations eagerly (once the loop is found), for the speedup column")
+    run.add_argument("--always-coexec", action="store_true",
+                     help="with --backend auto on a CPU: co-execute even where auto measured eager to be faster")
     run.add_argument("--eager", action="store_true", help="run the script plainly, for comparison")
     run.add_argument("--export", metavar="PATH", help="write the event log's tables (.csv or .parquet)")
     run.add_argument("--quiet", action="store_true", help="print only the one-line summary to stderr")
@@ -65,7 +67,8 @@ def _run(args) -> int:
         return 0
     from .session import Session
 
-    session = Session(backend=args.backend, trace_iters=args.trace_iters, runner=args.runner)
+    session = Session(backend=args.backend, trace_iters=args.trace_iters, runner=args.runner,
+                      always_coexec=args.always_coexec)
     status = 0
     try:
         session.run_path(args.script, script_args, baseline=args.baseline)

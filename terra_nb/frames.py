@@ -9,7 +9,7 @@ iterations  cell, iteration (int64); mode (category: eager/trace/coexec/fallback
 ops         node (int64); op, module, location (string; location is ``file:line`` or
             ``<terra-cell-N>:line``); block (Int64, null for nodes that run synchronously);
             kind (category: op/feed/fetch/state, as in the JSON export); count (int64)
-events      cell, iteration (int64); kind (category: sync/fallback/compile/error); reason, location
+events      cell, iteration (int64); kind (category: sync/fallback/compile/choice/error); reason, location
             (string); duration_ms (float64); time (datetime64[ns, UTC])
 blocks      block (int64); nodes (int64: how many); backend (category); compile_ms, mean_ms
             (float64); runs (int64)
@@ -97,7 +97,7 @@ def ops_frame(log: EventLog):
 def events_frame(log: EventLog):
     import pandas as pd
 
-    kinds = ["sync", "fallback", "compile", "error"]
+    kinds = ["sync", "fallback", "compile", "choice", "error"]
     rows = [(e.cell, e.iteration, e.kind, e.reason, e.location, e.duration_ms, e.time)
             for e in log.events if e.kind in kinds]
     frame = pd.DataFrame(rows, columns=["cell", "iteration", "kind", "reason", "location", "duration_ms", "time"])

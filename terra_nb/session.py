@@ -52,11 +52,16 @@ class Session:
         runner: where blocks run: ``auto`` (default: a CPU block in the program's thread when the
             skeleton hands it over, a CUDA block on the GraphRunner's thread), ``thread`` (always
             the GraphRunner's thread) or ``inline`` (always the program's thread).
+        always_coexec: with the ``auto`` backend on a CPU, a cell's loop is measured co-executed
+            and eagerly, and the faster goes on (measured again from time to time; a ``choice``
+            event says what was chosen and why). True co-executes whatever the measurement.
     """
 
-    def __init__(self, backend: str = "eager", trace_iters: int = 1, runner: str = "auto") -> None:
+    def __init__(self, backend: str = "eager", trace_iters: int = 1, runner: str = "auto",
+                 always_coexec: bool = False) -> None:
         self.log = EventLog()
-        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters, runner=runner)
+        self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters, runner=runner,
+                                   always_coexec=always_coexec)
         self.cells = 0
 
     # -- running -------------------------------------------------------------------------------

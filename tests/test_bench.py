@@ -1,4 +1,4 @@
-"""terra-nb bench end to end on one program, all four variants (slow: torch.compile compiles)."""
+"""terra-nb bench end to end on one program, all five variants (slow: torch.compile compiles)."""
 
 import json
 import subprocess
@@ -8,7 +8,8 @@ import pytest
 
 KEYS = {"program", "device", "eager_ms", "compile_ms", "terra_ms", "graph_only_ms", "terra_vs_eager",
         "terra_vs_compile", "terra_vs_graph_only", "steady_s_compile", "steady_s_terra", "dynamo_graphs",
-        "dynamo_breaks", "blocks_per_iter", "syncs_per_iter", "skeleton_us_per_op", "peak_mb", "matched_eager"}
+        "dynamo_breaks", "blocks_per_iter", "syncs_per_iter", "skeleton_us_per_op", "peak_mb", "matched_eager",
+        "coexec_ms", "coexec_vs_eager", "eager_share"}
 
 
 @pytest.mark.slow
@@ -21,10 +22,11 @@ def test_bench_one_program_all_variants(tmp_path):
     (record,) = json.loads(out.read_text())
     assert KEYS <= record.keys()
     assert not record["errors"], record["errors"]
-    for key in ("eager_ms", "compile_ms", "terra_ms", "graph_only_ms", "skeleton_us_per_op"):
+    for key in ("eager_ms", "compile_ms", "terra_ms", "coexec_ms", "graph_only_ms", "skeleton_us_per_op"):
         assert record[key] > 0, key
     assert record["terra_vs_eager"] == pytest.approx(record["terra_ms"] / record["eager_ms"])
-    assert record["matched_eager"]["terra"] is True
+    assert record["matched_eager"]["terra"] is True and record["matched_eager"]["coexec"] is True
+    assert 0.0 <= record["eager_share"] <= 1.0
     # torch.compile's dropout draws another random stream: its losses need not match eager's
     assert record["matched_eager"]["compile"] is not None, "the comparison ran"
     assert record["dynamo_graphs"] >= 1 and record["blocks_per_iter"] >= 1

@@ -10,7 +10,9 @@ import io
 import pytest
 import torch
 
-from differential import check_program, run_eager, run_terra
+import terra_nb
+
+from differential import assert_same_state, check_program, run_eager, run_terra, state_of
 
 PRELUDE = """
 import math, random, statistics
@@ -446,3 +448,77 @@ for x, y in batches:
     blocks = list(session.executor.compiled.values())
     codes = {id(block.gm) for block in blocks}
     assert len(blocks) > len(codes), (len(blocks), len(codes))
+
+
+# -- auto's choice: where eager iterations are faster, a CPU cell goes on eagerly -------------------
+
+TINY_LOOP = """
+import torch
+torch.manual_seed(0)
+w = torch.randn(4, 4)
+x = torch.randn(4, 4)
+for step in range(400):
+    x = torch.tanh(x @ w) * 0.5 + 0.1
+    if step % 100 == 0:
+        print(step, round(x.sum().item(), 4))
+print(x)
+"""
+
+
+def _choices(session):
+    return [e for e in session.log.events if e.kind == "choice"]
+
+
+def test_auto_measures_coexecution_against_eager_and_goes_on_with_the_faster():
+    """A loop of a few tiny ops co-executes several times slower than it runs eagerly on a CPU: after a
+    few co-executed iterations and an eager probe, auto runs the rest eagerly, saying why; what the
+    program prints and leaves is eager's."""
+    printed, namespace = run_eager(TINY_LOOP)
+    printed_t, namespace_t, session = run_terra(TINY_LOOP, backend="auto")
+    assert printed_t == printed
+    assert_same_state(state_of(namespace), state_of(namespace_t))
+    modes = [it.mode for it in session.log.iterations]
+    assert "coexec" in modes
+    (first, *_) = _choices(session)
+    assert first.reason.startswith("eager is faster here"), first.reason
+    assert "co-execution is measured again in 50 iterations" in first.reason
+    after = modes[first.iteration - 1:first.iteration + 49]  # (iterations count from 1)
+    assert after == ["eager"] * 50, modes
+    # then co-execution is measured again, and loses again: the eager stretch doubles
+    assert len(_choices(session)) >= 2 and "again in 100 iterations" in _choices(session)[1].reason
+    events = session.to_pandas("events")
+    assert (events["kind"] == "choice").sum() == len(_choices(session))
+
+
+def test_always_coexec_and_the_other_backends_never_choose():
+    for session in (terra_nb.Session(backend="auto", always_coexec=True), terra_nb.Session(backend="eager")):
+        printed_t, _, session = run_terra(TINY_LOOP, session=session)
+        assert printed_t == run_eager(TINY_LOOP)[0]
+        assert not _choices(session)
+        assert "eager" not in {it.mode for it in session.log.iterations}
+
+
+def test_a_baseline_spent_in_a_setup_loop_runs_again_in_the_cells_loop():
+    """The first loop found (here: building the data) is not the cell's loop; its eager baseline
+    iterations merge into iteration 1, and the training loop gets its own baseline."""
+    source = PRELUDE + """
+def train():
+    for x, y in data:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    print(round(loss.item(), 4))
+batches = [torch.randn(8, 6) * k for k in range(20)]
+for epoch in range(4):
+    train()
+"""
+    printed, _ = run_eager(source)
+    session = terra_nb.Session()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, {"__name__": "__main__"}, baseline=3)
+    assert out.getvalue() == printed
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("eager") == 3, modes
+    assert "coexec" in modes[modes.index("eager"):], modes

@@ -51,7 +51,7 @@ def test_iterations_table(session):
 def test_events_table_names_the_fallback_and_its_line(session):
     events = session.to_pandas("events")
     assert list(events.columns) == ["cell", "iteration", "kind", "reason", "location", "duration_ms", "time"]
-    assert list(events["kind"].cat.categories) == ["sync", "fallback", "compile", "error"]
+    assert list(events["kind"].cat.categories) == ["sync", "fallback", "compile", "choice", "error"]
     fallback = events[events["kind"] == "fallback"]
     assert len(fallback) == 1, "one new branch, one fallback: the rest of its iteration is traced"
     assert fallback["iteration"].item() == 10

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
 import shutil
 import sysconfig
@@ -62,6 +64,29 @@ def test_the_native_path_takes_the_deferred_ops(monkeypatch):
     assert modes[-1].native is None
     assert pure_out == out
     assert pure_session.executor.deferred_total == ops
+
+
+@needs_compiler
+def test_the_native_path_runs_eager_iterations_itself(monkeypatch):
+    """Baseline iterations (and auto's eager ones) run each call directly in C; only the anchor's
+    function goes to Python, which checks whether an iteration ended there."""
+    modes: list = []
+    init = coexec.TerraMode.__init__
+
+    def recording(self, executor):
+        init(self, executor)
+        modes.append(self)
+
+    monkeypatch.setattr(coexec.TerraMode, "__init__", recording)
+    session = terra_nb.Session()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(LOOP, {"__name__": "__main__"}, baseline=10)
+    assert out.getvalue() == run_eager(LOOP)[0]
+    assert [it.mode for it in session.log.iterations].count("eager") == 10
+    misses = modes[-1].native.misses
+    assert "mode not auto" not in misses, misses
+    assert misses["the anchor's function, run eagerly"] >= 10, misses
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -34,7 +34,7 @@ enum {
     S_input, S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_pooled, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
-    N_NAMES
+    S_func, N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
     "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
@@ -44,6 +44,7 @@ static const char *NAMES[N_NAMES] = {
     "input", "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val",
     "_tn_pooled", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
+    "func",
 };
 static PyObject *str[N_NAMES];
 
@@ -61,11 +62,11 @@ static const char *NODE_SLOTS[N_NSLOTS] = {
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
-#define N_MISSES 12
+#define N_MISSES 13
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
     "no entries", "more than 64 tensors", "generalized ints", "unexpected slots",
-    "no entry matched", "keyword arguments not in a dict",
+    "no entry matched", "the anchor's function, run eagerly", "keyword arguments not in a dict",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
 
@@ -76,7 +77,7 @@ typedef struct {
     PyObject *exdict;        /* its instance dict: its attributes are read and written there */
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
     PyObject *node_type, *block_type, *future_type, *tensor_type;
-    PyObject *skeleton, *auto_, *op_kind, *effect_kind;  /* the constants the Python path compares */
+    PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind;  /* the constants the Python path compares */
     PyObject *grad_table[2][2];
     PyObject *tensor_struct, *none_struct, *external;
     PyObject *make_future;   /* executor._make_future(node, j, getter_src): a new future, into the pool */
@@ -893,14 +894,37 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     }
     if (!PyTuple_CheckExact(args))
         return NULL;
+    mode = ex_get(fp, str[S_mode]);
+    if (mode == NULL)
+        goto error;
+    if (mode == fp->eager_) {
+        /* Eager iterations (a baseline, or auto's choice where eager is faster): the call runs as it
+           is, as _on_op's eager branch runs it; a call of the anchor's function goes to Python,
+           which checks its site for the end of an iteration. */
+        PyObject *anchor = ex_get(fp, str[S_anchor]);
+        if (anchor == NULL)
+            goto error;
+        int watched = 0;
+        if (anchor != Py_None) {
+            PyObject *afunc = PyObject_GetAttr(anchor, str[S_func]);
+            watched = afunc == NULL ? -1 : afunc == func ? 1
+                : Py_TYPE(afunc) == Py_TYPE(func) ? PyObject_RichCompareBool(afunc, func, Py_EQ) : 0;
+            Py_XDECREF(afunc);
+        }
+        Py_DECREF(anchor);
+        if (watched < 0)
+            goto error;
+        if (watched)
+            MISS(11);
+        *taken = 1;
+        result = PyObject_Call(func, args, kwargs != NULL && kwargs != Py_None ? kwargs : NULL);
+        goto out;
+    }
     state = ex_get(fp, str[S_state]);
     if (state == NULL)
         goto error;
     if (state != fp->skeleton)
         MISS(0);
-    mode = ex_get(fp, str[S_mode]);
-    if (mode == NULL)
-        goto error;
     if (mode != fp->auto_) {
         int eq = PyObject_RichCompareBool(mode, fp->auto_, Py_EQ);
         if (eq < 0)
@@ -1235,6 +1259,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->tensor_type);
     Py_CLEAR(fp->skeleton);
     Py_CLEAR(fp->auto_);
+    Py_CLEAR(fp->eager_);
     Py_CLEAR(fp->op_kind);
     Py_CLEAR(fp->effect_kind);
     for (int g = 0; g < 2; g++)
@@ -1292,6 +1317,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(tensor_type, "Tensor");
     TAKE(skeleton, "SKELETON");
     TAKE(auto_, "auto");
+    TAKE(eager_, "eager");
     TAKE(op_kind, "op");
     TAKE(effect_kind, "effect");
     TAKE(grad_table[0][0], "grad00");

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
+import statistics
 import sys
 import threading
 import time
@@ -163,7 +164,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         return None
     constants = {
         "Node": Node, "PendingBlock": PendingBlock, "FutureTensor": FutureTensor, "Tensor": Tensor,
-        "SKELETON": SKELETON, "auto": "auto", "op": "op", "effect": "effect",
+        "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F,
@@ -180,8 +181,10 @@ class CoExecutor:
     """The engine: one TraceGraph, one GraphRunner, the per-op trace and skeleton paths."""
 
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
-                 runner: str = "auto") -> None:
+                 runner: str = "auto", always_coexec: bool = False) -> None:
         self.log = log
+        self.always_coexec = always_coexec  # auto's choice off: co-execute even where eager is faster
+        self._on_cuda = False  # a block touched CUDA: auto's choice is for CPU programs
         self.backend = check_backend(backend)
         self.trace_iters = max(1, int(trace_iters))
         self.max_block = max_block
@@ -210,7 +213,7 @@ class CoExecutor:
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_hits: list[int] = []
         self._cell_mode = "auto"
-        self.baseline = 0
+        self.baseline = self._baseline_asked = 0
         self.explicit_iterations = False
         self._cell_token: object = object()
         self.iter_index = 0
@@ -220,6 +223,7 @@ class CoExecutor:
         self._ok_lasti = -1
         self._ok_tail: tuple = ()
         self._reset_iteration(0, _perf())
+        self._reset_choice()
         self._native = _native_path(self, None)  # the C take_run, where built
 
     # -- entering and leaving ------------------------------------------------------------------
@@ -239,8 +243,10 @@ class CoExecutor:
             return
         self._depth += 1
         self.roots.add(root_code)
+        mode = sys.intern(mode)  # the C path recognises "eager" by identity
         self._cell_mode = mode
         self.baseline = max(0, int(baseline)) if mode != "eager" else 0
+        self._baseline_asked = self.baseline
         self.mode = mode
         if mode == "eager":
             self._forget_locals()
@@ -278,6 +284,7 @@ class CoExecutor:
         self.explicit_iterations = False
         self._cell_token = object()
         self._reset_iteration(0, _perf())
+        self._reset_choice()
 
     def end_cell(self) -> None:
         if self.iter_index:
@@ -679,6 +686,7 @@ class CoExecutor:
         if code is not None and gm is None:
             self._code[code] = compiled.gm
         self.compiled[key] = compiled
+        self._on_cuda = self._on_cuda or compiled.on_cuda
         block_id = self.block_ids[id(compiled)] = len(self.block_ids)
         self.log.add(Event("block", self.cell, self.iter_index, block=block_id,
                            nodes=tuple(node.id for node, _ in ops), backend=self.backend))
@@ -945,11 +953,64 @@ class CoExecutor:
         self._close_iteration(now)
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline -= 1
+        if self.baseline <= 0 and self._probing and self._eager_wins():
+            return
         if self.baseline <= 0:
             self.mode = self._cell_mode
             self.state = SKELETON if self.mode == "auto" else TRACE
             self.cursor = self.anchor or self.graph.root
             self._validated = 0
+
+    # -- auto's choice: co-execution or eager ---------------------------------------------------
+
+    def _reset_choice(self) -> None:
+        self._coexec_ms: list[float] = []  # the last clean co-executed iterations
+        self._eager_ms: list[float] = []  # the iterations of the eager probe
+        self._probing = False
+        self._probe_after = CHOICE_COEXEC + CHOICE_WARMUP  # clean co-executed iterations before the next probe
+        self._stay_eager = CHOICE_RETRY  # eager iterations before co-execution is measured again
+
+    def _chooses(self) -> bool:
+        """Whether this cell's iterations may run eagerly where that is faster: the ``auto`` backend on
+        CPU blocks, iterations found by the anchor, and no graph-only capture (the benchmark's)."""
+        return (self.backend == "auto" and not self.always_coexec and self._cell_mode == "auto"
+                and not self.explicit_iterations and self.runner.captured is None and not self._on_cuda)
+
+    def _choose(self, mode: str, wall_ms: float) -> None:
+        """Account a finished iteration; after enough clean co-executed ones, probe eager execution."""
+        if mode == "coexec" and not self.baseline:
+            self._coexec_ms.append(wall_ms)
+            del self._coexec_ms[:-CHOICE_COEXEC]
+            self._probe_after -= 1
+            if self._probe_after <= 0 and len(self._coexec_ms) >= CHOICE_COEXEC:
+                self.baseline, self._probing, self._eager_ms = CHOICE_EAGER, True, []  # from the next anchor
+        elif mode == "eager" and self._probing:
+            self._eager_ms.append(wall_ms)
+        elif mode != "eager":
+            self._coexec_ms.clear()  # traced or fell back: co-execution's figure starts again
+
+    def _eager_wins(self) -> bool:
+        """The eager probe ended: whether the cell goes on eagerly (then for ``_stay_eager`` iterations).
+
+        Medians of the probe and of the last clean co-executed iterations, so that one slow
+        iteration (a collection, a compile in the background) does not decide.
+        """
+        self._probing = False
+        coexec, eager = statistics.median(self._coexec_ms), statistics.median(self._eager_ms)
+        self._coexec_ms.clear()
+        if eager >= coexec:
+            self._probe_after = CHOICE_KEEP
+            self.log.add(Event("choice", self.cell, self.iter_index,
+                               f"co-execution kept: {coexec:.3g} ms per iteration, eager {eager:.3g} ms"))
+            return False
+        stay, self._stay_eager = self._stay_eager, min(2 * self._stay_eager, CHOICE_RETRY_MAX)
+        self.baseline = stay
+        self._probing = False
+        self._probe_after = CHOICE_COEXEC
+        self.log.add(Event("choice", self.cell, self.iter_index,
+                           f"eager is faster here: {eager:.3g} ms per iteration, co-executed {coexec:.3g} ms; "
+                           f"co-execution is measured again in {stay} iterations"))
+        return True
 
     # -- iterations ----------------------------------------------------------------------------
 
@@ -969,7 +1030,10 @@ class CoExecutor:
             # The anchor runs in the state the last iteration ended in; the switch comes after it.
             self._anchor_traced = self.state is TRACE
             if self.baseline:
-                self.mode = "eager"  # the baseline: the next iterations run plain eager
+                # The next iterations run plain eager: nothing of this one may still be pending, or
+                # they would read state (parameters, optimizer buffers) before its deferred writes.
+                self.materialize()
+                self.mode = "eager"
                 self._forget_locals()
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
@@ -1013,6 +1077,12 @@ class CoExecutor:
                                sum(it.ops_traced for it in earlier), sum(it.ops_coexec for it in earlier),
                                earlier[0].time)
             self.log.iterations.append(merged)
+        if self._probing:
+            self.baseline = 0
+        self._reset_choice()  # (its choices were about a loop that is not the cell's)
+        self.log.events[:] = [e for e in self.log.events if not (e.kind == "choice" and e.cell == cell)]
+        if any(it.mode == "eager" for it in earlier):
+            self.baseline = self._baseline_asked  # it ran in a loop that turned out not to be the cell's
         self.anchor = node
         self._anchor_first = prev
         self._anchor_last = now_op
@@ -1040,9 +1110,12 @@ class CoExecutor:
             mode = "coexec"
         else:
             mode = "trace"
-        self.log.add_iteration(Iteration(self.cell, self.iter_index, mode, (now - self.iter_start) * 1e3,
+        wall_ms = (now - self.iter_start) * 1e3
+        self.log.add_iteration(Iteration(self.cell, self.iter_index, mode, wall_ms,
                                          self.iter_blocks, self.iter_syncs, self.iter_fallbacks,
                                          self.ops_traced, self.ops_coexec))
+        if self._chooses():
+            self._choose(mode, wall_ms)
 
 
 def _run_meta(func, args, kwargs):
@@ -1086,6 +1159,11 @@ def _is_small_cpu(t) -> bool:
 
 
 _RING = 256  # the most futures a node output keeps for reuse
+# auto's choice (CoExecutor._choose): clean co-executed iterations measured before an eager probe of
+# CHOICE_EAGER iterations (the first CHOICE_WARMUP of a cell not counted: they still generate blocks);
+# eager iterations before co-execution is measured again (doubling up to CHOICE_RETRY_MAX while eager
+# keeps winning); co-executed iterations before the next probe once co-execution won
+CHOICE_COEXEC, CHOICE_WARMUP, CHOICE_EAGER, CHOICE_RETRY, CHOICE_RETRY_MAX, CHOICE_KEEP = 5, 3, 3, 50, 800, 200
 
 
 def _new_pool(node: Node) -> list:
