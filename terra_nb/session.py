@@ -22,6 +22,7 @@ import linecache
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .runtime.coexec import CoExecutor
@@ -242,11 +243,12 @@ class Session:
 
     def summary(self, cell: int | None = None) -> str:
         cell = self.cells if cell is None else cell
-        return summarize([it for it in self.log.iterations if it.cell == cell], self.log.of_kind("fallback"), cell)
+        return summarize([it for it in self.log.iterations if it.cell == cell], self.log.of_kind("fallback"), cell,
+                         [e for e in self.log.of_kind("choice") if e.cell == cell])
 
 
-def summarize(iterations: list[Iteration], fallbacks: list, cell: int) -> str:
-    """One line: the steady-state speedup over eager and where fallbacks happened."""
+def summarize(iterations: list[Iteration], fallbacks: list, cell: int, choices: Sequence = ()) -> str:
+    """One line: the steady-state speedup over eager, auto's last choice and where fallbacks happened."""
     if not iterations:
         return "no iterations"
     from .frames import speedups
@@ -258,6 +260,8 @@ def summarize(iterations: list[Iteration], fallbacks: list, cell: int) -> str:
     if coexec:
         coexec.sort()
         text = f"steady state {coexec[len(coexec) // 2]:.2f}x eager over {len(coexec)} co-executed iterations"
+        if choices:
+            text += f"; auto: {choices[-1].reason}"
     else:
         modes = sorted({it.mode for it in iterations})
         text += f" ({', '.join(modes)})"

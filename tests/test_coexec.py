@@ -488,6 +488,7 @@ def test_auto_measures_coexecution_against_eager_and_goes_on_with_the_faster():
     assert len(_choices(session)) >= 2 and "again in 100 iterations" in _choices(session)[1].reason
     events = session.to_pandas("events")
     assert (events["kind"] == "choice").sum() == len(_choices(session))
+    assert "auto: eager is faster here" in session.summary()
 
 
 def test_always_coexec_and_the_other_backends_never_choose():

@@ -1005,7 +1005,6 @@ class CoExecutor:
             return False
         stay, self._stay_eager = self._stay_eager, min(2 * self._stay_eager, CHOICE_RETRY_MAX)
         self.baseline = stay
-        self._probing = False
         self._probe_after = CHOICE_COEXEC
         self.log.add(Event("choice", self.cell, self.iter_index,
                            f"eager is faster here: {eager:.3g} ms per iteration, co-executed {coexec:.3g} ms; "
