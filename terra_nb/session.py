@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from .runtime.coexec import CoExecutor
 from .runtime.events import EventLog, Iteration
 from .runtime.future import FutureTensor
+from .trace import loops
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Session:
         body, last = _split_last_expression(source, filename)
         namespace = namespace if namespace is not None else {"__name__": "__main__"}
         executor = self.executor
+        namespace[loops.TICK] = executor.tick  # the cell's loops call it (trace/loops.py)
         executor.begin_cell(cell)
         value = None
         try:
@@ -313,7 +315,7 @@ def _user_frame_line(tb, filename: str) -> int | None:
 
 
 def _split_last_expression(source: str, filename: str):
-    tree = ast.parse(source, filename)
+    tree = loops.instrument(ast.parse(source, filename), filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         statement = tree.body.pop()

@@ -457,7 +457,9 @@ import torch
 torch.manual_seed(0)
 w = torch.randn(4, 4)
 x = torch.randn(4, 4)
+modes_on = []  # how many TorchFunctionModes each iteration ran under
 for step in range(400):
+    modes_on.append(torch._C._len_torch_function_stack())
     x = torch.tanh(x @ w) * 0.5 + 0.1
     if step % 100 == 0:
         print(step, round(x.sum().item(), 4))
@@ -484,6 +486,10 @@ def test_auto_measures_coexecution_against_eager_and_goes_on_with_the_faster():
     assert "co-execution is measured again in 50 iterations" in first.reason
     after = modes[first.iteration - 1:first.iteration + 49]  # (iterations count from 1)
     assert after == ["eager"] * 50, modes
+    # auto's eager iterations run with the mode taken off (the loop's tick counts them), so they cost
+    # what eager costs; the co-executed ones ran under it
+    assert set(namespace_t["modes_on"][first.iteration + 2:first.iteration + 45]) == {0}
+    assert set(namespace_t["modes_on"][3:8]) == {1}
     # then co-execution is measured again, and loses again: the eager stretch doubles
     assert len(_choices(session)) >= 2 and "again in 100 iterations" in _choices(session)[1].reason
     events = session.to_pandas("events")
@@ -493,10 +499,11 @@ def test_auto_measures_coexecution_against_eager_and_goes_on_with_the_faster():
 
 def test_always_coexec_and_the_other_backends_never_choose():
     for session in (terra_nb.Session(backend="auto", always_coexec=True), terra_nb.Session(backend="eager")):
-        printed_t, _, session = run_terra(TINY_LOOP, session=session)
+        printed_t, session_ns, session = run_terra(TINY_LOOP, session=session)
         assert printed_t == run_eager(TINY_LOOP)[0]
         assert not _choices(session)
         assert "eager" not in {it.mode for it in session.log.iterations}
+        assert set(session_ns["modes_on"]) == {1}
 
 
 def test_a_baseline_spent_in_a_setup_loop_runs_again_in_the_cells_loop():

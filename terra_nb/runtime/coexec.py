@@ -224,6 +224,8 @@ class CoExecutor:
         self._ok_tail: tuple = ()
         self._reset_iteration(0, _perf())
         self._reset_choice()
+        self._hooked = True  # the mode is on the stack while a cell runs (auto's eager stretches take it off)
+        self._mode_obj: TerraMode | None = None
         self._native = _native_path(self, None)  # the C take_run, where built
 
     # -- entering and leaving ------------------------------------------------------------------
@@ -258,9 +260,13 @@ class CoExecutor:
         # collector would run every ~100 ops and cost more than the op. Collect rarely instead.
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 50000), *thresholds[1:])
+        self._mode_obj = self.profiler or TerraMode(self)
         try:
-            with (self.profiler or TerraMode(self)):
-                yield self
+            with self._mode_obj:
+                try:
+                    yield self
+                finally:
+                    self._hook()  # (an eager stretch may have taken the mode off: see tick)
         finally:
             try:
                 self.flush()
@@ -950,12 +956,14 @@ class CoExecutor:
     def _eager_boundary(self) -> None:
         """The anchor ran eagerly: one baseline iteration ends; after the last, co-execution resumes."""
         now = _perf()
+        self._count_ticks()
         self._close_iteration(now)
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline -= 1
         if self.baseline <= 0 and self._probing and self._eager_wins():
             return
         if self.baseline <= 0:
+            self._stretch = False
             self.mode = self._cell_mode
             self.state = SKELETON if self.mode == "auto" else TRACE
             self.cursor = self.anchor or self.graph.root
@@ -963,10 +971,59 @@ class CoExecutor:
 
     # -- auto's choice: co-execution or eager ---------------------------------------------------
 
+    def tick(self, loop: int) -> None:
+        """A loop of the cell starts an iteration (``__terra_tick__``, see trace/loops.py).
+
+        With the mode on, ticks are counted per iteration, to find the loop that ticks once per
+        iteration (``_anchor_loop``). In an eager stretch auto chose, that loop's next tick takes
+        the mode off, so the stretch costs what eager costs; each tick then ends an iteration, and
+        the last iteration but one puts the mode back: the last runs eagerly under the mode, and
+        at the anchor co-execution is measured again (``_eager_boundary``).
+        """
+        if self._hooked:
+            if not self._depth:
+                return  # a function a cell defined, called outside a cell
+            ticks = self._ticks
+            ticks[loop] = ticks.get(loop, 0) + 1
+            if loop == self._anchor_loop and self._stretch and self.baseline > 1:
+                self._unhook()
+            return
+        if loop != self._anchor_loop:
+            return
+        now = _perf()
+        self._close_iteration(now)
+        self._reset_iteration(self.iter_index + 1, now)
+        self.baseline -= 1
+        if self.baseline <= 1:
+            self._hook()
+
+    def _unhook(self) -> None:
+        mode = self._mode_obj
+        n = _len_mode_stack()
+        if n and torch._C._get_function_stack_at(n - 1) is mode:  # not under a mode of the user's
+            torch._C._pop_torch_function_stack()
+            self._hooked = False
+
+    def _hook(self) -> None:
+        if not self._hooked:
+            torch._C._push_on_torch_function_stack(self._mode_obj)
+            self._hooked = True
+
+    def _count_ticks(self) -> None:
+        """At the anchor: the loops that ticked once in every iteration since the anchor was set."""
+        once = {loop for loop, n in self._ticks.items() if n == 1}
+        self._once = once if self._once is None else self._once & once
+        self._anchor_loop = min(self._once) if self._once else -1
+        self._ticks = {}
+
     def _reset_choice(self) -> None:
         self._coexec_ms: list[float] = []  # the last clean co-executed iterations
         self._eager_ms: list[float] = []  # the iterations of the eager probe
         self._probing = False
+        self._stretch = False  # the eager iterations are auto's choice (not a baseline, not a probe)
+        self._ticks: dict[int, int] = {}  # loop id -> ticks in this iteration
+        self._once: set | None = None
+        self._anchor_loop = -1  # the loop that ticks once per iteration, where known
         self._probe_after = CHOICE_COEXEC + CHOICE_WARMUP  # clean co-executed iterations before the next probe
         self._stay_eager = CHOICE_RETRY  # eager iterations before co-execution is measured again
 
@@ -1005,6 +1062,7 @@ class CoExecutor:
             return False
         stay, self._stay_eager = self._stay_eager, min(2 * self._stay_eager, CHOICE_RETRY_MAX)
         self.baseline = stay
+        self._stretch = True
         self._probe_after = CHOICE_COEXEC
         self.log.add(Event("choice", self.cell, self.iter_index,
                            f"eager is faster here: {eager:.3g} ms per iteration, co-executed {coexec:.3g} ms; "
@@ -1023,6 +1081,7 @@ class CoExecutor:
             self._anchor_last = now_op
             self._anchor_limit = now_op + 10 * self._anchor_period + 10
             self._anchor_hits.append(now_op)
+            self._count_ticks()
             now = _perf()
             self._close_iteration(now)
             self._reset_iteration(self.iter_index + 1, now)
