@@ -180,6 +180,9 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
 class CoExecutor:
     """The engine: one TraceGraph, one GraphRunner, the per-op trace and skeleton paths."""
 
+    _ticks: dict[int, int]  # auto's choice (see _reset_choice)
+    _once: set[int] | None
+
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
                  runner: str = "auto", always_coexec: bool = False) -> None:
         self.log = log
@@ -1021,8 +1024,8 @@ class CoExecutor:
         self._eager_ms: list[float] = []  # the iterations of the eager probe
         self._probing = False
         self._stretch = False  # the eager iterations are auto's choice (not a baseline, not a probe)
-        self._ticks: dict[int, int] = {}  # loop id -> ticks in this iteration
-        self._once: set | None = None
+        self._ticks = {}  # loop id -> ticks in this iteration
+        self._once = None
         self._anchor_loop = -1  # the loop that ticks once per iteration, where known
         self._probe_after = CHOICE_COEXEC + CHOICE_WARMUP  # clean co-executed iterations before the next probe
         self._stay_eager = CHOICE_RETRY  # eager iterations before co-execution is measured again
