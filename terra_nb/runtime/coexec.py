@@ -71,6 +71,7 @@ _make_wrapper = torch.Tensor._make_wrapper_subclass
 _getrefcount = sys.getrefcount
 _NO_SCALARS: list = []  # never appended to: the fast path's scalars for a call with tensors only
 _len_mode_stack = torch._C._len_torch_function_stack
+_get_ident = threading.get_ident
 # The grad-mode part of a node key, one object per state so that the fast path compares by identity.
 _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 
@@ -229,6 +230,8 @@ class CoExecutor:
         self._reset_choice()
         self._hooked = True  # the mode is on the stack while a cell runs (auto's eager stretches take it off)
         self._mode_obj: TerraMode | None = None
+        self._owner = -1  # the thread running a cell; -1 between cells
+        self._unhooked_at = 0  # the mode stack's depth below our mode, when it was taken off
         self._native = _native_path(self, None)  # the C take_run, where built
 
     # -- entering and leaving ------------------------------------------------------------------
@@ -264,12 +267,13 @@ class CoExecutor:
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 50000), *thresholds[1:])
         self._mode_obj = self.profiler or TerraMode(self)
+        self._owner = _get_ident()  # the thread whose loops tick (see tick)
         try:
             with self._mode_obj:
                 try:
                     yield self
                 finally:
-                    self._hook()  # (an eager stretch may have taken the mode off: see tick)
+                    self._hook(cell_ends=True)  # (an eager stretch may have taken the mode off: see tick)
         finally:
             try:
                 self.flush()
@@ -282,6 +286,7 @@ class CoExecutor:
                 self._ok_parent = None
                 self._forget_locals()  # code outside co-execution is not watched
                 self._depth -= 1
+                self._owner = -1
                 self.cursor = self.graph.root
             if error is not None:
                 self.raise_block_error()
@@ -983,9 +988,9 @@ class CoExecutor:
         the last iteration but one puts the mode back: the last runs eagerly under the mode, and
         at the anchor co-execution is measured again (``_eager_boundary``).
         """
+        if _get_ident() != self._owner:
+            return  # a function a cell defined, running in another thread, or outside a cell
         if self._hooked:
-            if not self._depth:
-                return  # a function a cell defined, called outside a cell
             ticks = self._ticks
             ticks[loop] = ticks.get(loop, 0) + 1
             if loop == self._anchor_loop and self._stretch and self.baseline > 1:
@@ -1006,9 +1011,12 @@ class CoExecutor:
         if n and torch._C._get_function_stack_at(n - 1) is mode:  # not under a mode of the user's
             torch._C._pop_torch_function_stack()
             self._hooked = False
+            self._unhooked_at = n - 1
 
-    def _hook(self) -> None:
-        if not self._hooked:
+    def _hook(self, cell_ends: bool = False) -> None:
+        """Put the mode back on top, where it was: not over a mode the user entered meanwhile (its
+        ``with`` would pop ours), unless the cell ends (its ``with`` blocks have all exited then)."""
+        if not self._hooked and (cell_ends or _len_mode_stack() == self._unhooked_at):
             torch._C._push_on_torch_function_stack(self._mode_obj)
             self._hooked = True
 
