@@ -182,7 +182,7 @@ class CoExecutor:
     """The engine: one TraceGraph, one GraphRunner, the per-op trace and skeleton paths."""
 
     _ticks: dict[int, int]  # auto's choice (see _reset_choice)
-    _once: set[int] | None
+    _once: dict[int, int]
 
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
                  runner: str = "auto", always_coexec: bool = False) -> None:
@@ -1021,10 +1021,16 @@ class CoExecutor:
             self._hooked = True
 
     def _count_ticks(self) -> None:
-        """At the anchor: the loops that ticked once in every iteration since the anchor was set."""
-        once = {loop for loop, n in self._ticks.items() if n == 1}
-        self._once = once if self._once is None else self._once & once
-        self._anchor_loop = min(self._once) if self._once else -1
+        """At the anchor: the loop that ticked exactly once in at least 80% of the iterations since
+        the anchor was set (not all: a shorter last batch is another node, so the anchor's iteration
+        spans two of the loop's there); the lowest id where several do."""
+        once = self._once
+        for loop, n in self._ticks.items():
+            if n == 1:
+                once[loop] = once.get(loop, 0) + 1
+        self._counted += 1
+        least = 0.8 * self._counted
+        self._anchor_loop = min((loop for loop, votes in once.items() if votes >= least), default=-1)
         self._ticks = {}
 
     def _reset_choice(self) -> None:
@@ -1033,7 +1039,8 @@ class CoExecutor:
         self._probing = False
         self._stretch = False  # the eager iterations are auto's choice (not a baseline, not a probe)
         self._ticks = {}  # loop id -> ticks in this iteration
-        self._once = None
+        self._once = {}  # loop id -> iterations in which it ticked exactly once
+        self._counted = 0  # iterations counted since the anchor was set
         self._anchor_loop = -1  # the loop that ticks once per iteration, where known
         self._probe_after = CHOICE_COEXEC + CHOICE_WARMUP  # clean co-executed iterations before the next probe
         self._stay_eager = CHOICE_RETRY  # eager iterations before co-execution is measured again
