@@ -1037,7 +1037,7 @@ class CoExecutor:
         self._coexec_ms: list[float] = []  # the last clean co-executed iterations
         self._eager_ms: list[float] = []  # the iterations of the eager probe
         self._probing = False
-        self._stretch = False  # the eager iterations are auto's choice (not a baseline, not a probe)
+        self._stretch = False  # the eager iterations are auto's (a probe or a stretch), not a baseline
         self._ticks = {}  # loop id -> ticks in this iteration
         self._once = {}  # loop id -> iterations in which it ticked exactly once
         self._counted = 0  # iterations counted since the anchor was set
@@ -1058,7 +1058,8 @@ class CoExecutor:
             del self._coexec_ms[:-CHOICE_COEXEC]
             self._probe_after -= 1
             if self._probe_after <= 0 and len(self._coexec_ms) >= CHOICE_COEXEC:
-                self.baseline, self._probing, self._eager_ms = CHOICE_EAGER, True, []  # from the next anchor
+                # from the next anchor; measured as a stretch runs (the mode off), see tick
+                self.baseline, self._probing, self._eager_ms, self._stretch = CHOICE_EAGER, True, [], True
         elif mode == "eager" and self._probing:
             self._eager_ms.append(wall_ms)
         elif mode != "eager":
