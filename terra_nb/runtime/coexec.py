@@ -983,10 +983,10 @@ class CoExecutor:
         """A loop of the cell starts an iteration (``__terra_tick__``, see trace/loops.py).
 
         With the mode on, ticks are counted per iteration, to find the loop that ticks once per
-        iteration (``_anchor_loop``). In an eager stretch auto chose, that loop's next tick takes
-        the mode off, so the stretch costs what eager costs; each tick then ends an iteration, and
-        the last iteration but one puts the mode back: the last runs eagerly under the mode, and
-        at the anchor co-execution is measured again (``_eager_boundary``).
+        iteration (``_anchor_loop``). In auto's eager iterations (its probe, or a stretch it chose)
+        that loop's next tick takes the mode off, so they cost what eager costs; each tick then
+        ends an iteration, and the tick before the last iteration puts the mode back: the last
+        runs eagerly under the mode, and ends at the anchor (``_eager_boundary``).
         """
         if _get_ident() != self._owner:
             return  # a function a cell defined, running in another thread, or outside a cell
