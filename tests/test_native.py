@@ -42,17 +42,23 @@ def test_the_native_path_is_built_and_installed():
     assert mode.__torch_function__.__func__ is mode.native
 
 
-@needs_compiler
-def test_the_native_path_takes_the_deferred_ops(monkeypatch):
-    """The C path validates and defers the ops; what the program prints is eager's, on either path."""
-    modes: list = []
+@pytest.fixture
+def modes(monkeypatch) -> list:
+    """Every TerraMode made while the test runs, in order."""
+    made: list = []
     init = coexec.TerraMode.__init__
 
     def recording(self, executor):
         init(self, executor)
-        modes.append(self)
+        made.append(self)
 
     monkeypatch.setattr(coexec.TerraMode, "__init__", recording)
+    return made
+
+
+@needs_compiler
+def test_the_native_path_takes_the_deferred_ops(modes, monkeypatch):
+    """The C path validates and defers the ops; what the program prints is eager's, on either path."""
     out, _, session = run_terra(LOOP)
     assert out == run_eager(LOOP)[0]
     ops = session.executor.deferred_total
@@ -67,17 +73,9 @@ def test_the_native_path_takes_the_deferred_ops(monkeypatch):
 
 
 @needs_compiler
-def test_the_native_path_runs_eager_iterations_itself(monkeypatch):
-    """Baseline iterations (and auto's eager ones) run each call directly in C; only the anchor's
+def test_the_native_path_runs_eager_iterations_itself(modes):
+    """Baseline iterations (and auto's eager ones where its mode stays on) run each call in C; only the anchor's
     function goes to Python, which checks whether an iteration ended there."""
-    modes: list = []
-    init = coexec.TerraMode.__init__
-
-    def recording(self, executor):
-        init(self, executor)
-        modes.append(self)
-
-    monkeypatch.setattr(coexec.TerraMode, "__init__", recording)
     session = terra_nb.Session()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
