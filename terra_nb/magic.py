@@ -39,6 +39,8 @@ class TerraMagics(Magics):
     @argument("--backend", choices=BACKENDS, default=None, help="how blocks run: eager (default), inductor, cudagraphs, auto")
     @argument("--baseline", type=int, default=0, metavar="N",
               help="run N iterations plain eager first (once the loop is found): the speedup denominator")
+    @argument("--always-coexec", action="store_true",
+              help="with the auto backend on a CPU: co-execute this cell even where eager measured faster")
     @argument("--trace", type=int, default=None, metavar="N", help="times each node is traced before it is deferred")
     @argument("--device", default=None, choices=("cpu", "cuda"), help="default device for tensors the cell creates")
     @argument("--no-widget", action="store_true", help="do not show the graph explorer after the cell")
@@ -69,10 +71,13 @@ class TerraMagics(Magics):
             handle = display(view, display_id=True)
             listener = _throttled(lambda _it: handle.update(view))
             sess.log.listeners.append(listener)
+        always_coexec = sess.executor.always_coexec
+        sess.executor.always_coexec = always_coexec or args.always_coexec
         try:
             with device:
                 report = sess.run_cell(cell, shell.user_ns, filename=filename, baseline=args.baseline)
         finally:
+            sess.executor.always_coexec = always_coexec
             if listener is not None:
                 sess.log.listeners.remove(listener)
             if handle is not None:

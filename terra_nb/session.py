@@ -215,7 +215,7 @@ class Session:
         backend, trace_iters = self.executor.backend, self.executor.trace_iters
         self.log.clear()
         self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters,
-                                   runner=self.executor.runner.placement)
+                                   runner=self.executor.runner.placement, always_coexec=self.executor.always_coexec)
 
     # -- views ---------------------------------------------------------------------------------
 

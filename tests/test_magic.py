@@ -80,6 +80,30 @@ def test_options_and_errors(ip):
     assert ip.user_ns["z"].tolist() == [3.0, 3.0]
 
 
+TINY = """
+w = torch.randn(4, 4) * 0.5
+h = torch.randn(4, 4)
+for step in range(120):
+    h = torch.tanh(h @ w) + 0.1
+"""
+
+
+def test_auto_chooses_eager_in_a_cell_unless_told_to_always_coexecute(ip):
+    """A loop of tiny ops runs faster eagerly on a CPU: with the auto backend the cell goes on
+    eagerly after measuring; --always-coexec keeps that one cell co-executed."""
+    try:
+        with capture_output():
+            ip.run_cell_magic("terra", "--no-widget --backend auto -o chosen", TINY)
+            ip.run_cell_magic("terra", "--no-widget --always-coexec -o always", TINY)
+    finally:
+        ip.run_line_magic("terra", "backend eager")
+    assert "eager" in [it.mode for it in ip.user_ns["chosen"].iterations]
+    assert "eager" not in [it.mode for it in ip.user_ns["always"].iterations]
+    events = terra_nb.session().to_pandas("events")
+    assert set(events[events["kind"] == "choice"]["cell"]) == {ip.user_ns["chosen"].cell}
+    assert terra_nb.session().executor.always_coexec is False, "the option is for its cell only"
+
+
 def test_line_magic_commands(ip, tmp_path):
     with capture_output():
         ip.run_cell_magic("terra", "--no-widget", TRAIN)
