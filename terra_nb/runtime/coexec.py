@@ -968,14 +968,13 @@ class CoExecutor:
         self._close_iteration(now)
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline -= 1
-        if self.baseline <= 0 and self._probing and self._eager_wins():
+        if self.baseline > 0 or (self._probing and self._eager_wins()):
             return
-        if self.baseline <= 0:
-            self._stretch = False
-            self.mode = self._cell_mode
-            self.state = SKELETON if self.mode == "auto" else TRACE
-            self.cursor = self.anchor or self.graph.root
-            self._validated = 0
+        self._stretch = False
+        self.mode = self._cell_mode
+        self.state = SKELETON if self.mode == "auto" else TRACE
+        self.cursor = self.anchor or self.graph.root
+        self._validated = 0
 
     # -- auto's choice: co-execution or eager ---------------------------------------------------
 
@@ -1006,9 +1005,8 @@ class CoExecutor:
             self._hook()
 
     def _unhook(self) -> None:
-        mode = self._mode_obj
         n = _len_mode_stack()
-        if n and torch._C._get_function_stack_at(n - 1) is mode:  # not under a mode of the user's
+        if n and torch._C._get_function_stack_at(n - 1) is self._mode_obj:  # not under a mode of the user's
             torch._C._pop_torch_function_stack()
             self._hooked = False
             self._unhooked_at = n - 1

@@ -32,9 +32,8 @@ def instrument(tree: ast.Module, filename: str) -> ast.Module:
             LOOPS.append((filename, node.lineno))
             first = node.body[0]
             call = ast.Expr(ast.Call(ast.Name(TICK, ast.Load()), [ast.Constant(len(LOOPS) - 1)], []))
-            node.body.insert(0, ast.copy_location(call, first))
-            ast.fix_missing_locations(call)
-            for child in ast.walk(call):
-                ast.copy_location(child, first)
+            for part in ast.walk(call):  # the loop's first body line and column, end positions too
+                ast.copy_location(part, first)
+            node.body.insert(0, call)
     return tree
 
