@@ -530,3 +530,38 @@ for epoch in range(4):
     modes = [it.mode for it in session.log.iterations]
     assert modes.count("eager") == 3, modes
     assert "coexec" in modes[modes.index("eager"):], modes
+
+
+def test_baseline_iterations_are_loop_iterations_when_layers_share_a_line():
+    """Nodes of one key recur within a turn here (two layers of one shape, called from one line;
+    the optimizer reading the .grad of two biases of one shape). An iteration must still be one
+    turn of the loop: the eager baseline's, whose boundaries are calls of the anchor's function,
+    and the co-executed ones."""
+    source = PRELUDE + """
+import time
+model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+turns = []
+for step in range(30):
+    turns.append(time.time())
+    x, y = data[step % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(step, round(loss.item(), 4))
+"""
+    printed, _ = run_eager(source)
+    session = terra_nb.Session()
+    out = io.StringIO()
+    namespace = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, namespace, baseline=6)
+    assert out.getvalue() == printed
+    rows = [it for it in session.log.iterations if it.iteration > 1]
+    modes = [it.mode for it in rows]
+    assert modes.count("eager") == 6, modes
+    assert modes[-1] == "coexec" and modes.count("coexec") >= 10, modes
+    for it in rows[:-1]:  # the last ends with the cell, not at a turn
+        started = [t for t in namespace["turns"] if it.time - it.wall_ms / 1e3 < t <= it.time]
+        assert len(started) == 1, (it, len(started))

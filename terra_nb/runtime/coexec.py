@@ -231,6 +231,7 @@ class CoExecutor:
         self._hooked = True  # the mode is on the stack while a cell runs (auto's eager stretches take it off)
         self._mode_obj: TerraMode | None = None
         self._owner = -1  # the thread running a cell; -1 between cells
+        self._tick_reanchors = 0
         self._unhooked_at = 0  # the mode stack's depth below our mode, when it was taken off
         self._native = _native_path(self, None)  # the C take_run, where built
 
@@ -255,6 +256,7 @@ class CoExecutor:
         self._cell_mode = mode
         self.baseline = max(0, int(baseline)) if mode != "eager" else 0
         self._baseline_asked = self.baseline
+        self._tick_reanchors = 0  # re-anchorings by loop ticks in this cell (see _count_ticks)
         self.mode = mode
         if mode == "eager":
             self._forget_locals()
@@ -445,9 +447,10 @@ class CoExecutor:
         if kwargs is None:
             kwargs = {}
         if self.mode == "eager":
-            out = func(*args, **kwargs)
             anchor = self.anchor
-            if anchor is not None and func == anchor.func and location_key(sys._getframe(3), self.roots) == anchor.site:
+            boundary = anchor is not None and func == anchor.func and self._is_anchor(anchor, args, kwargs, sys._getframe(3))
+            out = func(*args, **kwargs)
+            if boundary:
                 self._eager_boundary()
             return out
         info = op_info(func)
@@ -961,6 +964,26 @@ class CoExecutor:
                            block=node.id, nodes=(node.module,), backend=node.kind))
         return node
 
+    def _is_anchor(self, anchor: Node, args, kwargs, frame) -> bool:
+        """Whether a call of the anchor's function, run eagerly, is the anchor's node: its site, and
+        where other nodes share that site (the layers of an ``nn.Sequential`` all call ``F.linear``
+        from one line), its input metadata, constants and grad mode too."""
+        site = location_key(frame, self.roots)
+        if site != anchor.site:
+            return False
+        if len(self.graph.by_site.get((anchor.func, site), ())) < 2:
+            return True
+        tensors: list = []
+        spec = scan(args, kwargs, tensors, [])
+        in_meta = tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad)
+                         for t in tensors])
+        if anchor.info.kind == "feed":
+            spec = "feed"
+        elif anchor.mask:
+            spec = generalize(spec, anchor.mask)
+        return (in_meta == anchor.in_meta and spec == anchor.key[2]
+                and anchor.grad is _GRAD[_is_grad_enabled()][_is_inference()])
+
     def _eager_boundary(self) -> None:
         """The anchor ran eagerly: one baseline iteration ends; after the last, co-execution resumes."""
         now = _perf()
@@ -994,6 +1017,11 @@ class CoExecutor:
             ticks[loop] = ticks.get(loop, 0) + 1
             if loop == self._anchor_loop and self._stretch and self.baseline > 1:
                 self._unhook()
+            elif loop == self._reanchor_at:
+                # the anchor recurs within one turn of this loop: the turn's first op anchors
+                self._reanchor_at = -1
+                self._anchor_limit = -1
+                self._tick_reanchors += 1
             return
         if loop != self._anchor_loop:
             return
@@ -1021,15 +1049,36 @@ class CoExecutor:
     def _count_ticks(self) -> None:
         """At the anchor: the loop that ticked exactly once in at least 80% of the iterations since
         the anchor was set (not all: a shorter last batch is another node, so the anchor's iteration
-        spans two of the loop's there); the lowest id where several do."""
-        once = self._once
-        for loop, n in self._ticks.items():
+        spans two of the loop's there); the lowest id where several do.
+
+        Where none does, but a loop ticked once in some of those iterations and never in the others
+        (never more than once), the anchor's node recurs within one turn of that loop (two layers of
+        one shape, called from one line): its next tick re-anchors at the turn's first op.
+        """
+        once, seen = self._once, self._tick_seen
+        ticks = self._ticks
+        for loop, n in ticks.items():
+            hist = seen.setdefault(loop, [0, 0])
             if n == 1:
                 once[loop] = once.get(loop, 0) + 1
+            else:
+                hist[1] += 1
+        for loop, hist in seen.items():
+            if loop not in ticks:
+                hist[0] += 1
         self._counted += 1
         least = 0.8 * self._counted
         self._anchor_loop = min((loop for loop, votes in once.items() if votes >= least), default=-1)
+        if self._anchor_loop < 0 and self._counted >= 4 and self._tick_reanchors < 3:
+            within = [loop for loop, (never, more) in seen.items() if never and not more and once.get(loop)]
+            if within:
+                self._reanchor_at = min(within)
         self._ticks = {}
+
+    def _anchor_sure(self) -> bool:
+        """Whether the anchor's iterations are the turns of a loop of the cell (a loop that ticks once
+        in each), or the cell's code has no loop that ticks (the anchor is all there is to go by)."""
+        return self._anchor_loop >= 0 and self._counted >= 2 or not self._tick_seen
 
     def _reset_choice(self) -> None:
         self._coexec_ms: list[float] = []  # the last clean co-executed iterations
@@ -1040,6 +1089,8 @@ class CoExecutor:
         self._once = {}  # loop id -> iterations in which it ticked exactly once
         self._counted = 0  # iterations counted since the anchor was set
         self._anchor_loop = -1  # the loop that ticks once per iteration, where known
+        self._tick_seen: dict[int, list[int]] = {}  # loop id -> [iterations it ticked 0 times, >1 times]
+        self._reanchor_at = -1  # a loop whose next tick re-anchors (see _count_ticks)
         self._probe_after = CHOICE_COEXEC + CHOICE_WARMUP  # clean co-executed iterations before the next probe
         self._stay_eager = CHOICE_RETRY  # eager iterations before co-execution is measured again
 
@@ -1104,7 +1155,7 @@ class CoExecutor:
             self._reset_iteration(self.iter_index + 1, now)
             # The anchor runs in the state the last iteration ended in; the switch comes after it.
             self._anchor_traced = self.state is TRACE
-            if self.baseline:
+            if self.baseline and self._anchor_sure():
                 # The next iterations run plain eager: nothing of this one may still be pending, or
                 # they would read state (parameters, optimizer buffers) before its deferred writes.
                 self.materialize()
