@@ -183,6 +183,9 @@ class CoExecutor:
 
     _ticks: dict[int, int]  # auto's choice (see _reset_choice)
     _once: dict[int, int]
+    _anchor_loop: int
+    _reanchor_at: int
+    _tick_seen: dict[int, list[int]]  # loop id -> [iterations it ticked 0 times, >1 times]
 
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
                  runner: str = "auto", always_coexec: bool = False) -> None:
@@ -974,7 +977,7 @@ class CoExecutor:
         if len(self.graph.by_site.get((anchor.func, site), ())) < 2:
             return True
         tensors: list = []
-        spec = scan(args, kwargs, tensors, [])
+        spec: Any = scan(args, kwargs, tensors, [])
         in_meta = tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad)
                          for t in tensors])
         if anchor.info.kind == "feed":
@@ -1089,7 +1092,7 @@ class CoExecutor:
         self._once = {}  # loop id -> iterations in which it ticked exactly once
         self._counted = 0  # iterations counted since the anchor was set
         self._anchor_loop = -1  # the loop that ticks once per iteration, where known
-        self._tick_seen: dict[int, list[int]] = {}  # loop id -> [iterations it ticked 0 times, >1 times]
+        self._tick_seen = {}  # loop id -> [iterations it ticked 0 times, >1 times]
         self._reanchor_at = -1  # a loop whose next tick re-anchors (see _count_ticks)
         self._probe_after = CHOICE_COEXEC + CHOICE_WARMUP  # clean co-executed iterations before the next probe
         self._stay_eager = CHOICE_RETRY  # eager iterations before co-execution is measured again
