@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run a Python script co-executed (its loops, wherever they are)")
     run.add_argument("script", help="path of the script, run as __main__")
-    run.add_argument("--backend", default="eager", choices=BACKENDS)
+    run.add_argument("--backend", default="auto", choices=BACKENDS,
+                     help="how blocks run (default auto; eager replays them op by op, the oracle)")
     run.add_argument("--trace-iters", type=int, default=1, metavar="N", help="times a node is traced before it is deferred")
     run.add_argument("--runner", default="auto", choices=PLACEMENTS,
                      help="where blocks run: auto (CPU blocks in the program's thread, CUDA blocks on the GraphRunner's), thread, inline")

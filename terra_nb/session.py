@@ -279,10 +279,15 @@ _default: Session | None = None
 
 
 def session() -> Session:
-    """The process-wide session (one per kernel), created on first use."""
+    """The process-wide session (one per kernel), created on first use.
+
+    Its backend is ``auto``, as a user running ``%%terra`` wants it: compiled blocks on a GPU, and on
+    a CPU whichever of co-execution and eager measures faster (``%terra backend eager`` co-executes
+    with the oracle's backend).
+    """
     global _default
     if _default is None:
-        _default = Session()
+        _default = Session(backend="auto")
     return _default
 
 

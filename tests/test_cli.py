@@ -52,6 +52,21 @@ def test_run_keeps_stdout_byte_identical_and_exports(tmp_path):
         assert os.path.exists(tmp_path / f"log.{kind}.csv")
 
 
+def test_run_and_the_kernel_session_default_to_the_auto_backend(tmp_path):
+    """What a user gets without choosing: ``auto`` (eager where that measures faster on a CPU)."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    plain = subprocess.run([sys.executable, str(script), "60"], capture_output=True, text=True, timeout=300)
+    export = tmp_path / "log.csv"
+    result = _cli("run", str(script), "--export", str(export), "--", "60")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == plain.stdout
+    assert set(pd.read_csv(tmp_path / "log.blocks.csv")["backend"]) == {"auto"}
+    code = "import terra_nb; print(terra_nb.session().backend)"
+    kernel = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert kernel.stdout.strip() == "auto", kernel.stderr
+
+
 def test_run_reports_a_missing_script(tmp_path):
     result = _cli("run", str(tmp_path / "nope.py"))
     assert result.returncode == 2 and "no such script" in result.stderr
