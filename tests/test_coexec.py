@@ -565,3 +565,32 @@ for step in range(30):
     for it in rows[:-1]:  # the last ends with the cell, not at a turn
         started = [t for t in namespace["turns"] if it.time - it.wall_ms / 1e3 < t <= it.time]
         assert len(started) == 1, (it, len(started))
+
+
+def test_an_epoch_loop_around_a_library_batch_loop_keeps_batch_iterations():
+    """The batch loop is in code the cell did not compile (a library: it does not tick); the
+    epoch loop ticks once every few anchor periods. Iterations stay batches."""
+    source = PRELUDE + '''
+LIBRARY = """
+def train_one_epoch(model, opt, data, F):
+    for x, y in data:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+"""
+library = {}
+exec(compile(LIBRARY, "library.py", "exec"), library)
+for epoch in range(4):
+    marker = torch.full((1,), float(epoch))  # an op of the epoch's own, before its batches
+    print(epoch, round(library["train_one_epoch"](model, opt, data[:6], F), 4), marker.item())
+'''
+    printed, _ = run_eager(source)
+    session = terra_nb.Session()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, {"__name__": "__main__"})
+    assert out.getvalue() == printed
+    modes = [it.mode for it in session.log.iterations]
+    assert len(modes) >= 18 and modes.count("coexec") >= 12, modes

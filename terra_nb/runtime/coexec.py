@@ -1054,9 +1054,12 @@ class CoExecutor:
         the anchor was set (not all: a shorter last batch is another node, so the anchor's iteration
         spans two of the loop's there); the lowest id where several do.
 
-        Where none does, but a loop ticked once in some of those iterations and never in the others
-        (never more than once), the anchor's node recurs within one turn of that loop (two layers of
-        one shape, called from one line): its next tick re-anchors at the turn's first op.
+        Where none ticked once in most of them, the anchor's periods differ (6, 44, 6, 44 ops), and
+        a loop ticked once in a quarter or more of them and never in the others (never more than
+        once), the anchor's node recurs within one turn of that loop (two layers of one shape,
+        called from one line): its next tick re-anchors at the turn's first op. (An epoch loop
+        around a batch loop that does not tick, in a library, ticks in fewer periods, and the
+        batch loop's periods are equal.)
         """
         once, seen = self._once, self._tick_seen
         ticks = self._ticks
@@ -1072,11 +1075,20 @@ class CoExecutor:
         self._counted += 1
         least = 0.8 * self._counted
         self._anchor_loop = min((loop for loop, votes in once.items() if votes >= least), default=-1)
-        if self._anchor_loop < 0 and self._counted >= 4 and self._tick_reanchors < 3:
-            within = [loop for loop, (never, more) in seen.items() if never and not more and once.get(loop)]
+        counted = self._counted
+        if (self._anchor_loop < 0 and counted >= 4 and self._tick_reanchors < 3
+                and max(once.values(), default=0) < 0.6 * counted and self._periods_differ()):
+            within = [loop for loop, (never, more) in seen.items()
+                      if never and not more and once.get(loop, 0) >= 0.25 * counted]
             if within:
                 self._reanchor_at = min(within)
         self._ticks = {}
+
+    def _periods_differ(self) -> bool:
+        """Whether no one length makes most of the anchor's last periods (ops between its runs)."""
+        hits = self._anchor_hits[-13:]
+        periods = [b - a for a, b in zip(hits, hits[1:])]
+        return bool(periods) and max(periods.count(p) for p in set(periods)) < 0.6 * len(periods)
 
     def _anchor_sure(self) -> bool:
         """Whether the anchor's iterations are the turns of a loop of the cell (a loop that ticks once
