@@ -143,3 +143,31 @@ def test_no_grad_evaluation():
 
     trace = _assert_replay_matches(evaluate, model, None, x)
     assert all(not node.grad[0] for node in trace.nodes if node.name == "linear")
+
+
+def test_replaying_captured_iterations_leaves_out_a_backward_into_a_graph_built_before_them():
+    """REINFORCE-like: each iteration is one step; every fourth backpropagates a loss summed over
+    the steps before. Replayed back to back, outputs feed later iterations (the window's own
+    steps), but a loss that sums steps from before the window cannot be differentiated again."""
+    session = terra_nb.Session(backend="eager")
+    session.executor.runner.capture(6)
+    source = """
+import torch
+torch.manual_seed(0)
+policy = torch.nn.Linear(4, 2)
+opt = torch.optim.SGD(policy.parameters(), lr=0.01)
+log_probs = []
+for step in range(40):
+    logits = policy(torch.ones(4) * (step % 3))
+    log_probs.append(torch.log_softmax(logits, -1)[step % 2])
+    if len(log_probs) == 4:
+        loss = -torch.stack(log_probs).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        log_probs = []
+"""
+    session.run_cell(source, {"__name__": "__main__"})
+    assert len(session.executor.runner.captured) == 6
+    times, left_out = session.executor.runner.replay_captured()
+    assert left_out >= 1 and len(times) == 6 - left_out and all(t > 0 for t in times)

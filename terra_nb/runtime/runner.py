@@ -159,23 +159,34 @@ class GraphRunner:
         """Keep the block runs (inputs and outputs) of the last ``iterations`` iterations."""
         self.captured = deque(maxlen=iterations)
 
-    def replay_captured(self) -> list[float]:
-        """Run each captured iteration's blocks again, back to back; seconds per iteration.
+    def replay_captured(self) -> tuple[list[float], int]:
+        """Run the captured iterations' blocks again, back to back: seconds per iteration, and how
+        many iterations could not be replayed.
 
-        Outputs of a block feed the later blocks that consumed them originally, so a backward
-        block differentiates the graph its replayed forward block just built.
+        Outputs of a block feed the later blocks that consumed them originally (across iterations
+        too), so a backward block differentiates the graph its replayed forward blocks just built.
+        An iteration whose backward reaches a graph built before the window (reinforce: an
+        episode's loss sums the log-probabilities of steps before it) cannot run again: autograd
+        freed that graph. It is left out of the times and counted.
         """
-        times = []
+        times, failed = [], 0
+        env: dict[int, object] = {}
         for _key, runs in list(self.captured or ()):
-            env: dict[int, object] = {}
             t0 = time.perf_counter()
-            for block, args, outs in runs:
-                new = block(*[env.get(id(a), a) for a in args])
-                for old, value in zip(outs, new):
-                    env[id(old)] = value
-            torch._C._set_grad_enabled(True)
+            try:
+                for block, args, outs in runs:
+                    new = block(*[env.get(id(a), a) for a in args])
+                    for old, value in zip(outs, new):
+                        env[id(old)] = value
+            except RuntimeError as exc:
+                if "backward through the graph a second time" not in str(exc):
+                    raise
+                failed += 1
+                continue
+            finally:
+                torch._C._set_grad_enabled(True)
             times.append(time.perf_counter() - t0)
-        return times
+        return times, failed
 
     def wait(self) -> BlockError | None:
         """Block until every submitted block ran (or one raised); return the error, if any."""
