@@ -1091,9 +1091,10 @@ class CoExecutor:
         return bool(periods) and max(periods.count(p) for p in set(periods)) < 0.6 * len(periods)
 
     def _anchor_sure(self) -> bool:
-        """Whether the anchor's iterations are the turns of a loop of the cell (a loop that ticks once
-        in each), or the cell's code has no loop that ticks (the anchor is all there is to go by)."""
-        return self._anchor_loop >= 0 and self._counted >= 2 or not self._tick_seen
+        """Whether the anchor's iterations are the turns of a loop of the cell (a loop ticked once in
+        each), or the cell's code has no loop that ticks, or 8 of its periods went by without a
+        re-anchor (the anchor is all there is to go by)."""
+        return (self._anchor_loop >= 0 and self._counted >= 2) or not self._tick_seen or self._counted >= 8
 
     def _reset_choice(self) -> None:
         self._coexec_ms: list[float] = []  # the last clean co-executed iterations
