@@ -594,3 +594,30 @@ for epoch in range(4):
     assert out.getvalue() == printed
     modes = [it.mode for it in session.log.iterations]
     assert len(modes) >= 18 and modes.count("coexec") >= 12, modes
+
+
+def test_eager_iterations_due_when_a_setup_loop_ends_give_way_to_the_next_loop():
+    """The data is built by a comprehension (no tick) that anchors first; auto probes eager there,
+    and the comprehension ends before the probe does. The training loop after it must not run to
+    its end as one eager iteration: it is found, co-executed and measured."""
+    source = PRELUDE + """
+for i in range(150):
+    x, y = data[i % len(data)]
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+print(round(loss.item(), 4))
+"""
+    printed, eager_ns = run_eager(source)
+    session = terra_nb.Session(backend="auto")
+    out = io.StringIO()
+    namespace = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, namespace)
+    assert out.getvalue() == printed
+    assert_same_state(state_of(namespace), state_of(eager_ns))
+    rows = session.log.iterations
+    assert len(rows) >= 100, [(it.mode, round(it.wall_ms, 1), it.ops_coexec) for it in rows]
+    assert "coexec" in [it.mode for it in rows[-130:]]
+    assert _choices(session)

@@ -235,6 +235,7 @@ class CoExecutor:
         self._mode_obj: TerraMode | None = None
         self._owner = -1  # the thread running a cell; -1 between cells
         self._tick_reanchors = 0
+        self._eager_limit = 0.0  # seconds an eager iteration may last before the anchor is given up
         self._unhooked_at = 0  # the mode stack's depth below our mode, when it was taken off
         self._native = _native_path(self, None)  # the C take_run, where built
 
@@ -1018,7 +1019,9 @@ class CoExecutor:
         if self._hooked:
             ticks = self._ticks
             ticks[loop] = ticks.get(loop, 0) + 1
-            if loop == self._anchor_loop and self._stretch and self.baseline > 1:
+            if self.mode == "eager" and self.baseline and _perf() - self.iter_start > self._eager_limit:
+                self._leave_eager()
+            elif loop == self._anchor_loop and self._stretch and self.baseline > 1:
                 self._unhook()
             elif loop == self._reanchor_at:
                 # the anchor recurs within one turn of this loop: the turn's first op anchors
@@ -1034,6 +1037,26 @@ class CoExecutor:
         self.baseline -= 1
         if self.baseline <= 1:
             self._hook()
+
+    def _leave_eager(self) -> None:
+        """Eager iterations were due (a baseline, auto's probe), but the anchor has not come back for
+        ``EAGER_GIVE_UP`` of its periods while a loop of the cell ticks: most likely its loop ended
+        (a setup loop, a comprehension, which does not tick). Co-execution resumes where the
+        program is, with the anchor kept: if its loop did end, the anchor is idle for ten of its
+        periods and the next op seen before re-anchors (as after any setup loop); if it was one long
+        iteration, the anchor ends it, and auto measures again later.
+        """
+        now = _perf()
+        self._close_iteration(now)
+        self._reset_iteration(self.iter_index + 1, now)
+        self.baseline = 0
+        self._probing = self._stretch = False
+        self._coexec_ms.clear()
+        self._probe_after = CHOICE_COEXEC
+        self.mode = self._cell_mode
+        self.state = SKELETON if self.mode == "auto" else TRACE
+        self.cursor = self.graph.root
+        self._validated = 0
 
     def _unhook(self) -> None:
         n = _len_mode_stack()
@@ -1167,6 +1190,7 @@ class CoExecutor:
             self._anchor_hits.append(now_op)
             self._count_ticks()
             now = _perf()
+            period = now - self.iter_start
             self._close_iteration(now)
             self._reset_iteration(self.iter_index + 1, now)
             # The anchor runs in the state the last iteration ended in; the switch comes after it.
@@ -1176,6 +1200,7 @@ class CoExecutor:
                 # they would read state (parameters, optimizer buffers) before its deferred writes.
                 self.materialize()
                 self.mode = "eager"
+                self._eager_limit = max(EAGER_GIVE_UP * period, EAGER_GIVE_UP_MIN_S)
                 self._forget_locals()
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
@@ -1306,6 +1331,9 @@ _RING = 256  # the most futures a node output keeps for reuse
 # eager iterations before co-execution is measured again (doubling up to CHOICE_RETRY_MAX while eager
 # keeps winning); co-executed iterations before the next probe once co-execution won
 CHOICE_COEXEC, CHOICE_WARMUP, CHOICE_EAGER, CHOICE_RETRY, CHOICE_RETRY_MAX, CHOICE_KEEP = 5, 3, 3, 50, 800, 200
+# an eager iteration under the mode that lasts this many times the iteration before it (and at least
+# the seconds) while a loop ticks: the anchor's loop ended (CoExecutor._leave_eager)
+EAGER_GIVE_UP, EAGER_GIVE_UP_MIN_S = 20, 0.01
 
 
 def _new_pool(node: Node) -> list:
