@@ -186,6 +186,8 @@ class CoExecutor:
     _anchor_loop: int
     _reanchor_at: int
     _tick_seen: dict[int, list[int]]  # loop id -> [iterations it ticked 0 times, >1 times]
+    _probing: bool
+    iter_start: float
 
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
                  runner: str = "auto", always_coexec: bool = False) -> None:
