@@ -621,3 +621,65 @@ print(round(loss.item(), 4))
     assert len(rows) >= 100, [(it.mode, round(it.wall_ms, 1), it.ops_coexec) for it in rows]
     assert "coexec" in [it.mode for it in rows[-130:]]
     assert _choices(session)
+
+
+def test_step_counters_stay_skeleton_local_after_eager_iterations():
+    """Adam's step counters are skeleton-local: their ``.item()`` needs no wait. Eager baseline
+    iterations clear the marks (eager code is not watched); co-execution after them restores the
+    marks of counters nothing new refers to, so no sync appears per counter and iteration."""
+    source = PRELUDE + """
+opt = torch.optim.Adam(model.parameters(), lr=0.01)
+for i in range(30):
+    x, y = data[i % len(data)]
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if i % 5 == 0:
+        print(i, round(loss.item(), 5))
+"""
+    printed, eager_ns = run_eager(source)
+    session = terra_nb.Session()
+    namespace = {"__name__": "__main__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, namespace, baseline=4)
+    assert out.getvalue() == printed
+    assert_same_state(state_of(namespace), state_of(eager_ns))
+    modes = [it.mode for it in session.log.iterations]
+    after = [it.syncs for it in session.log.iterations[modes.index("eager") + 4:] if it.mode == "coexec"]
+    assert len(after) >= 15 and max(after) <= 1, after  # the every-5th .item() only
+
+
+def test_auto_probes_a_loop_that_does_not_tick_only_after_many_iterations():
+    """A loop in code the cell did not compile (a library: no ticks) may be a setup loop (model.to(),
+    an optimizer's first step over its parameters). auto co-executes it for CHOICE_UNTICKED periods
+    before it probes eager there; then it measures as anywhere else."""
+    from terra_nb.runtime.coexec import CHOICE_UNTICKED
+
+    source = PRELUDE + '''
+LIBRARY = """
+def fit(model, opt, data, F, steps):
+    for i in range(steps):
+        x, y = data[i % len(data)]
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+"""
+library = {}
+exec(compile(LIBRARY, "library.py", "exec"), library)
+opt = torch.optim.Adam(model.parameters(), lr=0.01)
+print(round(library["fit"](model, opt, data, F, 90), 5))
+'''
+    printed, eager_ns = run_eager(source)
+    session = terra_nb.Session(backend="auto")
+    namespace = {"__name__": "__main__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, namespace)
+    assert out.getvalue() == printed
+    assert_same_state(state_of(namespace), state_of(eager_ns))
+    choices = _choices(session)
+    assert choices and choices[0].iteration >= CHOICE_UNTICKED, [(c.iteration, c.reason) for c in choices]

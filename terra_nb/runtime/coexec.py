@@ -229,6 +229,7 @@ class CoExecutor:
         self._hold_trace = False
         self._ok_parent: object = None
         self._locals: list = []  # weak references to the tensors marked skeleton-local
+        self._forgotten: list = []  # (weak reference, referents) of the marks eager iterations cleared
         self._ok_lasti = -1
         self._ok_tail: tuple = ()
         self._reset_iteration(0, _perf())
@@ -839,13 +840,35 @@ class CoExecutor:
             t._tn_local = True
             self._locals.append(weakref.ref(t))
 
-    def _forget_locals(self) -> None:
-        """Plain eager execution does not keep the marks: clear them all."""
+    def _forget_locals(self, remember: bool = False) -> None:
+        """Plain eager execution does not keep the marks: clear them all.
+
+        With ``remember`` (eager iterations within a cell: a baseline, auto's probe or stretch) the
+        tensors are kept with what refers to them, for ``_restore_locals``.
+        """
+        forgotten = []
         for ref in self._locals:
             t = ref()
             if t is not None:
+                if remember and t.__dict__.get("_tn_local"):
+                    forgotten.append((ref, _referents(t)))
                 t._tn_local = False
         self._locals = []
+        self._forgotten = forgotten
+
+    def _restore_locals(self) -> None:
+        """Co-execution resumes after eager iterations: a tensor that was skeleton-local before them
+        is again if nothing new refers to it (as many Python references, as many users of its
+        storage). Eager code that stored it elsewhere (``p.grad = t``), viewed it or shared it with
+        numpy shows in one of the two, and the tensor stays unmarked (its reads then wait). Without
+        this, an optimizer's step counters made a sync each once eager iterations had run (gpt2
+        under auto: 29 syncs an iteration instead of 1).
+        """
+        for ref, before in self._forgotten:
+            t = ref()
+            if t is not None and _is_small_cpu(t) and _referents(t) == before:
+                self._mark_local([t])
+        self._forgotten = []
 
     def _generalize(self, func, site, spec, in_meta, grad, struct=None, outs=None) -> Node | None:
         """An int that differs from a sibling node's where the output cannot depend on it: a feed.
@@ -1004,6 +1027,7 @@ class CoExecutor:
         self.state = SKELETON if self.mode == "auto" else TRACE
         self.cursor = self.anchor or self.graph.root
         self._validated = 0
+        self._restore_locals()
 
     # -- auto's choice: co-execution or eager ---------------------------------------------------
 
@@ -1059,6 +1083,7 @@ class CoExecutor:
         self.state = SKELETON if self.mode == "auto" else TRACE
         self.cursor = self.graph.root
         self._validated = 0
+        self._restore_locals()
 
     def _unhook(self) -> None:
         n = _len_mode_stack()
@@ -1147,7 +1172,11 @@ class CoExecutor:
             self._coexec_ms.append(wall_ms)
             del self._coexec_ms[:-CHOICE_COEXEC]
             self._probe_after -= 1
-            if self._probe_after <= 0 and len(self._coexec_ms) >= CHOICE_COEXEC:
+            if (self._probe_after <= 0 and len(self._coexec_ms) >= CHOICE_COEXEC
+                    and (self._anchor_loop >= 0 or self._counted >= CHOICE_UNTICKED)):
+                # (a loop that does not tick is library code: a setup loop, model.to(), an
+                # optimizer's first step, unless it goes on; eager iterations there would make
+                # its step counters in plain code, unmarked, and each .item() a sync after)
                 # from the next anchor; measured as a stretch runs (the mode off), see tick
                 self.baseline, self._probing, self._eager_ms, self._stretch = CHOICE_EAGER, True, [], True
         elif mode == "eager" and self._probing:
@@ -1203,7 +1232,7 @@ class CoExecutor:
                 self.materialize()
                 self.mode = "eager"
                 self._eager_limit = max(EAGER_GIVE_UP * period, EAGER_GIVE_UP_MIN_S)
-                self._forget_locals()
+                self._forget_locals(remember=True)
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
@@ -1297,6 +1326,11 @@ def _live_outputs(futs: list) -> tuple:
     return tuple([i for i in range(len(futs)) if _getrefcount(futs[i]) > 2 + futs[i]._tn_pooled])
 
 
+def _referents(t) -> tuple:
+    """What refers to ``t``: its Python references and its storage's users (views, numpy arrays)."""
+    return _getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
 def _all_local(tensors: list) -> bool:
     """Whether every tensor is skeleton-local: small CPU state no block has ever taken.
 
@@ -1336,6 +1370,8 @@ CHOICE_COEXEC, CHOICE_WARMUP, CHOICE_EAGER, CHOICE_RETRY, CHOICE_RETRY_MAX, CHOI
 # an eager iteration under the mode that lasts this many times the iteration before it (and at least
 # the seconds) while a loop ticks: the anchor's loop ended (CoExecutor._leave_eager)
 EAGER_GIVE_UP, EAGER_GIVE_UP_MIN_S = 20, 0.01
+# periods an anchor whose loop does not tick runs co-executed before auto probes eager there
+CHOICE_UNTICKED = 50
 
 
 def _new_pool(node: Node) -> list:
