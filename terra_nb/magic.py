@@ -36,7 +36,8 @@ class TerraMagics(Magics):
         self._cell_runs: dict[str, int] = {}  # notebook cell id -> the session cell that ran it last
 
     @magic_arguments()
-    @argument("--backend", choices=BACKENDS, default=None, help="how blocks run: auto (the session's default), eager, inductor, cudagraphs")
+    @argument("--backend", choices=BACKENDS, default=None, help="how blocks run, for this cell and the later ones (as %%terra backend NAME): "
+                   "auto (the session's default), eager, inductor, cudagraphs")
     @argument("--baseline", type=int, default=0, metavar="N",
               help="run N iterations plain eager first (once the loop is found): the speedup denominator")
     @argument("--always-coexec", action="store_true",
