@@ -601,7 +601,7 @@ def test_eager_iterations_due_when_a_setup_loop_ends_give_way_to_the_next_loop()
     and the comprehension ends before the probe does. The training loop after it must not run to
     its end as one eager iteration: it is found, co-executed and measured."""
     source = PRELUDE + """
-for i in range(150):
+for i in range(400):
     x, y = data[i % len(data)]
     opt.zero_grad()
     loss = F.cross_entropy(model(x), y)
@@ -618,8 +618,9 @@ print(round(loss.item(), 4))
     assert out.getvalue() == printed
     assert_same_state(state_of(namespace), state_of(eager_ns))
     rows = session.log.iterations
-    assert len(rows) >= 100, [(it.mode, round(it.wall_ms, 1), it.ops_coexec) for it in rows]
-    assert "coexec" in [it.mode for it in rows[-130:]]
+    # (the turns before co-execution resumes, 10 ms of them or more, merge into iteration 1)
+    assert len(rows) >= 150, [(it.mode, round(it.wall_ms, 1), it.ops_coexec) for it in rows]
+    assert "coexec" in [it.mode for it in rows[1:]]
     assert _choices(session)
 
 
