@@ -866,7 +866,7 @@ class CoExecutor:
         """
         for ref, before in self._forgotten:
             t = ref()
-            if t is not None and _is_small_cpu(t) and _referents(t) == before:
+            if t is not None and before is not None and _is_small_cpu(t) and _referents(t) == before:
                 self._mark_local([t])
         self._forgotten = []
 
@@ -1326,9 +1326,14 @@ def _live_outputs(futs: list) -> tuple:
     return tuple([i for i in range(len(futs)) if _getrefcount(futs[i]) > 2 + futs[i]._tn_pooled])
 
 
-def _referents(t) -> tuple:
+_STORAGE_USERS = getattr(torch._C, "_storage_Use_Count", None)  # private: absent, no mark is restored
+
+
+def _referents(t) -> tuple | None:
     """What refers to ``t``: its Python references and its storage's users (views, numpy arrays)."""
-    return _getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    if _STORAGE_USERS is None:
+        return None
+    return _getrefcount(t), _STORAGE_USERS(t.untyped_storage()._cdata)
 
 
 def _all_local(tensors: list) -> bool:
