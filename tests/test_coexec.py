@@ -567,11 +567,17 @@ for step in range(30):
         assert len(started) == 1, (it, len(started))
 
 
+def _with_library(library: str, cell: str) -> str:
+    """A cell whose ``library`` dict holds functions compiled apart from the cell, as a library's
+    are: their loops do not tick."""
+    return (PRELUDE + "LIBRARY = " + repr(library) + "\nlibrary = {}\n"
+            + 'exec(compile(LIBRARY, "library.py", "exec"), library)\n' + cell)
+
+
 def test_an_epoch_loop_around_a_library_batch_loop_keeps_batch_iterations():
     """The batch loop is in code the cell did not compile (a library: it does not tick); the
     epoch loop ticks once every few anchor periods. Iterations stay batches."""
-    source = PRELUDE + '''
-LIBRARY = """
+    source = _with_library('''
 def train_one_epoch(model, opt, data, F):
     for x, y in data:
         loss = F.cross_entropy(model(x), y)
@@ -579,13 +585,11 @@ def train_one_epoch(model, opt, data, F):
         loss.backward()
         opt.step()
     return loss.item()
-"""
-library = {}
-exec(compile(LIBRARY, "library.py", "exec"), library)
+''', '''
 for epoch in range(4):
     marker = torch.full((1,), float(epoch))  # an op of the epoch's own, before its batches
     print(epoch, round(library["train_one_epoch"](model, opt, data[:6], F), 4), marker.item())
-'''
+''')
     printed, _ = run_eager(source)
     session = terra_nb.Session()
     out = io.StringIO()
@@ -658,8 +662,7 @@ def test_auto_probes_a_loop_that_does_not_tick_only_after_many_iterations():
     before it probes eager there; then it measures as anywhere else."""
     from terra_nb.runtime.coexec import CHOICE_UNTICKED
 
-    source = PRELUDE + '''
-LIBRARY = """
+    source = _with_library('''
 def fit(model, opt, data, F, steps):
     for i in range(steps):
         x, y = data[i % len(data)]
@@ -668,12 +671,10 @@ def fit(model, opt, data, F, steps):
         loss.backward()
         opt.step()
     return loss.item()
-"""
-library = {}
-exec(compile(LIBRARY, "library.py", "exec"), library)
+''', '''
 opt = torch.optim.Adam(model.parameters(), lr=0.01)
 print(round(library["fit"](model, opt, data, F, 90), 5))
-'''
+''')
     printed, eager_ns = run_eager(source)
     session = terra_nb.Session(backend="auto")
     namespace = {"__name__": "__main__"}
