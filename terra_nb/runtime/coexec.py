@@ -483,7 +483,7 @@ class CoExecutor:
             if mask:
                 kspec = generalize(spec, mask)
         if self.state is SKELETON:
-            in_meta = tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad) for t in tensors])
+            in_meta = _in_meta(tensors)
             try:
                 node = self.graph.index.get((func, site, kspec, in_meta, grad))
             except TypeError:
@@ -1004,8 +1004,7 @@ class CoExecutor:
             return True
         tensors: list = []
         spec: Any = scan(args, kwargs, tensors, [])
-        in_meta = tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad)
-                         for t in tensors])
+        in_meta = _in_meta(tensors)
         if anchor.info.kind == "feed":
             spec = "feed"
         elif anchor.mask:
@@ -1023,9 +1022,13 @@ class CoExecutor:
         if self.baseline > 0 or (self._probing and self._eager_wins()):
             return
         self._stretch = False
+        self._resume_coexec(self.anchor or self.graph.root)
+
+    def _resume_coexec(self, cursor: Node) -> None:
+        """Eager iterations end: the cell's mode again, from ``cursor``, with the marks restored."""
         self.mode = self._cell_mode
         self.state = SKELETON if self.mode == "auto" else TRACE
-        self.cursor = self.anchor or self.graph.root
+        self.cursor = cursor
         self._validated = 0
         self._restore_locals()
 
@@ -1079,11 +1082,7 @@ class CoExecutor:
         self._probing = self._stretch = False
         self._coexec_ms.clear()
         self._probe_after = CHOICE_COEXEC
-        self.mode = self._cell_mode
-        self.state = SKELETON if self.mode == "auto" else TRACE
-        self.cursor = self.graph.root
-        self._validated = 0
-        self._restore_locals()
+        self._resume_coexec(self.graph.root)
 
     def _unhook(self) -> None:
         n = _len_mode_stack()
@@ -1327,6 +1326,12 @@ def _live_outputs(futs: list) -> tuple:
 
 
 _STORAGE_USERS = getattr(torch._C, "_storage_Use_Count", None)  # private: absent, no mark is restored
+
+
+def _in_meta(tensors: list) -> tuple:
+    """The input metadata of a node key: a future's from the trace, a tensor's own."""
+    return tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad)
+                  for t in tensors])
 
 
 def _referents(t) -> tuple | None:
