@@ -72,6 +72,33 @@ def test_the_native_path_takes_the_deferred_ops(modes, monkeypatch):
     assert pure_session.executor.deferred_total == ops
 
 
+INDEXED = """
+import torch
+torch.manual_seed(0)
+batches = torch.randn(6, 4, 8)
+w = torch.randn(8, 8, requires_grad=True)
+total = 0.0
+for step in range(40):
+    x = batches[step % 6]
+    y = x.narrow(0, step % 3, 2) @ w
+    total += y.sum().item()
+print(round(total, 4))
+"""
+
+
+@needs_compiler
+def test_the_native_path_takes_ops_whose_ints_became_feeds(modes):
+    """``batches[step % 6]`` and ``narrow``'s start change every turn: their ints become feeds, and the
+    C path validates those ops with the ints left out of the comparison (no call handed to Python)."""
+    out, _, session = run_terra(INDEXED)
+    assert out == run_eager(INDEXED)[0]
+    assert session.executor.graph.int_masks, "the varying ints were not generalized"
+    assert [it.mode for it in session.log.iterations].count("coexec") >= 30
+    misses = modes[-1].native.misses
+    assert misses.get("no entry matched", 0) + misses.get("no successor here", 0) < 10, misses
+    assert set(misses) <= {"not skeleton", "no entry matched", "no successor here"}, misses
+
+
 @needs_compiler
 def test_the_native_path_runs_eager_iterations_itself(modes):
     """Baseline iterations (and auto's eager ones where its mode stays on) run each call in C; only the anchor's

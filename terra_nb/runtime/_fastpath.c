@@ -65,7 +65,7 @@ static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "float
 #define N_MISSES 13
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
-    "no entries", "more than 64 tensors", "generalized ints", "unexpected slots",
+    "no entries", "more than 64 tensors", "a mask not a frozenset", "unexpected slots",
     "no entry matched", "the anchor's function, run eagerly", "keyword arguments not in a dict",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
@@ -83,7 +83,7 @@ typedef struct {
     PyObject *make_future;   /* executor._make_future(node, j, getter_src): a new future, into the pool */
     PyObject *out_src;       /* coexec._out_src(node, tensors) */
     PyObject *build_out;     /* ops.build_out(structure, values) */
-    PyObject *marker_t, *marker_f;  /* ops.T and ops.F */
+    PyObject *marker_t, *marker_f, *marker_g;  /* ops.T, ops.F and ops.G */
     PyObject *no_scalars;    /* an empty list, never appended to */
     PyObject *is_grad_enabled, *is_inference;
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
@@ -709,6 +709,38 @@ scan_seq(FastPath *fp, PyObject *seq, PyObject **tensors, Py_ssize_t *nt, PyObje
     return out;
 }
 
+/* ops.generalize: spec with the ints at the scan-order positions in mask replaced by ops.G */
+static PyObject *
+generalize(FastPath *fp, PyObject *item, PyObject *mask, Py_ssize_t *counter)
+{
+    if (PyLong_CheckExact(item)) {
+        PyObject *pos = PyLong_FromSsize_t((*counter)++);
+        if (pos == NULL)
+            return NULL;
+        int in = PySet_Contains(mask, pos);
+        Py_DECREF(pos);
+        if (in < 0)
+            return NULL;
+        PyObject *r = in ? fp->marker_g : item;
+        Py_INCREF(r);
+        return r;
+    }
+    if (PyTuple_CheckExact(item)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(item);
+        PyObject *out = PyTuple_New(n);
+        for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+            PyObject *x = generalize(fp, PyTuple_GET_ITEM(item, i), mask, counter);
+            if (x == NULL)
+                Py_CLEAR(out);
+            else
+                PyTuple_SET_ITEM(out, i, x);
+        }
+        return out;
+    }
+    Py_INCREF(item);
+    return item;
+}
+
 /* Whether code is a root (a cell, a script, a @coexecute function): 1, 0, or -1 on error. */
 static int
 is_root(FastPath *fp, PyObject *code)
@@ -1040,13 +1072,22 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         if (Py_TYPE(node) != (PyTypeObject *)fp->node_type || NODE(fp, node, N_grad) != grad)
             continue;
         PyObject *mask = NODE(fp, node, N_mask);
-        Py_ssize_t masked = PyObject_Size(mask);
-        if (masked < 0)
-            goto error;
-        if (masked)
-            MISS(8);  /* generalized ints: the Python path */
+        if (!PyFrozenSet_CheckExact(mask))
+            MISS(8);
         PyObject *kspec = PyTuple_GET_ITEM(NODE(fp, node, N_key), 2);
-        if (kspec != spec) {
+        if (PySet_GET_SIZE(mask)) {
+            /* generalized ints (feeds): compare the spec with those ints as ops.G */
+            Py_ssize_t counter = 0;
+            PyObject *gspec = generalize(fp, spec, mask, &counter);
+            if (gspec == NULL)
+                goto error;
+            int eq = PyObject_RichCompareBool(gspec, kspec, Py_EQ);
+            Py_DECREF(gspec);
+            if (eq < 0)
+                goto error;
+            if (!eq)
+                continue;
+        } else if (kspec != spec) {
             int eq = PyObject_RichCompareBool(spec, kspec, Py_EQ);
             if (eq < 0)
                 goto error;
@@ -1273,6 +1314,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->build_out);
     Py_CLEAR(fp->marker_t);
     Py_CLEAR(fp->marker_f);
+    Py_CLEAR(fp->marker_g);
     Py_CLEAR(fp->no_scalars);
     Py_CLEAR(fp->is_grad_enabled);
     Py_CLEAR(fp->is_inference);
@@ -1332,6 +1374,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(build_out, "build_out");
     TAKE(marker_t, "T");
     TAKE(marker_f, "F");
+    TAKE(marker_g, "G");
     TAKE(is_grad_enabled, "is_grad_enabled");
     TAKE(is_inference, "is_inference");
     TAKE(run_meta, "run_meta");
