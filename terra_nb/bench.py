@@ -358,7 +358,7 @@ def worker(variant: str, name: str, iters: int, device: str, size: str, out_path
             result["syncs_per_iter"] = float(steady["syncs"].median())
         profiler = session.executor.profiler
         if profiler is not None:
-            result["skeleton_us_per_op"] = profiler.us_per_op()
+            result["skeleton_us_per_op"] = profiler.us_per_op(set(steady["iteration"]))
         if variant == "graph_only":
             times, failed = session.executor.runner.replay_captured()
             result["graph_only_left_out"] = failed

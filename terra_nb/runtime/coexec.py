@@ -151,10 +151,12 @@ class ProfilingMode(TerraMode):
             acc[1] += 1
         return out
 
-    def us_per_op(self) -> float | None:
-        """Mean µs per deferred op in steady state: over the second half of the iterations."""
+    def us_per_op(self, steady: set | None = None) -> float | None:
+        """Mean µs per deferred op in steady state: over the second half of the iterations, and of
+        those only the ``steady`` ones where given (the benchmark gives the co-executed ones: an
+        iteration that fell back pays for tracing and for its first compiles)."""
         first = max(self.by_iteration, default=0) // 2
-        spans = [v for k, v in self.by_iteration.items() if k > first]
+        spans = [v for k, v in self.by_iteration.items() if k > first and (steady is None or k in steady)]
         ops = sum(n for _, n in spans)
         return sum(t for t, _ in spans) / ops * 1e6 if ops else None
 
