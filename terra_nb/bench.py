@@ -141,6 +141,13 @@ def run_bench(args) -> int:
     if unknown:
         print(f"terra-nb bench: unknown program or variant: {', '.join(unknown)}", file=sys.stderr)
         return 2
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("terra-nb bench: --device cuda, but torch sees no CUDA device here (torch.cuda.is_available() "
+              f"is False; torch {torch.__version__}): run on a machine with a GPU and a CUDA build of torch, "
+              "or use --device cpu", file=sys.stderr)
+        return 2
     if not os.path.isdir(programs_dir()):
         print(f"terra-nb bench: the example programs are not at {programs_dir()} (run from a clone)", file=sys.stderr)
         return 2

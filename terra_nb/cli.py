@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.epilog = "terra-nb run SCRIPT [options] -- SCRIPT_ARGS: arguments after -- go to the script"
     args = parser.parse_args(argv)
     args.script_args = script_args
+    backend = getattr(args, "backend", None)
+    if backend is not None and not getattr(args, "eager", False):
+        from .runtime.backends import BackendError, check_backend
+
+        try:
+            check_backend(backend)
+        except BackendError as exc:  # before anything of the script runs
+            print(f"terra-nb {args.command}: --backend {backend}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "run":
         return _run(args)
     if args.command == "demo":

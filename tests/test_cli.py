@@ -6,6 +6,8 @@ import sys
 import textwrap
 
 import pandas as pd
+import pytest
+import torch
 
 SCRIPT = textwrap.dedent("""
     import random, sys
@@ -70,6 +72,20 @@ def test_run_and_the_kernel_session_default_to_the_auto_backend(tmp_path):
 def test_run_reports_a_missing_script(tmp_path):
     result = _cli("run", str(tmp_path / "nope.py"))
     assert result.returncode == 2 and "no such script" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="both are usable on a GPU machine")
+def test_a_backend_or_device_this_machine_lacks_is_refused_with_the_fix(tmp_path):
+    """No traceback, nothing of the script run: the cause and what to use instead."""
+    script = tmp_path / "touch.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    run = _cli("run", str(script), "--backend", "cudagraphs")
+    assert run.returncode == 2, run.stderr
+    assert "needs a CUDA device" in run.stderr and "use 'inductor' or 'eager'" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "ran").exists()
+    bench = _cli("bench", "--device", "cuda", "--programs", "lstm_lm")
+    assert bench.returncode == 2 and "Traceback" not in bench.stderr
+    assert "no CUDA device" in bench.stderr and "--device cpu" in bench.stderr
 
 
 def test_demo_prints_its_table():
