@@ -224,6 +224,7 @@ class CoExecutor:
         self._anchor_first = self._anchor_last = self._anchor_period = 0
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_hits: list[int] = []
+        self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
         self._cell_mode = "auto"
         self.baseline = self._baseline_asked = 0
         self.explicit_iterations = False
@@ -666,8 +667,12 @@ class CoExecutor:
         self._validated = 1
         if waited_ms >= 0:
             self.iter_syncs += 1
-            self.log.add(Event("sync", self.cell, self.iter_index, f"{info.name}: Python needs a value",
-                               str(node.line or user_line(frame) or ""), waited_ms))  # (same site, same line)
+            text = self._sync_text.get(node)
+            if text is None:  # one reason and one location string per node, shared by its events
+                text = (f"{info.name}: Python needs a value", str(node.line or user_line(frame) or ""))
+                if node.line:
+                    self._sync_text[node] = text
+            self.log.add(Event("sync", self.cell, self.iter_index, text[0], text[1], waited_ms))
         return out
 
     def flush(self) -> None:
