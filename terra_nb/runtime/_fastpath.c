@@ -95,6 +95,7 @@ typedef struct {
     PyObject *root_code, *root_dict;  /* the last root found (compared, never dereferenced) */
     uint64_t root_version;  /* calls handed to the Python path, by reason (see MISS) */
     Py_ssize_t block_off[B_NSLOTS];
+    int interrupt;  /* an interrupt waits (CoExecutor._on_interrupt): every call goes to Python */
 } FastPath;
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -924,7 +925,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         fp->misses[N_MISSES - 1]++;
         return NULL;
     }
-    if (!PyTuple_CheckExact(args))
+    if (!PyTuple_CheckExact(args) || fp->interrupt)
         return NULL;
     mode = ex_get(fp, str[S_mode]);
     if (mode == NULL)
@@ -1560,7 +1561,25 @@ fp_get_misses(FastPath *fp, void *closure)
     return d;
 }
 
+static PyObject *
+fp_get_interrupt(FastPath *fp, void *closure)
+{
+    return PyBool_FromLong(fp->interrupt);
+}
+
+static int
+fp_set_interrupt(FastPath *fp, PyObject *value, void *closure)
+{
+    int v = value == NULL ? 0 : PyObject_IsTrue(value);
+    if (v < 0)
+        return -1;
+    fp->interrupt = v;
+    return 0;
+}
+
 static PyGetSetDef fp_getset[] = {
+    {"interrupt", (getter)fp_get_interrupt, (setter)fp_set_interrupt,
+     "True while an interrupt waits to be raised at the next call (every call goes to the Python path)", NULL},
     {"misses", (getter)fp_get_misses, NULL, "the calls handed to the Python path, by reason", NULL},
     {"profile", (getter)fp_get_profile, (setter)fp_set_profile,
      "None, or a dict {iteration: [thread seconds, deferred ops]} that every deferred op adds to", NULL},

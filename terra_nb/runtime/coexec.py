@@ -21,6 +21,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
+import os
+import signal
 import statistics
 import sys
 import threading
@@ -224,6 +226,7 @@ class CoExecutor:
         self._anchor_first = self._anchor_last = self._anchor_period = 0
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_hits: list[int] = []
+        self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
         self._cell_mode = "auto"
         self.baseline = self._baseline_asked = 0
@@ -281,10 +284,16 @@ class CoExecutor:
         gc.set_threshold(max(thresholds[0], 50000), *thresholds[1:])
         self._mode_obj = self.profiler or TerraMode(self)
         self._owner = _get_ident()  # the thread whose loops tick (see tick)
+        self._interrupted = False
+        previous_handler = self._catch_interrupts()
+        raised = False
         try:
             with self._mode_obj:
                 try:
                     yield self
+                except BaseException:
+                    raised = True
+                    raise
                 finally:
                     self._hook(cell_ends=True)  # (an eager stretch may have taken the mode off: see tick)
         finally:
@@ -292,6 +301,8 @@ class CoExecutor:
                 self.flush()
                 error = self.runner.wait()
             finally:
+                if previous_handler is not None:
+                    signal.signal(signal.SIGINT, previous_handler)
                 gc.set_threshold(*thresholds)
                 for owner, name, original in patches:
                     setattr(owner, name, original)
@@ -303,6 +314,47 @@ class CoExecutor:
                 self.cursor = self.graph.root
             if error is not None:
                 self.raise_block_error()
+            if self._interrupted:
+                self._interrupted = False
+                if not raised:  # it came after the cell's last operation: every one has run
+                    raise KeyboardInterrupt
+
+    # -- interrupts ----------------------------------------------------------------------------
+
+    def _catch_interrupts(self):
+        """While a cell runs, an interrupt (Ctrl-C, a kernel's interrupt) that lands in the engine
+        (a block running, the skeleton's own code) waits for the next call or loop turn of the
+        user's code; one that lands in the user's code is raised there at once, as without
+        co-execution. A block is never stopped halfway, so the state is eager's at the point where
+        the interrupt is raised. Returns the handler to put back (None where none was replaced)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+        except ValueError:
+            return None
+        if not callable(previous):
+            return None  # ignored, or the system default: nothing to raise
+
+        def on_interrupt(signum, frame):
+            if _in_engine(frame):
+                self._interrupted = True
+                native = getattr(self._mode_obj, "native", None)
+                if native is not None:
+                    native.interrupt = True
+                return
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, on_interrupt)
+        return previous
+
+    def _raise_interrupt(self):
+        __tracebackhide__ = True
+        self._interrupted = False
+        native = getattr(self._mode_obj, "native", None)
+        if native is not None:
+            native.interrupt = False
+        raise KeyboardInterrupt
 
     def begin_cell(self, cell: int) -> None:
         self.cell = cell
@@ -387,6 +439,8 @@ class CoExecutor:
 
     def on_op(self, func, args, kwargs):
         __tracebackhide__ = True
+        if self._interrupted:
+            self._raise_interrupt()
         if self.state is SKELETON and self.mode == "auto":
             # The fast path: a successor of the cursor validated before, found by the frame that
             # calls it. Checks the same key as the graph index (op, site, constants, input
@@ -1053,6 +1107,8 @@ class CoExecutor:
         """
         if _get_ident() != self._owner:
             return  # a function a cell defined, running in another thread, or outside a cell
+        if self._interrupted:
+            self._raise_interrupt()
         if self._hooked:
             ticks = self._ticks
             ticks[loop] = ticks.get(loop, 0) + 1
@@ -1321,6 +1377,21 @@ class CoExecutor:
                                          self.ops_traced, self.ops_coexec))
         if self._chooses():
             self._choose(mode, wall_ms)
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_USER_CALLER = os.path.join(_PACKAGE, "session.py")  # runs the user's code (run_cell, call, trace)
+
+
+def _in_engine(frame) -> bool:
+    """Whether ``frame``, where an interrupt landed, runs for the engine: the first frame of this
+    package outward from it is not the session's (which calls the user's code)."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_PACKAGE):
+            return name != _USER_CALLER
+        frame = frame.f_back
+    return False
 
 
 def _run_meta(func, args, kwargs):
