@@ -685,3 +685,34 @@ print(round(library["fit"](model, opt, data, F, 90), 5))
     assert_same_state(state_of(namespace), state_of(eager_ns))
     choices = _choices(session)
     assert choices and choices[0].iteration >= CHOICE_UNTICKED, [(c.iteration, c.reason) for c in choices]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_dataloaders_batches_are_the_iterations(workers):
+    """A DataLoader collates each batch inside the ``for`` statement's iterator: those ops never anchor
+    (iterations are batches, not samples). Batches from worker processes are tensors rebuilt around
+    received memory: run as they come, not traced (they fell back every batch)."""
+    source = f"""
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+torch.manual_seed(0)
+dataset = TensorDataset(torch.randn(96, 6), torch.randint(0, 3, (96,)))
+model = torch.nn.Linear(6, 3)
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+for epoch in range(3):
+    for x, y in DataLoader(dataset, batch_size=16, shuffle=True, num_workers={workers}):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    print(epoch, round(loss.item(), 5))
+"""
+    printed, eager_ns = run_eager(source)
+    out, namespace, session = run_terra(source)
+    assert out == printed
+    assert_same_state(state_of(eager_ns), state_of(namespace))
+    iterations = session.log.iterations
+    assert 17 <= len(iterations) <= 19, [it.mode for it in iterations]  # 18 batches (the first merges setup)
+    last_epoch = iterations[-6:]
+    assert sum(it.mode == "coexec" for it in last_epoch) >= 5, [it.mode for it in iterations]

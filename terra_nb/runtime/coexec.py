@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dis
 import gc
 import os
 import signal
@@ -227,6 +228,7 @@ class CoExecutor:
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_hits: list[int] = []
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
+        self._for_iters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its FOR_ITER offsets
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
         self._cell_mode = "auto"
         self.baseline = self._baseline_asked = 0
@@ -531,6 +533,10 @@ class CoExecutor:
         if not tensors and func in self.passthrough:
             return func(*args, **kwargs)
         frame = sys._getframe(3)
+        if frame.f_code in _REBUILDS:
+            # torch rebuilding a tensor around memory it received (a DataLoader worker's batch,
+            # torch.load, deepcopy): a tensor from outside, as torch.from_numpy's is; run it now
+            return func(*real(args), **real(kwargs))
         site = location_key(frame, self.roots)
         grad = _GRAD[_is_grad_enabled()][_is_inference()]
         if info.kind == "feed":
@@ -1299,14 +1305,33 @@ class CoExecutor:
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
-                if (self.anchor is None or now_op > self._anchor_limit
-                        or (prev < self._anchor_first and self._encloses_more_work(prev, now_op))):
+                if ((self.anchor is None or now_op > self._anchor_limit
+                        or (prev < self._anchor_first and self._encloses_more_work(prev, now_op)))
+                        and not self._in_loop_header()):
                     self._reanchor(node, prev, now_op)
             else:
                 node.cell_mark = self._cell_token
                 if not self.iter_index:
                     self.iter_index = 1
         node.seen_at = now_op
+
+    def _in_loop_header(self) -> bool:
+        """Whether the op being recorded runs for the iterator of a loop of the cell's (or script's)
+        own code: the innermost frame of that code is at a ``FOR_ITER``. A DataLoader fetches and
+        collates each batch's samples there, a loop that is not the cell's: its ops never anchor
+        iterations (the loop's body does)."""
+        files = self.roots.files()
+        frame: types.FrameType | None = sys._getframe(2)
+        while frame is not None:
+            code = frame.f_code
+            if code.co_filename in files:
+                headers = self._for_iters.get(code)
+                if headers is None:
+                    headers = self._for_iters[code] = frozenset(
+                        i.offset for i in dis.get_instructions(code) if i.opname == "FOR_ITER")
+                return frame.f_lasti in headers
+            frame = frame.f_back
+        return False
 
     def _encloses_more_work(self, prev: int, now_op: int) -> bool:
         """Whether a loop around the anchor's does real work of its own (backward, an optimizer).
@@ -1379,6 +1404,16 @@ class CoExecutor:
             self._choose(mode, wall_ms)
 
 
+def _rebuilds() -> frozenset:
+    """The code of torch's functions that rebuild a tensor from its pickled form."""
+    import torch.multiprocessing.reductions as reductions
+
+    found = [getattr(f, "__code__", None) for module, prefix in ((torch._utils, "_rebuild"), (reductions, "rebuild"))
+             for name, f in vars(module).items() if name.startswith(prefix)]
+    return frozenset(code for code in found if code is not None)
+
+
+_REBUILDS = _rebuilds()
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _USER_CALLER = os.path.join(_PACKAGE, "session.py")  # runs the user's code (run_cell, call, trace)
 

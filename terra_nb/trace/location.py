@@ -53,6 +53,10 @@ class RootRegistry:
     def __contains__(self, code: object) -> bool:
         return code in self._keys
 
+    def files(self) -> set[str]:
+        """The files of the roots: the functions a cell or script defines are in them too."""
+        return {code.co_filename for code in self._keys}
+
     def root_key(self, frame: types.FrameType) -> tuple:
         cache = self._keys[frame.f_code]
         lasti = frame.f_lasti
