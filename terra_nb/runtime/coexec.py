@@ -198,6 +198,7 @@ class CoExecutor:
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
                  runner: str = "auto", always_coexec: bool = False) -> None:
         self.log = log
+        _keep_marks_out_of_pickles()
         self.always_coexec = always_coexec  # auto's choice off: co-execute even where eager is faster
         self._on_cuda = False  # a block touched CUDA: auto's choice is for CPU programs
         self.backend = check_backend(backend)
@@ -1437,6 +1438,24 @@ def _run_meta(func, args, kwargs):
 
 def _live_outputs(futs: list) -> tuple:
     return tuple([i for i in range(len(futs)) if _getrefcount(futs[i]) > 2 + futs[i]._tn_pooled])
+
+
+def _state_without_marks(self):
+    """``Tensor.__getstate__``: the state Python's default gives, less the engine's ``_tn_``
+    attributes (provenance, skeleton-local marks), which are no part of the user's tensor."""
+    state = object.__getstate__(self)
+    inner = state[0] if type(state) is tuple else state
+    if type(inner) is dict and any(k.startswith("_tn_") for k in inner):
+        inner = {k: v for k, v in inner.items() if not k.startswith("_tn_")}
+        state = (inner, state[1]) if type(state) is tuple else inner or None
+    return state
+
+
+def _keep_marks_out_of_pickles() -> None:
+    """torch.save, pickle and multiprocessing pickle a tensor's Python state with it: without this,
+    a checkpoint written during co-execution carries the marks and is not eager's, byte for byte."""
+    if torch.Tensor.__dict__.get("__getstate__") is not _state_without_marks:
+        torch.Tensor.__getstate__ = _state_without_marks  # type: ignore[method-assign,assignment]
 
 
 _STORAGE_USERS = getattr(torch._C, "_storage_Use_Count", None)  # private: absent, no mark is restored
