@@ -27,6 +27,18 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "autocast_region": """
+for i, (x, y) in enumerate(data):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        with torch.autocast("cpu", enabled=False):
+            check = model(x.double().float())
+    loss = F.cross_entropy(out.float(), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(i, out.dtype, check.dtype, round(loss.item(), 4))
+""",
     "item_in_condition": """
 for i, (x, y) in enumerate(data):
     opt.zero_grad()

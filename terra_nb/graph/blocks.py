@@ -13,6 +13,7 @@ runs on the GraphRunner's thread, not the user's.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass
 
@@ -113,10 +114,42 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(torch.nn.Module(), g, class_name="TerraBlock")
 
 
+AMP_DEVICES = ("cpu", "cuda")  # the devices whose autocast state a node key records
+any_autocast = getattr(torch._C, "_is_any_autocast_enabled",
+                       lambda: any(torch.is_autocast_enabled(d) for d in AMP_DEVICES))
+_AUTOCAST_WRAPPERS: dict = {}
+
+
+def _in_autocast(func, amp: tuple):
+    """A named function that runs ``func`` under autocast as the trace saw it (an FX call target).
+
+    ``amp`` is a node key's autocast part: ((device, dtype), ...) and the weight cache flag. The
+    block itself runs with autocast off (``GraphRunner``): a node traced outside autocast must not
+    run under the user's ``with torch.autocast`` that the flush happened in.
+    """
+    wrapper = _AUTOCAST_WRAPPERS.get((func, amp))
+    if wrapper is None:
+        devices, cache = amp
+
+        def wrapper(*args, **kwargs):
+            with contextlib.ExitStack() as stack:
+                for device, dtype in devices:
+                    stack.enter_context(torch.autocast(device, dtype=dtype, cache_enabled=cache))
+                return func(*args, **kwargs)
+
+        name = getattr(func, "__name__", "op").strip("_") or "op"
+        wrapper.__name__ = wrapper.__qualname__ = f"autocast_{name}"
+        _AUTOCAST_WRAPPERS[(func, amp)] = wrapper
+    return wrapper
+
+
 def _emit(g: torch.fx.Graph, node: Node, args, kwargs) -> torch.fx.Node:
     info = node.info
-    if node.grad[1]:
-        return g.call_function(_in_inference_mode(node.func), tuple(args), kwargs)
+    if node.grad[1] or len(node.grad) > 2:
+        target = node.func if len(node.grad) == 2 else _in_autocast(node.func, node.grad[2])
+        if node.grad[1]:
+            target = _in_inference_mode(target)
+        return g.call_function(target, tuple(args), kwargs)
     if info.prop is not None:
         if info.setter:
             return g.call_function(setattr, (args[0], info.prop, args[1]))

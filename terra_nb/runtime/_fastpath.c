@@ -62,11 +62,11 @@ static const char *NODE_SLOTS[N_NSLOTS] = {
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
-#define N_MISSES 13
+#define N_MISSES 14
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
     "no entries", "more than 64 tensors", "a mask not a frozenset", "unexpected slots",
-    "no entry matched", "the anchor's function, run eagerly", "keyword arguments not in a dict",
+    "no entry matched", "the anchor's function, run eagerly", "autocast on", "keyword arguments not in a dict",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
 
@@ -85,7 +85,7 @@ typedef struct {
     PyObject *build_out;     /* ops.build_out(structure, values) */
     PyObject *marker_t, *marker_f, *marker_g;  /* ops.T, ops.F and ops.G */
     PyObject *no_scalars;    /* an empty list, never appended to */
-    PyObject *is_grad_enabled, *is_inference;
+    PyObject *is_grad_enabled, *is_inference, *any_autocast;
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
@@ -1066,6 +1066,13 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     int inference = inf == Py_True;
     Py_DECREF(inf);
     PyObject *grad = fp->grad_table[g][inference];
+    PyObject *amp = PyObject_Vectorcall(fp->any_autocast, NULL, 0, NULL);
+    if (amp == NULL)
+        goto error;
+    int amp_on = amp == Py_True;
+    Py_DECREF(amp);
+    if (amp_on)
+        MISS(12);  /* the node key holds autocast's state: the Python path (coexec._grad_key) */
 
     Py_ssize_t n_entries = PyList_GET_SIZE(entries);
     for (Py_ssize_t e = 0; e < n_entries; e++) {
@@ -1319,6 +1326,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->no_scalars);
     Py_CLEAR(fp->is_grad_enabled);
     Py_CLEAR(fp->is_inference);
+    Py_CLEAR(fp->any_autocast);
     Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
@@ -1378,6 +1386,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(marker_g, "G");
     TAKE(is_grad_enabled, "is_grad_enabled");
     TAKE(is_inference, "is_inference");
+    TAKE(any_autocast, "any_autocast");
     TAKE(run_meta, "run_meta");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");

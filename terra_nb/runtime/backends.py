@@ -107,12 +107,13 @@ class CompiledBlock:
             if self.state != "pending":
                 return
             self.state = "compiling"
-        if any(node.barrier or node.grad_op or node.random for node, _ in self.spec.ops):
+        if any(node.barrier or node.grad_op or node.random or len(node.grad) > 2 for node, _ in self.spec.ops):
             # Autograd writes the .grad of tensors it does not take, and a compiled graph that
             # reads or sets .grad did not see those writes (gpt2 read None grads); a compiled
             # random op draws another stream than eager (the co-executed model got other initial
             # weights): such blocks run eagerly. The skeleton cuts blocks so that pure compute
-            # stays apart from .grad.
+            # stays apart from .grad. Nodes under autocast run eagerly too (not yet compiled
+            # with their autocast wrappers: blocks._in_autocast).
             self.state = "eager"
             self.done.set()
             return

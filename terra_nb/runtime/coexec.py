@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..graph.blocks import BlockSpec, code_key
+from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location
 from ..trace.location import RootRegistry, frame_offset, location_key, module_path, user_line
@@ -78,6 +78,20 @@ _len_mode_stack = torch._C._len_torch_function_stack
 _get_ident = threading.get_ident
 # The grad-mode part of a node key, one object per state so that the fast path compares by identity.
 _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
+_WITH_AMP: dict[tuple, tuple] = {}
+
+
+def _grad_key() -> tuple:
+    """The mode part of a node key: (grad enabled, inference mode), and where autocast is on, a
+    third item: ((device, dtype) for each device it is on for, its weight cache on). Interned: the
+    paths compare it by identity."""
+    grad = _GRAD[_is_grad_enabled()][_is_inference()]
+    if not any_autocast():
+        return grad
+    amp = (tuple([(d, torch.get_autocast_dtype(d)) for d in AMP_DEVICES if torch.is_autocast_enabled(d)]),
+           torch.is_autocast_cache_enabled())
+    key = (grad[0], grad[1], amp)
+    return _WITH_AMP.setdefault(key, key)
 
 
 class PendingBlock:
@@ -176,7 +190,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
-        "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "run_meta": _run_meta,
+        "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -461,7 +475,7 @@ class CoExecutor:
                     tensors = []
                     scalars = []
                     spec = scan(args, kwargs, tensors, scalars)
-                grad = _GRAD[_is_grad_enabled()][_is_inference()]
+                grad = _grad_key()
                 for node in entries:
                     if node.grad is not grad or (generalize(spec, node.mask) if node.mask else spec) != node.key[2]:
                         continue
@@ -539,7 +553,7 @@ class CoExecutor:
             # torch.load, deepcopy): a tensor from outside, as torch.from_numpy's is; run it now
             return func(*real(args), **real(kwargs))
         site = location_key(frame, self.roots)
-        grad = _GRAD[_is_grad_enabled()][_is_inference()]
+        grad = _grad_key()
         if info.kind == "feed":
             spec = "feed"
         kspec = spec
@@ -1079,7 +1093,7 @@ class CoExecutor:
         elif anchor.mask:
             spec = generalize(spec, anchor.mask)
         return (in_meta == anchor.in_meta and spec == anchor.key[2]
-                and anchor.grad is _GRAD[_is_grad_enabled()][_is_inference()])
+                and anchor.grad is _grad_key())
 
     def _eager_boundary(self) -> None:
         """The anchor ran eagerly: one baseline iteration ends; after the last, co-execution resumes."""

@@ -10,6 +10,7 @@ at its next interaction.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import time
 import weakref
@@ -17,7 +18,7 @@ from collections import deque
 
 import torch
 
-from ..graph.blocks import failing_op
+from ..graph.blocks import AMP_DEVICES, any_autocast, failing_op
 from .future import FutureTensor, ValueLostError
 
 _RUNNERS: weakref.WeakSet = weakref.WeakSet()
@@ -246,7 +247,16 @@ class GraphRunner:
         args = [_resolved(x) for x in run.inputs]
         args.extend(run.floats)
         t0 = time.perf_counter()
-        outs = run.block(*args)
+        if any_autocast():
+            # The program's thread is inside a ``with torch.autocast``: a block's nodes run as their
+            # trace saw them (those traced under autocast enter it themselves: blocks._in_autocast).
+            with contextlib.ExitStack() as stack:
+                for device in AMP_DEVICES:
+                    if torch.is_autocast_enabled(device):
+                        stack.enter_context(torch.autocast(device, enabled=False))
+                outs = run.block(*args)
+        else:
+            outs = run.block(*args)
         elapsed = time.perf_counter() - t0
         torch._C._set_grad_enabled(True)
         for fut, val in zip(run.out_futs, outs):
