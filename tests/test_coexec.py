@@ -27,6 +27,25 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "custom_autograd_function": """
+class ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.alpha = alpha
+        ctx.save_for_backward(x)
+        return x * x
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g * ctx.alpha, None
+for i, (x, y) in enumerate(data):
+    h = ScaleGrad.apply(model(x), 0.5 + 0.05 * i)
+    loss = F.cross_entropy(h, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(i, round(loss.item(), 4))
+""",
     "autocast_region": """
 for i, (x, y) in enumerate(data):
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -445,6 +445,20 @@ class CoExecutor:
         torch.nn.Parameter.__new__ = staticmethod(new_parameter)  # type: ignore[method-assign, assignment]
         # zero_grad(set_to_none=True) reads every p.grad only to skip the ones already None: a
         # sync per parameter. Setting None unconditionally has the same effect and reads nothing.
+        # A custom autograd Function's apply does not pass the mode: the ops of its forward (run
+        # with grad off) were traced instead, and the replay lost the Function's backward. Through
+        # the mode, each apply is one node, run as a whole.
+        raw_apply = torch.autograd.Function.__dict__["apply"]
+
+        def apply(cls, *args, **kwargs):
+            if threading.get_ident() == owner_thread and torch._C._is_torch_function_mode_enabled():
+                tensors = [a for a in args if isinstance(a, torch.Tensor)]
+                if tensors:
+                    return torch.overrides.handle_torch_function(cls.apply, tensors, *args, **kwargs)
+            return raw_apply.__func__(cls, *args, **kwargs)
+
+        patches.append((torch.autograd.Function, "apply", raw_apply))
+        torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
         holders: tuple[tuple[Any, Any], ...] = ((torch.optim.Optimizer, _optimizer_params), (torch.nn.Module, _module_params))
         for holder, params_of in holders:
             original = holder.__dict__["zero_grad"]
