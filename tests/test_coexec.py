@@ -27,6 +27,24 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "random_factory_whose_shape_changes": """
+for i in range(10):
+    x = torch.randn(4, 3 + i % 4, 6)  # a shape variant of a random op: drawn once, in order
+    loss = F.cross_entropy(model(x.mean(1)), data[i][1][:4])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(i, round(loss.item(), 4))
+""",
+    "packed_sequences": """
+lstm = nn.LSTM(6, 8, batch_first=True)
+for i in range(10):
+    lens = sorted([random.randint(2, 6) for _ in range(4)], reverse=True)
+    x = torch.randn(4, 6, 6)[:, :max(lens)]
+    packed = nn.utils.rnn.pack_padded_sequence(x, lens, batch_first=True)  # its shape is sum(lens)
+    out, (h, c) = lstm(packed)
+    print(i, packed.data.shape[0], round(h.sum().item(), 4))
+""",
     "custom_autograd_function": """
 class ScaleGrad(torch.autograd.Function):
     @staticmethod

@@ -1009,7 +1009,9 @@ class CoExecutor:
                     and all(a[1:] == b[1:] for a, b in zip(candidate.in_meta, in_meta))):
                 sibling = candidate
                 break
-        if sibling is None:
+        if sibling is None or sibling.random:
+            # (a random op with no tensor input, torch.randn(n, m), would run for real here and
+            # draw from the generator: the block's draw would then be the next one)
             return None
         targs, tkwargs = template(args, kwargs)
         outs: list = []

@@ -32,7 +32,7 @@ _META_METHODS = frozenset(
 )
 _DATA_DEPENDENT = frozenset(
     {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
-     "repeat_interleave", "_unique2", "nonzero_static"}
+     "repeat_interleave", "_unique2", "nonzero_static", "_pack_padded_sequence"}
 )
 _FEEDS = {torch.tensor, torch.as_tensor, torch.asarray, torch.frombuffer}
 
