@@ -27,6 +27,17 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "input_gradient_penalty": """
+for i, (x, y) in enumerate(data):
+    x = x.clone().requires_grad_(True)  # changes its input's metadata in place
+    out = model(x)
+    g, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    loss = F.cross_entropy(out, y) + 0.1 * (g.norm(2, dim=1) - 1).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(i, round(loss.item(), 5))
+""",
     "random_factory_whose_shape_changes": """
 for i in range(10):
     x = torch.randn(4, 3 + i % 4, 6)  # a shape variant of a random op: drawn once, in order

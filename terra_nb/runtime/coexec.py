@@ -876,6 +876,9 @@ class CoExecutor:
             self.materialize()
             tensors = [t.value() if type(t) is FutureTensor else t for t in tensors]
             args, kwargs = real((args, kwargs))
+        # before the call: an op that changes its input's metadata in place (requires_grad_,
+        # unsqueeze_, resize_) is keyed by what the skeleton will see when it comes again
+        in_meta = tuple([meta_of(t) for t in tensors])
         out = func(*args, **kwargs)
         struct = out_structure(out)
         if not tensors and (struct is None or struct is NONE):
@@ -884,7 +887,6 @@ class CoExecutor:
             except TypeError:
                 pass
             return out
-        in_meta = tuple([meta_of(t) for t in tensors])
         key = (func, site, kspec, in_meta, grad)
         try:
             node = self.graph.index.get(key)
@@ -1085,6 +1087,10 @@ class CoExecutor:
                           and all(_is_small_cpu(t) for t in tensors) and all(_is_small_cpu(t) for t in outs))
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
+            if node.alias >= 0 and node.kind in DEFERRED and node.out_meta[0] != in_meta[node.alias]:
+                # It changes its input's metadata in place (x.requires_grad_(), x.unsqueeze_(0)): a
+                # future keeps the metadata it was made with, so the op runs for real, on the value.
+                node.kind = "sync"
         node.targs, node.tkwargs = template(args, kwargs)
         node.module = module_path(frame)
         node.line = user_line(frame)
