@@ -810,3 +810,27 @@ print(round(best, 5), back["model"]["0.weight"].sum().item(), back["opt"]["state
     assert namespace["saved"] == eager_ns["saved"]
     assert_same_state(state_of(eager_ns), state_of(namespace))
     assert any(it.mode == "coexec" for it in session.log.iterations)
+
+
+def test_an_anchor_in_setup_code_gives_way_when_the_cells_loop_turns_without_it():
+    """Building the second optimizer calls the library code the first one did (``p.is_leaf`` in
+    ``add_param_group``): that op recurs around the setup anchor and took over. It never recurs in
+    the training loop; the loop's turns, more than it made in any of the anchor's periods, while the
+    anchor is overdue, give the anchor up. Iterations are the loop's turns, not one row."""
+    source = PRELUDE + """
+from torch.nn.utils.parametrizations import spectral_norm
+lin = spectral_norm(nn.Linear(6, 3))
+opt2 = torch.optim.SGD(lin.parameters(), lr=0.1)
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(lin(x), y)
+    opt2.zero_grad()
+    loss.backward()
+    opt2.step()
+    print(i, round(loss.item(), 5))
+"""
+    printed, eager_ns = run_eager(source)
+    out, namespace, session = run_terra(source)
+    assert out == printed
+    assert_same_state(state_of(eager_ns), state_of(namespace))
+    modes = [it.mode for it in session.log.iterations]
+    assert len(modes) >= 8 and modes.count("coexec") >= 6, modes

@@ -1164,6 +1164,16 @@ class CoExecutor:
                 self._reanchor_at = -1
                 self._anchor_limit = -1
                 self._tick_reanchors += 1
+            elif (ticks[loop] > self._tick_most.get(loop, 0) + 2 and self.anchor is not None
+                    and self._anchor_limit >= 0 and self._tick_reanchors < 3
+                    and self.op_counter - self._anchor_last > self._anchor_period):
+                # The anchor is overdue while this loop turned more often than it ever did within
+                # one of the anchor's periods: the anchor was in setup code (a library's, whose
+                # site a later call shared) and its loop ended. The next op seen before anchors,
+                # as when an anchor is idle for ten of its periods. (A time loop inside a training
+                # step turns often within the step's first period too, but that is not overdue.)
+                self._anchor_limit = -1
+                self._tick_reanchors += 1
             return
         if loop != self._anchor_loop:
             return
@@ -1219,7 +1229,10 @@ class CoExecutor:
         """
         once, seen = self._once, self._tick_seen
         ticks = self._ticks
+        most = self._tick_most
         for loop, n in ticks.items():
+            if n > most.get(loop, 0):
+                most[loop] = n
             hist = seen.setdefault(loop, [0, 0])
             if n == 1:
                 once[loop] = once.get(loop, 0) + 1
@@ -1262,6 +1275,7 @@ class CoExecutor:
         self._counted = 0  # iterations counted since the anchor was set
         self._anchor_loop = -1  # the loop that ticks once per iteration, where known
         self._tick_seen = {}  # loop id -> [iterations it ticked 0 times, >1 times]
+        self._tick_most: dict[int, int] = {}  # loop id -> the most ticks in one iteration (see tick)
         self._reanchor_at = -1  # a loop whose next tick re-anchors (see _count_ticks)
         self._probe_after = CHOICE_COEXEC + CHOICE_WARMUP  # clean co-executed iterations before the next probe
         self._stay_eager = CHOICE_RETRY  # eager iterations before co-execution is measured again
