@@ -834,3 +834,30 @@ for i, (x, y) in enumerate(data):
     assert_same_state(state_of(eager_ns), state_of(namespace))
     modes = [it.mode for it in session.log.iterations]
     assert len(modes) >= 8 and modes.count("coexec") >= 6, modes
+
+
+def test_training_then_a_long_evaluation_in_one_cell_keeps_the_training_rows():
+    """The training loop ends and an evaluation loop runs long enough to take the anchor over: the
+    training iterations stay rows of their own (they were merged into iteration 1)."""
+    source = PRELUDE + """
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+correct = 0
+with torch.no_grad():
+    for k in range(120):
+        x, y = data[k % len(data)]
+        correct += (model(x).argmax(1) == y).sum()
+print(int(correct), round(loss.item(), 5))
+"""
+    printed, eager_ns = run_eager(source)
+    out, namespace, session = run_terra(source)
+    assert out == printed
+    assert_same_state(state_of(eager_ns), state_of(namespace))
+    rows = session.log.iterations
+    step = rows[3].ops_coexec  # a training step: forward, backward, the optimizer's ops
+    assert step >= 15, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert sum(it.mode == "coexec" and it.ops_coexec == step for it in rows[1:11]) >= 8
+    assert len(rows) >= 12 + 50  # then the evaluation's

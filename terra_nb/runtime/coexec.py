@@ -1165,7 +1165,7 @@ class CoExecutor:
                 self._anchor_limit = -1
                 self._tick_reanchors += 1
             elif (ticks[loop] > self._tick_most.get(loop, 0) + 2 and self.anchor is not None
-                    and self._anchor_limit >= 0 and self._tick_reanchors < 3
+                    and self._anchor_limit >= 0 and self._tick_reanchors < 3 and not self._anchor_confirmed()
                     and self.op_counter - self._anchor_last > self._anchor_period):
                 # The anchor is overdue while this loop turned more often than it ever did within
                 # one of the anchor's periods: the anchor was in setup code (a library's, whose
@@ -1356,10 +1356,12 @@ class CoExecutor:
         elif not self.explicit_iterations:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
-                if ((self.anchor is None or now_op > self._anchor_limit
-                        or (prev < self._anchor_first and self._encloses_more_work(prev, now_op)))
+                ended = self.anchor is None or now_op > self._anchor_limit
+                if ((ended or (prev < self._anchor_first and self._encloses_more_work(prev, now_op)))
                         and not self._in_loop_header()):
-                    self._reanchor(node, prev, now_op)
+                    # rows of a loop of the cell that ended are kept; an enclosing loop's, or a
+                    # setup loop's, merge into iteration 1
+                    self._reanchor(node, prev, now_op, keep=ended and self._anchor_confirmed())
             else:
                 node.cell_mark = self._cell_token
                 if not self.iter_index:
@@ -1394,15 +1396,20 @@ class CoExecutor:
         inner_passes = len(hits) - bisect.bisect_right(hits, prev)
         return now_op - prev > 1.5 * inner_passes * max(self._anchor_period, 1) + 2
 
-    def _reanchor(self, node: Node, prev: int, now_op: int) -> None:
+    def _anchor_confirmed(self) -> bool:
+        """Whether the anchor's iterations were the turns of a loop of the cell (one tick each)."""
+        return self.anchor is not None and self._anchor_loop >= 0 and self._counted >= 2
+
+    def _reanchor(self, node: Node, prev: int, now_op: int, keep: bool = False) -> None:
         """``node`` recurs in a loop that encloses the anchor's, or the anchor's loop ended: anchor here.
 
-        What this cell recorded so far becomes its iteration 1.
+        What this cell recorded so far becomes its iteration 1, unless ``keep``: the rows of a loop
+        of the cell that ended (training, then an evaluation loop) stay, and numbering goes on.
         """
         now = _perf()
         self._close_iteration(now)
         cell = self.cell
-        earlier = [it for it in self.log.iterations if it.cell == cell]
+        earlier = [] if keep else [it for it in self.log.iterations if it.cell == cell]
         if earlier:
             self.log.iterations[:] = [it for it in self.log.iterations if it.cell != cell]
             for event in self.log.events:  # events of the merged iterations now belong to iteration 1
@@ -1417,7 +1424,8 @@ class CoExecutor:
         if self._probing:
             self.baseline = 0
         self._reset_choice()  # (its choices were about a loop that is not the cell's)
-        self.log.events[:] = [e for e in self.log.events if not (e.kind == "choice" and e.cell == cell)]
+        if not keep:
+            self.log.events[:] = [e for e in self.log.events if not (e.kind == "choice" and e.cell == cell)]
         if any(it.mode == "eager" for it in earlier):
             self.baseline = self._baseline_asked  # it ran in a loop that turned out not to be the cell's
         self.anchor = node
