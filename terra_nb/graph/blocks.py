@@ -8,7 +8,8 @@ graph. ``outputs`` are the values that Python or later blocks still hold.
 
 The generated module's ``forward(*inputs, *floats)`` returns those outputs. Grad mode is part
 of the graph (``torch._C._set_grad_enabled`` calls, as Dynamo emits them), because the block
-runs on the GraphRunner's thread, not the user's.
+runs on the GraphRunner's thread, not the user's. A node traced under ``torch.autocast`` calls
+its op through a wrapper that enters autocast as the trace saw it (:func:`_in_autocast`).
 """
 
 from __future__ import annotations

@@ -443,8 +443,6 @@ class CoExecutor:
 
         patches.append((torch.nn.Parameter, "__new__", raw_new))
         torch.nn.Parameter.__new__ = staticmethod(new_parameter)  # type: ignore[method-assign, assignment]
-        # zero_grad(set_to_none=True) reads every p.grad only to skip the ones already None: a
-        # sync per parameter. Setting None unconditionally has the same effect and reads nothing.
         # A custom autograd Function's apply does not pass the mode: the ops of its forward (run
         # with grad off) were traced instead, and the replay lost the Function's backward. Through
         # the mode, each apply is one node, run as a whole.
@@ -459,6 +457,8 @@ class CoExecutor:
 
         patches.append((torch.autograd.Function, "apply", raw_apply))
         torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+        # zero_grad(set_to_none=True) reads every p.grad only to skip the ones already None: a
+        # sync per parameter. Setting None unconditionally has the same effect and reads nothing.
         holders: tuple[tuple[Any, Any], ...] = ((torch.optim.Optimizer, _optimizer_params), (torch.nn.Module, _module_params))
         for holder, params_of in holders:
             original = holder.__dict__["zero_grad"]
