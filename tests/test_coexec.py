@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import terra_nb
+from terra_nb.runtime import coexec
 
 from differential import assert_same_state, check_program, run_eager, run_terra, state_of
 
@@ -27,6 +28,18 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "shapes_from_tensor_values": """
+for i, (x, y) in enumerate(data):
+    n = (y.sum() % 5) + 2
+    idx, = torch.where(x[:, 0] > 0)
+    pos = torch.arange(n)
+    parts = torch.tensor_split(x, torch.tensor([1, 1 + i % 4]))
+    loss = F.cross_entropy(model(x[:n]), y[:n]) + x[idx].sum() * 0 + pos.sum() * 0
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(i, idx.shape[0], pos.shape[0], [p.shape[0] for p in parts], round(loss.item(), 4))
+""",
     "input_gradient_penalty": """
 for i, (x, y) in enumerate(data):
     x = x.clone().requires_grad_(True)  # changes its input's metadata in place
@@ -861,3 +874,31 @@ print(int(correct), round(loss.item(), 5))
     assert step >= 15, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
     assert sum(it.mode == "coexec" and it.ops_coexec == step for it in rows[1:11]) >= 8
     assert len(rows) >= 12 + 50  # then the evaluation's
+
+
+def test_an_op_whose_shape_follows_values_unforeseen_runs_for_real_once_seen(monkeypatch):
+    """No list can name every op whose output shape depends on its inputs' values. Here the lists
+    are emptied, so ``torch.arange(n)`` with a tensor ``n`` is deferred with the first trace's
+    shape. The GraphRunner compares each output's shape with its future's: the first mismatch is
+    logged and the node runs for real from then on; the values were right all along."""
+    monkeypatch.setattr(coexec, "values_decide_shape", lambda info, args, tensors: False)
+    source = PRELUDE + """
+for i, (x, y) in enumerate(data):
+    n = (y.sum() % 5) + 2
+    pos = torch.arange(n)
+    loss = F.cross_entropy(model(x), y) + pos.sum() * 0
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(i, pos.shape[0], pos.sum().item(), round(loss.item(), 4))
+"""
+    printed, eager_ns = run_eager(source)
+    out, namespace, session = run_terra(source)
+    assert_same_state(state_of(eager_ns), state_of(namespace))
+    events = [e for e in session.log.events if e.kind == "fallback" and "depends on its inputs' values" in e.reason]
+    assert len(events) == 1 and events[0].reason.startswith("arange"), [e.reason for e in session.log.events]
+    # the shape read before the mismatch was seen may be wrong; the values never were
+    lines, eager_lines = out.splitlines(), printed.splitlines()
+    wrong = [k for k, (a, b) in enumerate(zip(lines, eager_lines)) if a != b]
+    assert 1 <= len(wrong) <= 2 and all(lines[k].split()[2:] == eager_lines[k].split()[2:] for k in wrong), (out, printed)
+    assert lines[-3:] == eager_lines[-3:]

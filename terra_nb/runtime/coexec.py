@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key
+from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, produces
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location
 from ..trace.location import RootRegistry, frame_offset, location_key, module_path, user_line
@@ -50,7 +50,6 @@ from ..trace.ops import (
     feedable_ints,
     fill,
     generalize,
-    has_bool_index,
     meta_of,
     op_info,
     out_structure,
@@ -58,6 +57,7 @@ from ..trace.ops import (
     scan,
     spec_ints,
     template,
+    values_decide_shape,
 )
 from . import native
 from .backends import COMPILE_THREAD, CompiledBlock, check_backend, stays_eager
@@ -222,6 +222,7 @@ class CoExecutor:
         self.roots = RootRegistry()
         self._root_codes = self.roots._keys
         self.runner = GraphRunner(on_run=self._on_run, placement=runner)
+        self.runner.on_shape = self._on_shape
         self.compiled: dict[tuple, CompiledBlock] = {}
         self._code: dict[tuple, Any] = {}  # code_key -> GraphModule, for blocks never compiled
         self.block_ids: dict[int, int] = {}
@@ -820,6 +821,28 @@ class CoExecutor:
     def _on_run(self, run: BlockRun, elapsed: float) -> None:
         self.log.add_run(run.block_id, elapsed * 1e3)
 
+    def _on_shape(self, run: BlockRun, index: int, shape) -> None:
+        """A block's output came out another shape than its future said: the op's output shape
+        depends on its inputs' values (``torch.arange(n)`` with a tensor ``n``), which no list of
+        such ops (``ops._DATA_DEPENDENT``, ``values_decide_shape``) names. The value is right;
+        the program may have read the wrong shape once. From now on the node runs for real."""
+        spec = run.block.spec
+        value, start = spec.outputs[index], 0
+        for node, _ in spec.ops:
+            n = produces(node)
+            if value < start + n:
+                break
+            start += n
+        else:
+            return
+        if node.kind in DEFERRED:
+            node.kind = "sync"
+            predicted = tuple(node.out_meta[value - start][0]) if value - start < len(node.out_meta) else ()
+            self.log.add(Event("fallback", run.cell, run.iteration,
+                               f"{node.info.name}: its output's shape depends on its inputs' values ({predicted} "
+                               f"predicted, {tuple(shape)} computed); it runs for real from now on",
+                               str(node.line or "")))
+
     def sync(self) -> None:
         """Wait for the GraphRunner; re-raise here what a block raised."""
         if self.runner.wait() is not None:
@@ -1077,7 +1100,7 @@ class CoExecutor:
             node.kind = "feed"
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
-        elif info.data_dependent or has_bool_index(info, tensors):
+        elif info.data_dependent or values_decide_shape(info, args, tensors):
             node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"

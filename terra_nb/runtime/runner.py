@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -78,6 +79,9 @@ class GraphRunner:
         self._pending = 0
         self.error: BlockError | None = None
         self.on_run = on_run
+        # called with (run, output index, its shape) where an output's shape is not the one its
+        # future was given: the op's shape depends on its inputs' values (CoExecutor._on_shape)
+        self.on_shape: Callable[[BlockRun, int, torch.Size], None] | None = None
         self.captured: deque | None = None  # the last iterations' block runs, for graph-only replay
         self._stopped = False
         self._threads = torch.get_num_threads()
@@ -259,8 +263,10 @@ class GraphRunner:
             outs = run.block(*args)
         elapsed = time.perf_counter() - t0
         torch._C._set_grad_enabled(True)
-        for fut, val in zip(run.out_futs, outs):
+        for i, (fut, val) in enumerate(zip(run.out_futs, outs)):
             fut._tn_val = val
+            if val.shape != fut._tn_meta[0] and self.on_shape is not None:
+                self.on_shape(run, i, val.shape)
         if self.captured is not None:
             if not self.captured or self.captured[-1][0] != (run.cell, run.iteration):
                 self.captured.append(((run.cell, run.iteration), []))

@@ -249,9 +249,28 @@ def fill(tmpl, tensors, scalars):
     return tmpl
 
 
-def has_bool_index(info: OpInfo, tensors: list) -> bool:
-    """Indexing with a boolean mask has a data-dependent shape."""
-    return info.name == "__getitem__" and any(t.dtype is torch.bool for t in tensors[1:])
+def values_decide_shape(info: OpInfo, args: tuple, tensors: list) -> bool:
+    """Whether this call's output shape depends on the values in a tensor argument: indexing with a
+    boolean mask, ``torch.where(cond)`` (the indices of its nonzeros), ``tensor_split`` at indices
+    held in a tensor. (Ops whose shape always does are ``_DATA_DEPENDENT``.)"""
+    name = info.name
+    if name in ("__getitem__", "__setitem__"):
+        index = args[1] if len(args) > 1 else None
+        items = index if isinstance(index, tuple) else (index,)
+        return (name == "__getitem__" and any(t.dtype is torch.bool for t in tensors[1:])) or any(
+            isinstance(i, slice) and any(isinstance(v, Tensor) for v in (i.start, i.stop, i.step)) for i in items)
+    if name == "where":
+        return len(args) == 1
+    if name == "tensor_split":
+        return len(tensors) > 1
+    if name in _SIZED:  # a size given as a tensor: torch.arange(lengths.max()), x.view(n, -1)
+        return any(t.dim() == 0 and not t.is_floating_point() and not t.is_complex() for t in tensors)
+    return False
+
+
+_SIZED = frozenset({"arange", "zeros", "ones", "empty", "full", "rand", "randn", "randint", "eye", "linspace",
+                    "new_zeros", "new_ones", "new_empty", "new_full", "view", "reshape", "expand", "narrow",
+                    "repeat", "tile", "randperm"})
 
 
 # -- outputs -------------------------------------------------------------------------------------
