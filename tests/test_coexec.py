@@ -781,10 +781,7 @@ for epoch in range(3):
         opt.step()
     print(epoch, round(loss.item(), 5))
 """
-    printed, eager_ns = run_eager(source)
-    out, namespace, session = run_terra(source)
-    assert out == printed
-    assert_same_state(state_of(eager_ns), state_of(namespace))
+    session = check_program(source)
     iterations = session.log.iterations
     assert 17 <= len(iterations) <= 19, [it.mode for it in iterations]  # 18 batches (the first merges setup)
     last_epoch = iterations[-6:]
@@ -841,10 +838,7 @@ for i, (x, y) in enumerate(data):
     opt2.step()
     print(i, round(loss.item(), 5))
 """
-    printed, eager_ns = run_eager(source)
-    out, namespace, session = run_terra(source)
-    assert out == printed
-    assert_same_state(state_of(eager_ns), state_of(namespace))
+    session = check_program(source)
     modes = [it.mode for it in session.log.iterations]
     assert len(modes) >= 8 and modes.count("coexec") >= 6, modes
 
@@ -865,10 +859,7 @@ with torch.no_grad():
         correct += (model(x).argmax(1) == y).sum()
 print(int(correct), round(loss.item(), 5))
 """
-    printed, eager_ns = run_eager(source)
-    out, namespace, session = run_terra(source)
-    assert out == printed
-    assert_same_state(state_of(eager_ns), state_of(namespace))
+    session = check_program(source)
     rows = session.log.iterations
     step = rows[3].ops_coexec  # a training step: forward, backward, the optimizer's ops
     assert step >= 15, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
