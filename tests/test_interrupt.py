@@ -97,6 +97,25 @@ def test_the_interrupt_handler_is_put_back_after_the_cell():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_handler_the_program_installs_stays_installed():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    namespace: dict = {}
+    source = ("import signal, torch\n"
+              "def graceful(signum, frame):\n"
+              "    pass\n"
+              "for i in range(5):\n"
+              "    y = torch.ones(2) * i\n"
+              "    if i == 2:\n"
+              "        signal.signal(signal.SIGINT, graceful)\n")
+    try:
+        terra_nb.Session().run_cell(source, namespace)
+        assert signal.getsignal(signal.SIGINT) is namespace["graceful"]
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.slow
 def test_jupyters_interrupt_stops_a_co_executed_cell_and_keeps_its_state():
     """A real kernel, interrupted as JupyterLab's stop button does (SIGINT to the kernel process)."""

@@ -244,6 +244,7 @@ class CoExecutor:
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_hits: list[int] = []
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
+        self._interrupt_handler: Any = None
         self._for_iters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its FOR_ITER offsets
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
         self._cell_mode = "auto"
@@ -319,7 +320,8 @@ class CoExecutor:
                 self.flush()
                 error = self.runner.wait()
             finally:
-                if previous_handler is not None:
+                if previous_handler is not None and signal.getsignal(signal.SIGINT) is self._interrupt_handler:
+                    # (a handler the program installed meanwhile stays)
                     signal.signal(signal.SIGINT, previous_handler)
                 gc.set_threshold(*thresholds)
                 for owner, name, original in patches:
@@ -364,6 +366,7 @@ class CoExecutor:
             previous(signum, frame)
 
         signal.signal(signal.SIGINT, on_interrupt)
+        self._interrupt_handler = on_interrupt
         return previous
 
     def _raise_interrupt(self):
