@@ -33,12 +33,13 @@ for i, (x, y) in enumerate(data):
     n = (y.sum() % 5) + 2
     idx, = torch.where(x[:, 0] > 0)
     pos = torch.arange(n)
+    hot = F.one_hot(y[: 2 + i % 3])  # as wide as the largest label + 1
     parts = torch.tensor_split(x, torch.tensor([1, 1 + i % 4]))
     loss = F.cross_entropy(model(x[:n]), y[:n]) + x[idx].sum() * 0 + pos.sum() * 0
     opt.zero_grad()
     loss.backward()
     opt.step()
-    print(i, idx.shape[0], pos.shape[0], [p.shape[0] for p in parts], round(loss.item(), 4))
+    print(i, idx.shape[0], pos.shape[0], tuple(hot.shape), [p.shape[0] for p in parts], round(loss.item(), 4))
 """,
     "input_gradient_penalty": """
 for i, (x, y) in enumerate(data):

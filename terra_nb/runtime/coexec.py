@@ -1103,7 +1103,7 @@ class CoExecutor:
             node.kind = "feed"
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
-        elif info.data_dependent or values_decide_shape(info, args, tensors):
+        elif info.data_dependent or values_decide_shape(info, args, tensors, kwargs):
             node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"

@@ -249,11 +249,14 @@ def fill(tmpl, tensors, scalars):
     return tmpl
 
 
-def values_decide_shape(info: OpInfo, args: tuple, tensors: list) -> bool:
+def values_decide_shape(info: OpInfo, args: tuple, tensors: list, kwargs: dict | None = None) -> bool:
     """Whether this call's output shape depends on the values in a tensor argument: indexing with a
     boolean mask, ``torch.where(cond)`` (the indices of its nonzeros), ``tensor_split`` at indices
-    held in a tensor. (Ops whose shape always does are ``_DATA_DEPENDENT``.)"""
+    held in a tensor, ``one_hot`` without ``num_classes`` (its largest value + 1). (Ops whose shape
+    always does are ``_DATA_DEPENDENT``.)"""
     name = info.name
+    if name == "one_hot":
+        return (args[1] if len(args) > 1 else (kwargs or {}).get("num_classes", -1)) == -1
     if name in ("__getitem__", "__setitem__"):
         index = args[1] if len(args) > 1 else None
         items = index if isinstance(index, tuple) else (index,)
