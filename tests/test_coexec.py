@@ -873,7 +873,7 @@ def test_an_op_whose_shape_follows_values_unforeseen_runs_for_real_once_seen(mon
     are emptied, so ``torch.arange(n)`` with a tensor ``n`` is deferred with the first trace's
     shape. The GraphRunner compares each output's shape with its future's: the first mismatch is
     logged and the node runs for real from then on; the values were right all along."""
-    monkeypatch.setattr(coexec, "values_decide_shape", lambda info, args, tensors: False)
+    monkeypatch.setattr(coexec, "values_decide_shape", lambda info, args, tensors, kwargs=None: False)
     source = PRELUDE + """
 for i, (x, y) in enumerate(data):
     n = (y.sum() % 5) + 2
