@@ -15,6 +15,7 @@ its op through a wrapper that enters autocast as the trace saw it (:func:`_in_au
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 from dataclasses import dataclass
 
@@ -60,21 +61,57 @@ def produces(node: Node) -> int:
     return len(node.out_meta)
 
 
-_INFERENCE_WRAPPERS: dict = {}
+AMP_DEVICES = ("cpu", "cuda")  # the devices whose autocast state a node key records
+any_autocast = getattr(torch._C, "_is_any_autocast_enabled",
+                       lambda: any(torch.is_autocast_enabled(d) for d in AMP_DEVICES))
+_WRAPPERS: dict = {}
 
 
-def _in_inference_mode(func):
-    """A named function that runs ``func`` under ``torch.inference_mode()`` (an FX call target)."""
-    wrapper = _INFERENCE_WRAPPERS.get(func)
+@contextlib.contextmanager
+def autocast_as(devices: tuple = (), cache: bool = True):
+    """Autocast on for exactly ``devices`` (``((device, dtype), ...)``), off for the others that
+    have it on: a node key's autocast state, or none at all (how the GraphRunner runs a block)."""
+    on = {device for device, _ in devices}
+    with contextlib.ExitStack() as stack:
+        for device in AMP_DEVICES:
+            if device not in on and torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
+        for device, dtype in devices:
+            stack.enter_context(torch.autocast(device, dtype=dtype, cache_enabled=cache))
+        yield
+
+
+def _wrapped(func, prefix: str, context):
+    """A named function (an FX call target) that runs ``func`` inside ``context()``; one per pair."""
+    wrapper = _WRAPPERS.get((func, prefix, context))
     if wrapper is None:
         def wrapper(*args, **kwargs):
-            with torch.inference_mode():
+            with context():
                 return func(*args, **kwargs)
 
         name = getattr(func, "__name__", "op").strip("_") or "op"
-        wrapper.__name__ = wrapper.__qualname__ = f"inference_mode_{name}"
-        _INFERENCE_WRAPPERS[func] = wrapper
+        wrapper.__name__ = wrapper.__qualname__ = f"{prefix}_{name}"
+        _WRAPPERS[(func, prefix, context)] = wrapper
     return wrapper
+
+
+def _in_inference_mode(func):
+    """``func`` under ``torch.inference_mode()``."""
+    return _wrapped(func, "inference_mode", torch.inference_mode)
+
+
+_AMP_CONTEXTS: dict = {}
+
+
+def _in_autocast(func, amp: tuple):
+    """``func`` under autocast as the trace saw it: ``amp`` is a node key's autocast part,
+    ((device, dtype), ...) and the weight cache flag. The block itself runs with autocast off
+    (``GraphRunner``): a node traced outside autocast must not run under the user's ``with
+    torch.autocast`` that the flush happened in."""
+    context = _AMP_CONTEXTS.get(amp)
+    if context is None:
+        context = _AMP_CONTEXTS[amp] = functools.partial(autocast_as, *amp)
+    return _wrapped(func, "autocast", context)
 
 
 def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
@@ -113,35 +150,6 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
         g.call_function(torch._C._set_grad_enabled, (entry_grad,))  # leave the caller's mode as it was
     g.output(tuple(values[v] for v in spec.outputs))
     return torch.fx.GraphModule(torch.nn.Module(), g, class_name="TerraBlock")
-
-
-AMP_DEVICES = ("cpu", "cuda")  # the devices whose autocast state a node key records
-any_autocast = getattr(torch._C, "_is_any_autocast_enabled",
-                       lambda: any(torch.is_autocast_enabled(d) for d in AMP_DEVICES))
-_AUTOCAST_WRAPPERS: dict = {}
-
-
-def _in_autocast(func, amp: tuple):
-    """A named function that runs ``func`` under autocast as the trace saw it (an FX call target).
-
-    ``amp`` is a node key's autocast part: ((device, dtype), ...) and the weight cache flag. The
-    block itself runs with autocast off (``GraphRunner``): a node traced outside autocast must not
-    run under the user's ``with torch.autocast`` that the flush happened in.
-    """
-    wrapper = _AUTOCAST_WRAPPERS.get((func, amp))
-    if wrapper is None:
-        devices, cache = amp
-
-        def wrapper(*args, **kwargs):
-            with contextlib.ExitStack() as stack:
-                for device, dtype in devices:
-                    stack.enter_context(torch.autocast(device, dtype=dtype, cache_enabled=cache))
-                return func(*args, **kwargs)
-
-        name = getattr(func, "__name__", "op").strip("_") or "op"
-        wrapper.__name__ = wrapper.__qualname__ = f"autocast_{name}"
-        _AUTOCAST_WRAPPERS[(func, amp)] = wrapper
-    return wrapper
 
 
 def _emit(g: torch.fx.Graph, node: Node, args, kwargs) -> torch.fx.Node:

@@ -10,7 +10,6 @@ at its next interaction.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import threading
 import time
 import weakref
@@ -19,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..graph.blocks import AMP_DEVICES, any_autocast, failing_op
+from ..graph.blocks import any_autocast, autocast_as, failing_op
 from .future import FutureTensor, ValueLostError
 
 _RUNNERS: weakref.WeakSet = weakref.WeakSet()
@@ -254,10 +253,7 @@ class GraphRunner:
         if any_autocast():
             # The program's thread is inside a ``with torch.autocast``: a block's nodes run as their
             # trace saw them (those traced under autocast enter it themselves: blocks._in_autocast).
-            with contextlib.ExitStack() as stack:
-                for device in AMP_DEVICES:
-                    if torch.is_autocast_enabled(device):
-                        stack.enter_context(torch.autocast(device, enabled=False))
+            with autocast_as():
                 outs = run.block(*args)
         else:
             outs = run.block(*args)
