@@ -47,6 +47,14 @@ static const char *NAMES[N_NAMES] = {
     "func",
 };
 static PyObject *str[N_NAMES];
+/* The names above that are the executor's attributes (slots of its class). */
+static const int EXECUTOR_SLOTS[] = {
+    S_state, S_mode, S_cursor, S_block, S_anchor, S_explicit_iterations, S_cell_token, S_op_counter,
+    S_anchor_limit, S_anchor_first, S_ops_coexec, S_validated, S_deferred_total, S_max_block, S_root_codes,
+    S_ok_parent, S_ok_lasti, S_ok_tail, S_graph, S_iter_index, S_meta_funcs, S_passthrough, S_runner,
+    S_compiled, S_iter_blocks, S_block_ids, S_cell,
+};
+#define N_EXECUTOR_SLOTS ((int)(sizeof(EXECUTOR_SLOTS) / sizeof(EXECUTOR_SLOTS[0])))
 
 /* Slots of Node and PendingBlock, read by offset (both classes define __slots__). */
 enum {
@@ -59,6 +67,9 @@ static const char *NODE_SLOTS[N_NSLOTS] = {
     "sources", "passed", "alias", "out_struct", "out_meta", "pool", "count", "succ", "pred",
     "cell_mark", "seen_at", "info", "family", "fast",
 };
+/* Slots of FutureTensor. */
+enum { U_meta, U_src, U_val, U_owner, U_blk, U_pooled, U_vidx, U_NSLOTS };
+static const char *FUTURE_SLOTS[U_NSLOTS] = {"_tn_meta", "_tn_src", "_tn_val", "_tn_owner", "_tn_blk", "_tn_pooled", "_tn_vidx"};
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
@@ -74,7 +85,6 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *executor;      /* the CoExecutor */
-    PyObject *exdict;        /* its instance dict: its attributes are read and written there */
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
     PyObject *node_type, *block_type, *future_type, *tensor_type;
     PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind;  /* the constants the Python path compares */
@@ -95,12 +105,17 @@ typedef struct {
     PyObject *root_code, *root_dict;  /* the last root found (compared, never dereferenced) */
     uint64_t root_version;  /* calls handed to the Python path, by reason (see MISS) */
     Py_ssize_t block_off[B_NSLOTS];
+    Py_ssize_t future_off[U_NSLOTS];
+    Py_ssize_t ex_off[N_NAMES];  /* the executor's slots, by name (EXECUTOR_SLOTS; 0 for other names) */
     int interrupt;  /* an interrupt waits (CoExecutor._on_interrupt): every call goes to Python */
 } FastPath;
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 #define NODE(fp, node, name) SLOT(node, (fp)->node_off[name])
 #define BLK(fp, blk, name) SLOT(blk, (fp)->block_off[name])
+static PyTypeObject *pooled_type;  /* the futures' type, and the offset of their _tn_pooled (set in fp_new) */
+static Py_ssize_t pooled_off;
+#define FUT(fp, fut, name) SLOT(fut, (fp)->future_off[name])  /* borrowed; NULL where never set */
 
 static int
 slot_offsets(PyObject *type, const char **names, Py_ssize_t *offsets, int n)
@@ -149,16 +164,15 @@ inst_set(PyObject *t, PyObject *name, PyObject *value)
     return PyDict_SetItem(*dictptr, name, value);
 }
 
-/* ---- the executor's attributes (plain instance attributes, checked in fp_new) --------------- */
+/* ---- the executor's attributes (slots of CoExecutor, read by offset: see EXECUTOR_SLOTS) -------- */
 
 /* executor.<name>, a new reference */
 static inline PyObject *
-ex_get(FastPath *fp, PyObject *name)
+ex_get(FastPath *fp, int name)
 {
-    PyObject *v = PyDict_GetItemWithError(fp->exdict, name);
+    PyObject *v = SLOT(fp->executor, fp->ex_off[name]);
     if (v == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_AttributeError, name);
+        PyErr_SetObject(PyExc_AttributeError, str[name]);
         return NULL;
     }
     Py_INCREF(v);
@@ -166,40 +180,42 @@ ex_get(FastPath *fp, PyObject *name)
 }
 
 static inline int
-ex_set(FastPath *fp, PyObject *name, PyObject *value)
+ex_set(FastPath *fp, int name, PyObject *value)
 {
-    return PyDict_SetItem(fp->exdict, name, value);
+    slot_set(fp->executor, fp->ex_off[name], value);
+    return 0;
 }
 
 static inline int
-get_ssize(FastPath *obj, PyObject *name, Py_ssize_t *out)
+get_ssize(FastPath *fp, int name, Py_ssize_t *out)
 {
-    PyObject *v = ex_get(obj, name);
-    if (v == NULL)
+    PyObject *v = SLOT(fp->executor, fp->ex_off[name]);
+    if (v == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, str[name]);
         return -1;
+    }
     *out = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
 static inline int
-set_ssize(FastPath *obj, PyObject *name, Py_ssize_t value)
+set_ssize(FastPath *fp, int name, Py_ssize_t value)
 {
     PyObject *v = PyLong_FromSsize_t(value);
     if (v == NULL)
         return -1;
-    int rc = ex_set(obj, name, v);
+    slot_set(fp->executor, fp->ex_off[name], v);
     Py_DECREF(v);
-    return rc;
+    return 0;
 }
 
 static inline int
-add_ssize(FastPath *obj, PyObject *name, Py_ssize_t delta)
+add_ssize(FastPath *fp, int name, Py_ssize_t delta)
 {
     Py_ssize_t v;
-    if (get_ssize(obj, name, &v) < 0)
+    if (get_ssize(fp, name, &v) < 0)
         return -1;
-    return set_ssize(obj, name, v + delta);
+    return set_ssize(fp, name, v + delta);
 }
 
 /* node.<slot> as a C integer (ints and bools) */
@@ -271,14 +287,14 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
     PyObject *blk = NULL, *anchor = NULL, *out = NULL, *wiring = NULL, *op = NULL, *cursor = NULL;
     PyObject *values = NULL;
 
-    blk = ex_get(fp, str[S_block]);
+    blk = ex_get(fp, S_block);
     if (blk == NULL)
         goto error;
     if (Py_TYPE(blk) != (PyTypeObject *)fp->block_type) {
         PyErr_SetString(PyExc_TypeError, "the executor's block is not a PendingBlock");
         goto error;
     }
-    anchor = ex_get(fp, str[S_anchor]);
+    anchor = ex_get(fp, S_anchor);
     if (anchor == NULL)
         goto error;
     Py_ssize_t grad_op = node_int(NODE(fp, node, N_grad_op));
@@ -291,7 +307,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             goto error;
         Py_DECREF(r);
         Py_DECREF(blk);
-        blk = ex_get(fp, str[S_block]);
+        blk = ex_get(fp, S_block);
         if (blk == NULL)
             goto error;
         kind = 0;
@@ -311,15 +327,15 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         PyObject *src;
         Py_ssize_t w;
         if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
-            src = inst_get(t, str[S_tn_src]);
-            PyObject *tblk = inst_get(t, str[S_tn_blk]);
+            src = FUT(fp, t, U_src);
+            PyObject *tblk = FUT(fp, t, U_blk);
             if (src == NULL || tblk == NULL) {
                 if (!PyErr_Occurred())
                     PyErr_SetString(PyExc_AttributeError, "a future without its block");
                 goto error;
             }
             if (tblk == blk) {
-                PyObject *v = inst_get(t, str[S_tn_vidx]);
+                PyObject *v = FUT(fp, t, U_vidx);
                 if (v == NULL) {
                     if (!PyErr_Occurred())
                         PyErr_SetString(PyExc_AttributeError, "a future without its index");
@@ -458,12 +474,9 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             }
             if (fut != NULL) {
                 Py_INCREF(fut);
-                if (inst_set(fut, str[S_tn_val], Py_None) < 0
-                        || (getter_src != NULL && inst_set(fut, str[S_tn_src], getter_src) < 0)) {
-                    Py_DECREF(fut);
-                    Py_XDECREF(getter_src);
-                    goto error;
-                }
+                slot_set(fut, fp->future_off[U_val], Py_None);
+                if (getter_src != NULL)
+                    slot_set(fut, fp->future_off[U_src], getter_src);
             } else {
                 PyObject *jj = PyLong_FromSsize_t(j);
                 fut = jj ? PyObject_CallFunctionObjArgs(fp->make_future, node, jj,
@@ -476,8 +489,11 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
                 pool = NODE(fp, node, N_pool);  /* (make_future changed the ring) */
             }
             PyObject *vidx = PyLong_FromSsize_t(PyList_GET_SIZE(futs));
-            if (vidx == NULL || inst_set(fut, str[S_tn_blk], blk) < 0 || inst_set(fut, str[S_tn_vidx], vidx) < 0
-                    || PyList_Append(futs, fut) < 0) {
+            if (vidx != NULL) {
+                slot_set(fut, fp->future_off[U_blk], blk);
+                slot_set(fut, fp->future_off[U_vidx], vidx);
+            }
+            if (vidx == NULL || PyList_Append(futs, fut) < 0) {
                 Py_XDECREF(vidx);
                 Py_DECREF(fut);
                 Py_XDECREF(getter_src);
@@ -506,7 +522,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         Py_DECREF(c);
     }
     /* _advance's common case, inline: count the edge, move the cursor */
-    cursor = ex_get(fp, str[S_cursor]);
+    cursor = ex_get(fp, S_cursor);
     if (cursor == NULL)
         goto error;
     {
@@ -530,7 +546,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         } else {
             if (PyErr_Occurred())
                 goto error;
-            PyObject *graph = ex_get(fp, str[S_graph]);
+            PyObject *graph = ex_get(fp, S_graph);
             PyObject *r = graph ? PyObject_CallMethodObjArgs(graph, str[S_step], cursor, node, NULL) : NULL;
             Py_XDECREF(graph);
             if (r == NULL)
@@ -540,12 +556,12 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
     }
     {
         Py_ssize_t now_op, limit, first, max_block;
-        if (get_ssize(fp, str[S_op_counter], &now_op) < 0 || get_ssize(fp, str[S_anchor_limit], &limit) < 0
-                || get_ssize(fp, str[S_anchor_first], &first) < 0)
+        if (get_ssize(fp, S_op_counter, &now_op) < 0 || get_ssize(fp, S_anchor_limit, &limit) < 0
+                || get_ssize(fp, S_anchor_first, &first) < 0)
             goto error;
         now_op += 1;
-        PyObject *explicit_ = ex_get(fp, str[S_explicit_iterations]);
-        PyObject *token = ex_get(fp, str[S_cell_token]);
+        PyObject *explicit_ = ex_get(fp, S_explicit_iterations);
+        PyObject *token = ex_get(fp, S_cell_token);
         if (explicit_ == NULL || token == NULL) {
             Py_XDECREF(explicit_);
             Py_XDECREF(token);
@@ -561,7 +577,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
                 goto error;
             Py_DECREF(r);
         } else {
-            if (ex_set(fp, str[S_cursor], node) < 0 || set_ssize(fp, str[S_op_counter], now_op) < 0)
+            if (ex_set(fp, S_cursor, node) < 0 || set_ssize(fp, S_op_counter, now_op) < 0)
                 goto error;
             PyObject *s = PyLong_FromSsize_t(now_op);
             if (s == NULL)
@@ -571,9 +587,9 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         }
         /* _validated is read only as a flag (a validated prefix exists): set, not counted */
         Py_ssize_t validated;
-        if (add_ssize(fp, str[S_ops_coexec], 1) < 0 || get_ssize(fp, str[S_validated], &validated) < 0
-                || (!validated && set_ssize(fp, str[S_validated], 1) < 0)
-                || add_ssize(fp, str[S_deferred_total], 1) < 0 || get_ssize(fp, str[S_max_block], &max_block) < 0)
+        if (add_ssize(fp, S_ops_coexec, 1) < 0 || get_ssize(fp, S_validated, &validated) < 0
+                || (!validated && set_ssize(fp, S_validated, 1) < 0)
+                || add_ssize(fp, S_deferred_total, 1) < 0 || get_ssize(fp, S_max_block, &max_block) < 0)
             goto error;
         if (PyList_GET_SIZE(BLK(fp, blk, B_ops)) >= max_block || barrier) {
             PyObject *r = PyObject_CallMethodNoArgs(ex, str[S_flush]);
@@ -606,7 +622,7 @@ static int
 meta_matches(FastPath *fp, PyObject *t, PyObject *m)
 {
     if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
-        PyObject *tm = inst_get(t, str[S_tn_meta]);
+        PyObject *tm = FUT(fp, t, U_meta);
         if (tm == NULL)
             return PyErr_Occurred() ? -1 : 0;
         if (tm == m)
@@ -746,7 +762,7 @@ generalize(FastPath *fp, PyObject *item, PyObject *mask, Py_ssize_t *counter)
 static int
 is_root(FastPath *fp, PyObject *code)
 {
-    PyObject *roots = ex_get(fp, str[S_root_codes]);
+    PyObject *roots = ex_get(fp, S_root_codes);
     if (roots == NULL)
         return -1;
     int in;
@@ -840,8 +856,8 @@ tail_ok(FastPath *fp, PyObject *parent, PyObject *tail)
     Py_XDECREF(f);
     if (ok == 1) {
         /* While parent runs, the frames above it cannot move: remember it for the next ops. */
-        if (ex_set(fp, str[S_ok_parent], parent) < 0 || set_ssize(fp, str[S_ok_lasti], PyFrame_GetLasti((PyFrameObject *)parent)) < 0
-                || ex_set(fp, str[S_ok_tail], tail) < 0)
+        if (ex_set(fp, S_ok_parent, parent) < 0 || set_ssize(fp, S_ok_lasti, PyFrame_GetLasti((PyFrameObject *)parent)) < 0
+                || ex_set(fp, S_ok_tail, tail) < 0)
             return -1;
     }
     return ok;
@@ -853,7 +869,7 @@ tail_ok(FastPath *fp, PyObject *parent, PyObject *tail)
 static int
 direct_call(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, PyObject **tensors, PyObject **result)
 {
-    PyObject *meta = ex_get(fp, str[S_meta_funcs]);
+    PyObject *meta = ex_get(fp, S_meta_funcs);
     if (meta == NULL)
         return -1;
     int is_meta = PySet_Contains(meta, func);
@@ -867,7 +883,7 @@ direct_call(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, PyOb
         *result = PyObject_Vectorcall(fp->run_meta, argv, 3, NULL);
         return 1;
     }
-    PyObject *passthrough = ex_get(fp, str[S_passthrough]);
+    PyObject *passthrough = ex_get(fp, S_passthrough);
     if (passthrough == NULL)
         return -1;
     int through = PySet_Contains(passthrough, func);
@@ -927,14 +943,14 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     }
     if (!PyTuple_CheckExact(args) || fp->interrupt)
         return NULL;
-    mode = ex_get(fp, str[S_mode]);
+    mode = ex_get(fp, S_mode);
     if (mode == NULL)
         goto error;
     if (mode == fp->eager_) {
         /* Eager iterations (a baseline, or auto's choice where eager is faster): the call runs as it
            is, as _on_op's eager branch runs it; a call of the anchor's function goes to Python,
            which checks its site for the end of an iteration. */
-        PyObject *anchor = ex_get(fp, str[S_anchor]);
+        PyObject *anchor = ex_get(fp, S_anchor);
         if (anchor == NULL)
             goto error;
         int watched = 0;
@@ -953,7 +969,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         result = PyObject_Call(func, args, kwargs != NULL && kwargs != Py_None ? kwargs : NULL);
         goto out;
     }
-    state = ex_get(fp, str[S_state]);
+    state = ex_get(fp, S_state);
     if (state == NULL)
         goto error;
     if (state != fp->skeleton)
@@ -972,7 +988,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     lasti_obj = PyLong_FromLong(PyFrame_GetLasti(frame));
     if (lasti_obj == NULL)
         goto error;
-    cursor = ex_get(fp, str[S_cursor]);
+    cursor = ex_get(fp, S_cursor);
     if (cursor == NULL)
         goto error;
     if (Py_TYPE(cursor) != (PyTypeObject *)fp->node_type)
@@ -1110,10 +1126,10 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             }
             if (parent == NULL)
                 continue;
-            PyObject *ok_parent = ex_get(fp, str[S_ok_parent]);
-            PyObject *ok_tail = ex_get(fp, str[S_ok_tail]);
+            PyObject *ok_parent = ex_get(fp, S_ok_parent);
+            PyObject *ok_tail = ex_get(fp, S_ok_tail);
             Py_ssize_t ok_lasti = -2;
-            if (ok_parent == NULL || ok_tail == NULL || get_ssize(fp, str[S_ok_lasti], &ok_lasti) < 0) {
+            if (ok_parent == NULL || ok_tail == NULL || get_ssize(fp, S_ok_lasti, &ok_lasti) < 0) {
                 Py_XDECREF(ok_parent);
                 Py_XDECREF(ok_tail);
                 goto error;
@@ -1205,7 +1221,7 @@ thread_seconds(void)
 static int
 profile_add(FastPath *fp, double seconds)
 {
-    PyObject *it = ex_get(fp, str[S_iter_index]);
+    PyObject *it = ex_get(fp, S_iter_index);
     if (it == NULL)
         return -1;
     PyObject *acc = PyDict_GetItemWithError(fp->profile, it);
@@ -1239,7 +1255,7 @@ profile_add(FastPath *fp, double seconds)
 static int
 inline_seconds(FastPath *fp, double *out)
 {
-    PyObject *runner = ex_get(fp, str[S_runner]);
+    PyObject *runner = ex_get(fp, S_runner);
     PyObject *v = runner ? PyObject_GetAttr(runner, str[S_inline_seconds]) : NULL;
     Py_XDECREF(runner);
     if (v == NULL)
@@ -1265,7 +1281,7 @@ fp_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kw
     Py_ssize_t before = 0;
     double t0 = 0.0, blocks0 = 0.0, blocks1 = 0.0;
     if (profiling) {
-        if (get_ssize(fp, str[S_deferred_total], &before) < 0 || inline_seconds(fp, &blocks0) < 0)
+        if (get_ssize(fp, S_deferred_total, &before) < 0 || inline_seconds(fp, &blocks0) < 0)
             return NULL;
         t0 = thread_seconds();
     }
@@ -1276,7 +1292,7 @@ fp_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kw
     if (profiling && r != NULL) {
         Py_ssize_t after;
         double t1 = thread_seconds();
-        if (get_ssize(fp, str[S_deferred_total], &after) < 0 || inline_seconds(fp, &blocks1) < 0
+        if (get_ssize(fp, S_deferred_total, &after) < 0 || inline_seconds(fp, &blocks1) < 0
                 || (after != before && profile_add(fp, t1 - t0 - (blocks1 - blocks0)) < 0)) {
             Py_DECREF(r);
             return NULL;
@@ -1289,7 +1305,6 @@ static int
 fp_traverse(FastPath *fp, visitproc visit, void *arg)
 {
     Py_VISIT(fp->executor);
-    Py_VISIT(fp->exdict);
     Py_VISIT(fp->slow);
     Py_VISIT(fp->make_future);
     Py_VISIT(fp->profile);
@@ -1300,7 +1315,6 @@ static int
 fp_clear(FastPath *fp)
 {
     Py_CLEAR(fp->executor);
-    Py_CLEAR(fp->exdict);
     Py_CLEAR(fp->slow);
     Py_CLEAR(fp->node_type);
     Py_CLEAR(fp->block_type);
@@ -1392,16 +1406,11 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(block_run_type, "BlockRun");
     TAKE(canonical_offsets, "canonical_offsets");
 #undef TAKE
-    fp->exdict = PyObject_GenericGetDict(executor, NULL);
-    if (fp->exdict == NULL) {
-        Py_DECREF(fp);
-        return NULL;
-    }
-    for (int i = S_state; i < N_NAMES; i++) {
-        /* read and written in the instance dict: no class attribute may stand in the way */
-        if ((i <= S_iter_index || i == S_meta_funcs || i == S_passthrough || i == S_runner)
-                && PyObject_HasAttr((PyObject *)Py_TYPE(executor), str[i])) {
-            PyErr_Format(PyExc_TypeError, "the executor's class defines %U", str[i]);
+    /* The executor's attributes that this file reads and writes are slots of its class (CoExecutor
+       declares them in __slots__): read and written by offset, as the nodes' are. */
+    for (int i = 0; i < N_EXECUTOR_SLOTS; i++) {
+        const char *name[1] = {NAMES[EXECUTOR_SLOTS[i]]};
+        if (slot_offsets((PyObject *)Py_TYPE(executor), name, &fp->ex_off[EXECUTOR_SLOTS[i]], 1) < 0) {
             Py_DECREF(fp);
             return NULL;
         }
@@ -1411,10 +1420,13 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     fp->profile = Py_None;
     if (fp->no_scalars == NULL
             || slot_offsets(fp->node_type, NODE_SLOTS, fp->node_off, N_NSLOTS) < 0
-            || slot_offsets(fp->block_type, BLOCK_SLOTS, fp->block_off, B_NSLOTS) < 0) {
+            || slot_offsets(fp->block_type, BLOCK_SLOTS, fp->block_off, B_NSLOTS) < 0
+            || slot_offsets(fp->future_type, FUTURE_SLOTS, fp->future_off, U_NSLOTS) < 0) {
         Py_DECREF(fp);
         return NULL;
     }
+    pooled_type = (PyTypeObject *)fp->future_type;  /* (the module holds the type: see future_type) */
+    pooled_off = fp->future_off[U_pooled];
     return (PyObject *)fp;
 }
 
@@ -1427,7 +1439,7 @@ fp_take_run(FastPath *fp, PyObject *unused)
 {
     PyObject *blk = NULL, *futs = NULL, *outputs = NULL, *key = NULL, *compiled = NULL, *run = NULL;
     PyObject *out_futs = NULL, *tmp = NULL;
-    blk = ex_get(fp, str[S_block]);
+    blk = ex_get(fp, S_block);
     if (blk == NULL)
         return NULL;
     if (Py_TYPE(blk) != (PyTypeObject *)fp->block_type) {
@@ -1440,7 +1452,7 @@ fp_take_run(FastPath *fp, PyObject *unused)
         goto done;
     }
     /* a frame kept for the fast path must not keep the user's tensors alive */
-    if (ex_set(fp, str[S_ok_parent], Py_None) < 0)
+    if (ex_set(fp, S_ok_parent, Py_None) < 0)
         goto done;
     futs = BLK(fp, blk, B_futs);
     Py_INCREF(futs);
@@ -1455,7 +1467,7 @@ fp_take_run(FastPath *fp, PyObject *unused)
         goto done;
     key = Py_BuildValue("(OnO)", tmp, PyList_GET_SIZE(BLK(fp, blk, B_inputs)), outputs);
     Py_CLEAR(tmp);
-    if (key == NULL || (tmp = ex_get(fp, str[S_compiled])) == NULL)
+    if (key == NULL || (tmp = ex_get(fp, S_compiled)) == NULL)
         goto done;
     compiled = PyDict_GetItemWithError(tmp, key);
     Py_XINCREF(compiled);
@@ -1468,7 +1480,7 @@ fp_take_run(FastPath *fp, PyObject *unused)
             goto done;
     }
     tmp = PyObject_CallNoArgs(fp->block_type);
-    if (tmp == NULL || ex_set(fp, str[S_block], tmp) < 0 || add_ssize(fp, str[S_iter_blocks], 1) < 0)
+    if (tmp == NULL || ex_set(fp, S_block, tmp) < 0 || add_ssize(fp, S_iter_blocks, 1) < 0)
         goto done;
     Py_CLEAR(tmp);
     Py_ssize_t n = PyTuple_GET_SIZE(outputs);
@@ -1481,11 +1493,11 @@ fp_take_run(FastPath *fp, PyObject *unused)
         PyList_SET_ITEM(out_futs, i, fut);
     }
     {
-        PyObject *ids = ex_get(fp, str[S_block_ids]);
+        PyObject *ids = ex_get(fp, S_block_ids);
         PyObject *cid = ids ? PyLong_FromVoidPtr(compiled) : NULL;
         PyObject *bid = cid ? PyObject_GetItem(ids, cid) : NULL;
-        PyObject *cell = bid ? ex_get(fp, str[S_cell]) : NULL;
-        PyObject *it = cell ? ex_get(fp, str[S_iter_index]) : NULL;
+        PyObject *cell = bid ? ex_get(fp, S_cell) : NULL;
+        PyObject *it = cell ? ex_get(fp, S_iter_index) : NULL;
         if (it != NULL) {
             PyObject *argv[7] = {compiled, bid, BLK(fp, blk, B_inputs), BLK(fp, blk, B_floats), out_futs, cell, it};
             run = PyObject_Vectorcall(fp->block_run_type, argv, 7, NULL);
@@ -1626,11 +1638,12 @@ live_outputs(PyObject *module, PyObject *futs)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *fut = PyList_GET_ITEM(futs, i);
-        PyObject *pooled = inst_get(fut, str[S_tn_pooled]);
-        if (pooled == NULL && PyErr_Occurred()) {
+        if (pooled_type == NULL || Py_TYPE(fut) != pooled_type) {
+            PyErr_SetString(PyExc_TypeError, "live_outputs takes the futures of a FastPath's blocks");
             Py_DECREF(out);
             return NULL;
         }
+        PyObject *pooled = SLOT(fut, pooled_off);
         Py_ssize_t held = 1 + (pooled == Py_True);
         if (Py_REFCNT(fut) > held) {
             PyObject *k = PyLong_FromSsize_t(i);

@@ -50,6 +50,7 @@ from ..trace.ops import (
     feedable_ints,
     fill,
     generalize,
+    interned_meta,
     meta_of,
     op_info,
     out_structure,
@@ -200,6 +201,13 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
 
 class CoExecutor:
     """The engine: one TraceGraph, one GraphRunner, the per-op trace and skeleton paths."""
+
+    # The attributes the C fast path reads and writes (by offset: _fastpath.c's EXECUTOR_SLOTS);
+    # every other attribute lives in the instance dict.
+    __slots__ = ("state", "mode", "cursor", "block", "anchor", "explicit_iterations", "_cell_token", "op_counter",
+                 "_anchor_limit", "_anchor_first", "ops_coexec", "_validated", "deferred_total", "max_block",
+                 "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail", "graph", "iter_index", "meta_funcs",
+                 "passthrough", "runner", "compiled", "iter_blocks", "block_ids", "cell", "__dict__", "__weakref__")
 
     _ticks: dict[int, int]  # auto's choice (see _reset_choice)
     _once: dict[int, int]
@@ -714,8 +722,10 @@ class CoExecutor:
         fut = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
         fut._tn_meta = meta
         fut._tn_src = getter_src or (node.family, j)
+        fut._tn_val = None
         fut._tn_owner = self
         fut._tn_pooled = True
+        fut._tn_blk, fut._tn_vidx = None, -1  # (the caller places it in its block)
         if n < _RING:
             ring.insert(1 + pos, fut)  # before the held one: the position still names it next
             ring[0] = (pos + 1) % (n + 1)
@@ -1071,7 +1081,7 @@ class CoExecutor:
         elif sibling.alias >= 0:  # in place: the output is the aliased input
             node.out_meta = [in_meta[sibling.alias]]
         else:
-            node.out_meta = [(t.shape, t.dtype, m[2], t.requires_grad) for t, m in zip(outs, sibling.out_meta)]
+            node.out_meta = [interned_meta((t.shape, t.dtype, m[2], t.requires_grad)) for t, m in zip(outs, sibling.out_meta)]
         node.targs, node.tkwargs = targs, tkwargs
         node.passed, node.int_pos, node.scalars_seen = sibling.passed, sibling.int_pos, list(scalars)
         # Layers called from one loop (an nn.Sequential) share a site: trust the producers seen now.
@@ -1547,8 +1557,7 @@ _STORAGE_USERS = getattr(torch._C, "_storage_Use_Count", None)  # private: absen
 
 def _in_meta(tensors: list) -> tuple:
     """The input metadata of a node key: a future's from the trace, a tensor's own."""
-    return tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad)
-                  for t in tensors])
+    return tuple([t._tn_meta if type(t) is FutureTensor else meta_of(t) for t in tensors])
 
 
 def _referents(t) -> tuple | None:

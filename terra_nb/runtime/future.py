@@ -29,12 +29,14 @@ class FutureTensor(torch.Tensor):
         torch.Size([2])
     """
 
+    # Slots, not instance-dict entries: the C fast path reads and writes them by offset.
+    __slots__ = ("_tn_meta", "_tn_src", "_tn_val", "_tn_owner", "_tn_blk", "_tn_pooled", "_tn_vidx")
     _tn_meta: tuple
     _tn_src: tuple
-    _tn_val: torch.Tensor | None = None  # set by the GraphRunner (a class default: one attribute less to set per op)
+    _tn_val: torch.Tensor | None  # set by the GraphRunner
     _tn_owner: Any
     _tn_blk: object
-    _tn_pooled: bool = False  # held by its node's ring of futures for reuse (see CoExecutor._make_future)
+    _tn_pooled: bool  # held by its node's ring of futures for reuse (see CoExecutor._make_future)
     _tn_vidx: int
 
     @staticmethod
@@ -45,6 +47,9 @@ class FutureTensor(torch.Tensor):
         self._tn_src = src
         self._tn_val = None
         self._tn_owner = owner
+        self._tn_blk = None
+        self._tn_pooled = False
+        self._tn_vidx = -1
         return self
 
     def __init__(self, *args, **kwargs) -> None:

@@ -315,6 +315,17 @@ def build_out(structure: tuple, values: list):
     return cls(items)
 
 
+_METAS: dict[tuple, tuple] = {}
+
+
 def meta_of(t: Tensor) -> tuple:
-    """(shape, dtype, device, requires_grad) of a real tensor."""
-    return (t.shape, t.dtype, t.device, t.requires_grad)
+    """(shape, dtype, device, requires_grad) of a real tensor, interned (``interned_meta``)."""
+    return interned_meta((t.shape, t.dtype, t.device, t.requires_grad))
+
+
+def interned_meta(meta: tuple) -> tuple:
+    """One object for equal metadata: a node's input metadata and the future that meets it are then
+    the same tuple, which the skeleton compares by identity before it compares values."""
+    if len(_METAS) >= 1 << 16:  # a program whose shapes never repeat: interning stops paying
+        _METAS.clear()
+    return _METAS.setdefault(meta, meta)
