@@ -60,12 +60,12 @@ static const int EXECUTOR_SLOTS[] = {
 enum {
     N_key, N_flat, N_grad, N_mask, N_tail, N_in_meta, N_kind, N_immediate, N_grad_op, N_barrier,
     N_sources, N_passed, N_alias, N_out_struct, N_out_meta, N_pool, N_count, N_succ, N_pred,
-    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_NSLOTS
+    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_hot, N_NSLOTS
 };
 static const char *NODE_SLOTS[N_NSLOTS] = {
     "key", "flat", "grad", "mask", "tail", "in_meta", "kind", "immediate", "grad_op", "barrier",
     "sources", "passed", "alias", "out_struct", "out_meta", "pool", "count", "succ", "pred",
-    "cell_mark", "seen_at", "info", "family", "fast",
+    "cell_mark", "seen_at", "info", "family", "fast", "hot",
 };
 /* Slots of FutureTensor. */
 enum { U_meta, U_src, U_val, U_owner, U_blk, U_pooled, U_vidx, U_NSLOTS };
@@ -86,7 +86,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *executor;      /* the CoExecutor */
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
-    PyObject *node_type, *block_type, *future_type, *tensor_type;
+    PyObject *node_type, *block_type, *future_type, *tensor_type, *info_type;
     PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind;  /* the constants the Python path compares */
     PyObject *grad_table[2][2];
     PyObject *tensor_struct, *none_struct, *external;
@@ -106,6 +106,7 @@ typedef struct {
     uint64_t root_version;  /* calls handed to the Python path, by reason (see MISS) */
     Py_ssize_t block_off[B_NSLOTS];
     Py_ssize_t future_off[U_NSLOTS];
+    Py_ssize_t info_prop_off;  /* OpInfo.prop */
     Py_ssize_t ex_off[N_NAMES];  /* the executor's slots, by name (EXECUTOR_SLOTS; 0 for other names) */
     int interrupt;  /* an interrupt waits (CoExecutor._on_interrupt): every call goes to Python */
 } FastPath;
@@ -393,9 +394,17 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         Py_INCREF(out);
     } else {
         PyObject *getter_src = NULL;
-        PyObject *info_prop = PyObject_GetAttr(NODE(fp, node, N_info), str[S_prop]);
-        if (info_prop == NULL)
+        PyObject *info = NODE(fp, node, N_info);
+        if (info == NULL || Py_TYPE(info) != (PyTypeObject *)fp->info_type) {
+            PyErr_SetString(PyExc_TypeError, "a node's info is not an OpInfo");
             goto error;
+        }
+        PyObject *info_prop = SLOT(info, fp->info_prop_off);  /* node.info.prop */
+        if (info_prop == NULL) {
+            PyErr_SetObject(PyExc_AttributeError, str[S_prop]);
+            goto error;
+        }
+        Py_INCREF(info_prop);
         if (info_prop != Py_None) {
             PyObject *targs = PyTuple_New(nt);
             if (targs == NULL) {
@@ -985,15 +994,23 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     if (frame == NULL)
         MISS(2);
     code = (PyObject *)PyFrame_GetCode(frame);
-    lasti_obj = PyLong_FromLong(PyFrame_GetLasti(frame));
-    if (lasti_obj == NULL)
-        goto error;
+    int lasti = PyFrame_GetLasti(frame);
     cursor = ex_get(fp, S_cursor);
     if (cursor == NULL)
         goto error;
     if (Py_TYPE(cursor) != (PyTypeObject *)fp->node_type)
         MISS(3);
-    {
+    /* node.hot: the last entry of node.fast this path found, (func, code, lasti, pair); Python
+       sets it to None whenever it changes node.fast */
+    PyObject *pair = NULL;
+    PyObject *hot = NODE(fp, cursor, N_hot);
+    if (hot != NULL && PyTuple_CheckExact(hot) && PyTuple_GET_SIZE(hot) == 4 && PyTuple_GET_ITEM(hot, 0) == func
+            && PyTuple_GET_ITEM(hot, 1) == code && PyLong_AsLong(PyTuple_GET_ITEM(hot, 2)) == lasti)
+        pair = PyTuple_GET_ITEM(hot, 3);
+    if (pair == NULL) {
+        lasti_obj = PyLong_FromLong(lasti);
+        if (lasti_obj == NULL)
+            goto error;
         /* node.fast: {(func, id(code), lasti): (code, [nodes])}; the pair holds the code, so
            its id cannot be reused while the entry lives (a code object hashes slowly) */
         PyObject *code_id = PyLong_FromVoidPtr(code);
@@ -1001,10 +1018,18 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             goto error;
         key = PyTuple_Pack(3, func, code_id, lasti_obj);
         Py_DECREF(code_id);
+        if (key == NULL)
+            goto error;
+        pair = PyDict_GetItemWithError(NODE(fp, cursor, N_fast), key);
+        if (pair != NULL) {
+            PyObject *entry = PyTuple_Pack(4, func, code, lasti_obj, pair);
+            if (entry == NULL)
+                goto error;
+            slot_set(cursor, fp->node_off[N_hot], entry);
+            Py_DECREF(entry);
+            pair = PyTuple_GET_ITEM(entry, 3);  /* (the node holds the entry, the entry the pair) */
+        }
     }
-    if (key == NULL)
-        goto error;
-    PyObject *pair = PyDict_GetItemWithError(NODE(fp, cursor, N_fast), key);
     if (pair == NULL) {
         if (PyErr_Occurred())
             goto error;
@@ -1320,6 +1345,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->block_type);
     Py_CLEAR(fp->future_type);
     Py_CLEAR(fp->tensor_type);
+    Py_CLEAR(fp->info_type);
     Py_CLEAR(fp->skeleton);
     Py_CLEAR(fp->auto_);
     Py_CLEAR(fp->eager_);
@@ -1379,6 +1405,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(node_type, "Node");
     TAKE(block_type, "PendingBlock");
     TAKE(future_type, "FutureTensor");
+    TAKE(info_type, "OpInfo");
     TAKE(tensor_type, "Tensor");
     TAKE(skeleton, "SKELETON");
     TAKE(auto_, "auto");
@@ -1421,7 +1448,8 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (fp->no_scalars == NULL
             || slot_offsets(fp->node_type, NODE_SLOTS, fp->node_off, N_NSLOTS) < 0
             || slot_offsets(fp->block_type, BLOCK_SLOTS, fp->block_off, B_NSLOTS) < 0
-            || slot_offsets(fp->future_type, FUTURE_SLOTS, fp->future_off, U_NSLOTS) < 0) {
+            || slot_offsets(fp->future_type, FUTURE_SLOTS, fp->future_off, U_NSLOTS) < 0
+            || slot_offsets(fp->info_type, &NAMES[S_prop], &fp->info_prop_off, 1) < 0) {
         Py_DECREF(fp);
         return NULL;
     }

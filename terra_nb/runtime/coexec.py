@@ -44,6 +44,7 @@ from ..trace.ops import (
     TENSOR,
     F,
     G,
+    OpInfo,
     T,
     Tensor,
     build_out,
@@ -185,7 +186,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
     if module is None:
         return None
     constants = {
-        "Node": Node, "PendingBlock": PendingBlock, "FutureTensor": FutureTensor, "Tensor": Tensor,
+        "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "FutureTensor": FutureTensor, "Tensor": Tensor,
         "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
@@ -608,6 +609,7 @@ class CoExecutor:
                 pair = self.cursor.fast.get(key)
                 if pair is None or pair[0] is not code:
                     pair = self.cursor.fast[key] = (code, [])
+                    self.cursor.hot = None
                 if node not in pair[1]:
                     pair[1].append(node)
             return self._validated_op(node, func, args, kwargs, tensors, scalars, frame)

@@ -37,7 +37,7 @@ _DATA_DEPENDENT = frozenset(
 _FEEDS = {torch.tensor, torch.as_tensor, torch.asarray, torch.frombuffer}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpInfo:
     """The static facts about one torch callable."""
 
