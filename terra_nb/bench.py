@@ -22,6 +22,7 @@ Ratios are times divided (terra / other): below 1 means terra_nb is faster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -70,12 +71,32 @@ BODY"""
 _MICRO_GROUP = ("    x = x * wK\n", "    x = x + wK\n", "    x = torch.maximum(x, zK)\n", "    x = x - wK\n")
 
 
-def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float, float]]:
+def _timed_loop(setup: str, loop: str, mode=None) -> float:
+    """Seconds the loop takes, after its setup, under ``mode`` where one is given."""
+    namespace: dict = {}
+    exec(setup, namespace)
+    with mode if mode is not None else contextlib.nullcontext():
+        t0 = time.perf_counter()
+        exec(loop, namespace)
+        return time.perf_counter() - t0
+
+
+def _timed_cell(session, program: str) -> float:
+    t0 = time.perf_counter()
+    try:
+        session.run_cell(program, {})
+    except RuntimeError:
+        pass  # (skeleton alone: the futures left in the namespace were never computed)
+    return time.perf_counter() - t0
+
+
+def skeleton_micro(ops: int = 24000, rounds: int = 5) -> list[tuple[int, int, float, float, float, float]]:
     """µs per op for a loop of deferred ops: eager, mode dispatch alone (a mode that does nothing),
     the skeleton alone (blocks never run), co-executed.
 
     Rows for 4 and 32 ops per iteration: the difference is the cost of an iteration's end (a
-    block handed over, an iteration recorded) spread over its ops.
+    block handed over, an iteration recorded) spread over its ops. Each figure is the best of
+    ``rounds`` runs of ``ops`` ops (timeit's rule: the slower runs are the machine's noise).
     """
     from torch.overrides import TorchFunctionMode
 
@@ -88,40 +109,29 @@ def skeleton_micro(ops: int = 24000) -> list[tuple[int, int, float, float, float
         def __torch_function__(self, func, types, args=(), kwargs=None):
             return args[0]
 
+    def best(run, *args) -> float:
+        return min(run(*args) for _ in range(rounds)) / ops * 1e6
+
     rows = []
     for size in (4, 64):
         for per_iter in (4, 32):
             body = "".join(_MICRO_GROUP[k % 4].replace("K", str(k // 4)) for k in range(per_iter))
             weights = "".join(f"w{k}, z{k} = w[{k}].clone(), z[{k}].clone()\n" for k in range(per_iter // 4))
             source = _MICRO.replace("SIZE", str(size)).replace("BODY", body).replace("WEIGHTS", weights)
-            n = ops // per_iter
-            t0 = time.perf_counter()
-            exec(source.replace("N", str(n)), {})
-            eager = (time.perf_counter() - t0) / ops * 1e6
-            # the floor: torch's dispatch to a mode that does nothing but return its first argument
-            setup, loop = source.replace("N", str(n)).split("for i in range(")
-            namespace: dict = {}
-            exec(setup, namespace)
-            with DispatchOnly():
-                t0 = time.perf_counter()
-                exec("for i in range(" + loop, namespace)
-                floor = (time.perf_counter() - t0) / ops * 1e6
+            program = source.replace("N", str(ops // per_iter))
+            setup, loop = program.split("for i in range(")
+            loop = "for i in range(" + loop
+            eager = best(_timed_loop, setup, loop)
+            floor = best(_timed_loop, setup, loop, DispatchOnly())  # torch's dispatch to a mode that does nothing
             session = Session()
             session.run_cell(source.replace("N", "10"), {})  # trace, and generate the block once
-            t0 = time.perf_counter()
-            session.run_cell(source.replace("N", str(n)), {})
-            coexec = (time.perf_counter() - t0) / ops * 1e6
+            coexec = best(_timed_cell, session, program)
             submit = runner_module.GraphRunner.submit
             runner_module.GraphRunner.submit = lambda self, run: None  # type: ignore[method-assign]
             try:
                 alone_session = Session()
                 alone_session.run_cell(source.replace("N", "10"), {})
-                t0 = time.perf_counter()
-                try:
-                    alone_session.run_cell(source.replace("N", str(n)), {})
-                except RuntimeError:
-                    pass  # the futures left in the namespace were never computed: expected here
-                alone = (time.perf_counter() - t0) / ops * 1e6
+                alone = best(_timed_cell, alone_session, program)
             finally:
                 runner_module.GraphRunner.submit = submit  # type: ignore[method-assign]
             rows.append((size, per_iter, eager, floor, alone, coexec))
