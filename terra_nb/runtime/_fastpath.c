@@ -25,6 +25,8 @@
 #define ROOTS_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)  /* changes with every change of d */
 #endif
 
+#define MAX_TENSORS 64  /* a call with more tensors goes to the Python path */
+
 /* ---- names ---------------------------------------------------------------------------------- */
 
 enum {
@@ -60,12 +62,12 @@ static const int EXECUTOR_SLOTS[] = {
 enum {
     N_key, N_flat, N_grad, N_mask, N_tail, N_in_meta, N_kind, N_immediate, N_grad_op, N_barrier,
     N_sources, N_passed, N_alias, N_out_struct, N_out_meta, N_pool, N_count, N_succ, N_pred,
-    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_hot, N_NSLOTS
+    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_hot, N_last_op, N_NSLOTS
 };
 static const char *NODE_SLOTS[N_NSLOTS] = {
     "key", "flat", "grad", "mask", "tail", "in_meta", "kind", "immediate", "grad_op", "barrier",
     "sources", "passed", "alias", "out_struct", "out_meta", "pool", "count", "succ", "pred",
-    "cell_mark", "seen_at", "info", "family", "fast", "hot",
+    "cell_mark", "seen_at", "info", "family", "fast", "hot", "last_op",
 };
 /* Slots of FutureTensor. */
 enum { U_meta, U_src, U_val, U_owner, U_blk, U_pooled, U_vidx, U_NSLOTS };
@@ -320,9 +322,11 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
     }
     /* wiring and provenance */
     PyObject *sources = NODE(fp, node, N_sources);
-    wiring = PyTuple_New(nt);
-    if (wiring == NULL)
+    Py_ssize_t wired[MAX_TENSORS];
+    if (nt > MAX_TENSORS) {
+        PyErr_SetString(PyExc_ValueError, "more tensors than the fast path takes");
         goto error;
+    }
     for (Py_ssize_t slot = 0; slot < nt; slot++) {
         PyObject *t = tensors[slot];
         PyObject *src;
@@ -356,10 +360,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             if (wire_input(fp, blk, t, &w) < 0)
                 goto error;
         }
-        PyObject *wv = PyLong_FromSsize_t(w);
-        if (wv == NULL)
-            goto error;
-        PyTuple_SET_ITEM(wiring, slot, wv);
+        wired[slot] = w;
         PyObject *set = PyList_GET_ITEM(sources, slot);
         Py_INCREF(src);  /* src is borrowed from a dict that the calls below may change */
         int has = PySet_Contains(set, src);
@@ -369,8 +370,33 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         if (has < 0)
             goto error;
     }
-    op = PyTuple_Pack(2, node, wiring);
-    if (op == NULL || PyList_Append(BLK(fp, blk, B_ops), op) < 0)
+    /* the op: node.last_op while its wiring is the same (CoExecutor._defer), so that block keys
+       compare by identity in take_run */
+    op = NODE(fp, node, N_last_op);
+    int same = op != NULL && PyTuple_CheckExact(op) && PyTuple_GET_SIZE(op) == 2
+        && PyTuple_CheckExact(PyTuple_GET_ITEM(op, 1)) && PyTuple_GET_SIZE(PyTuple_GET_ITEM(op, 1)) == nt;
+    for (Py_ssize_t slot = 0; same && slot < nt; slot++) {
+        PyObject *v = PyTuple_GET_ITEM(PyTuple_GET_ITEM(op, 1), slot);
+        same = PyLong_CheckExact(v) && PyLong_AsSsize_t(v) == wired[slot];
+    }
+    if (same) {
+        Py_INCREF(op);
+    } else {
+        wiring = PyTuple_New(nt);
+        if (wiring == NULL)
+            goto error;
+        for (Py_ssize_t slot = 0; slot < nt; slot++) {
+            PyObject *wv = PyLong_FromSsize_t(wired[slot]);
+            if (wv == NULL)
+                goto error;
+            PyTuple_SET_ITEM(wiring, slot, wv);
+        }
+        op = PyTuple_Pack(2, node, wiring);
+        if (op == NULL)
+            goto error;
+        slot_set(node, fp->node_off[N_last_op], op);
+    }
+    if (PyList_Append(BLK(fp, blk, B_ops), op) < 0)
         goto error;
     PyObject *passed = NODE(fp, node, N_passed);
     Py_ssize_t np = PyTuple_GET_SIZE(passed);
@@ -609,7 +635,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
     }
     Py_DECREF(blk);
     Py_DECREF(anchor);
-    Py_DECREF(wiring);
+    Py_XDECREF(wiring);
     Py_DECREF(op);
     Py_DECREF(cursor);
     return out;
@@ -666,7 +692,6 @@ call_slow(FastPath *fp, PyObject *func, PyObject *types, PyObject *args, PyObjec
 
 /* ops._scan, in C: append v's tensors and Python scalars; return its part of the spec (a new
  * reference). NULL on error, or with *over set when the call has more than MAX_TENSORS tensors. */
-#define MAX_TENSORS 64
 static PyObject *scan_seq(FastPath *fp, PyObject *seq, PyObject **tensors, Py_ssize_t *nt, PyObject *scalars, int *over);
 
 static PyObject *

@@ -653,7 +653,10 @@ class CoExecutor:
             if src not in sources[slot]:
                 sources[slot].add(src)
             slot += 1
-        blk.ops.append((node, tuple(wiring)))
+        op = node.last_op
+        if not op or op[1] != tuple(wiring):  # (one op tuple while the wiring repeats: block keys compare by identity)
+            op = node.last_op = (node, tuple(wiring))
+        blk.ops.append(op)
         passed = node.passed
         if passed:
             blk.floats.extend([scalars[k] for k in passed])
