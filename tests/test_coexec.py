@@ -280,6 +280,17 @@ for x, y in data:
 buf[0, 0] = 1.0
 print(buf.sum().item())
 """,
+    "random_from_a_generator_object": """
+g = torch.Generator().manual_seed(3)
+for i, (x, y) in enumerate(data):
+    noise = torch.randn(x.shape, generator=g) * 0.1
+    loss = F.cross_entropy(model(x + noise), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    if i == 6:
+        g.manual_seed(11)  # no torch call: the draws before it must have been made by then
+    print(i, round(loss.item(), 4))
+print(torch.rand(2, generator=g))
+""",
     "manual_sgd_on_data": """
 for x, y in data:
     loss = F.cross_entropy(model(x), y)

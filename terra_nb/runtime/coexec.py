@@ -52,6 +52,7 @@ from ..trace.ops import (
     fill,
     generalize,
     interned_meta,
+    literal_spec,
     meta_of,
     op_info,
     out_structure,
@@ -1118,7 +1119,7 @@ class CoExecutor:
             node.kind = "feed"
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
-        elif info.data_dependent or values_decide_shape(info, args, tensors, kwargs):
+        elif info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec):
             node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"

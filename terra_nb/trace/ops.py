@@ -249,6 +249,23 @@ def fill(tmpl, tensors, scalars):
     return tmpl
 
 
+_LITERALS = (type(None), bool, int, float, complex, str, torch.dtype, torch.device, torch.layout,
+             torch.memory_format, type(Ellipsis), _Marker)
+
+
+def literal_spec(spec) -> bool:
+    """Whether every constant of a scan spec is a literal that generated code can hold.
+
+    A block's code names its constants (FX prints them); anything else -- a ``torch.Generator``
+    (``torch.randn(n, generator=g)``), a stream, a user's object -- cannot be written there, and
+    may change behind the graph's back (``g.manual_seed(1)`` is no torch call the skeleton sees):
+    such calls run for real, in program order.
+    """
+    if isinstance(spec, tuple):
+        return all(literal_spec(v) for v in spec)
+    return isinstance(spec, _LITERALS)
+
+
 def values_decide_shape(info: OpInfo, args: tuple, tensors: list, kwargs: dict | None = None) -> bool:
     """Whether this call's output shape depends on the values in a tensor argument: indexing with a
     boolean mask, ``torch.where(cond)`` (the indices of its nonzeros), ``tensor_split`` at indices
