@@ -291,6 +291,24 @@ for i, (x, y) in enumerate(data):
     print(i, round(loss.item(), 4))
 print(torch.rand(2, generator=g))
 """,
+    "a_new_hook_function_every_iteration": """
+grads = []
+for i, (x, y) in enumerate(data):
+    h = model[0].weight.register_hook(lambda g: grads.append(round(g.norm().item(), 4)))
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    h.remove()
+    print(i, grads[-1])
+""",
+    "a_module_backward_hook_read_each_iteration": """
+norms = []
+hh = model[2].register_full_backward_hook(lambda m, gin, gout: norms.append(round(gout[0].norm().item(), 4)))
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, norms[-1], len(norms))
+hh.remove()
+""",
     "manual_sgd_on_data": """
 for x, y in data:
     loss = F.cross_entropy(model(x), y)
@@ -905,3 +923,11 @@ for i, (x, y) in enumerate(data):
     wrong = [k for k, (a, b) in enumerate(zip(lines, eager_lines)) if a != b]
     assert 1 <= len(wrong) <= 2 and all(lines[k].split()[2:] == eager_lines[k].split()[2:] for k in wrong), (out, printed)
     assert lines[-3:] == eager_lines[-3:]
+
+
+def test_a_new_hook_function_every_iteration_is_one_node():
+    """``x.register_hook(lambda g: ...)`` passes a new function each iteration: keyed by its code,
+    it is one node, not a fallback per iteration."""
+    session = check_program(PRELUDE + CASES["a_new_hook_function_every_iteration"])
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("fallback") <= 2 and modes[-8:] == ["coexec"] * 8, modes

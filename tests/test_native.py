@@ -157,6 +157,7 @@ def test_the_c_scan_reads_arguments_as_the_python_scan_does():
         ((t, (slice(None), 0, Ellipsis)), {}),
         ((t,), {"dim": -1, "keepdim": True, "dtype": torch.float64}),
         ((t, [[1, 2.5], (u, "x")]), {"alpha": 0.1, "out": None}),
+        ((t, lambda g: g * 2), {}),  # a function: by its code
     ]
     for args, kwargs in calls:
         tensors: list = []

@@ -134,6 +134,7 @@ class TraceGraph:
         self.int_masks: dict[tuple, frozenset] = {}
         self.version = 0
         self._tails: dict[tuple, tuple] = {}
+        self.python_hooks = False  # the program registered an autograd hook (see CoExecutor._hooks_registered)
 
     def find(self, key: tuple) -> Node | None:
         return self.index.get(key)

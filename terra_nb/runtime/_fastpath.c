@@ -95,7 +95,7 @@ typedef struct {
     PyObject *make_future;   /* executor._make_future(node, j, getter_src): a new future, into the pool */
     PyObject *out_src;       /* coexec._out_src(node, tensors) */
     PyObject *build_out;     /* ops.build_out(structure, values) */
-    PyObject *marker_t, *marker_f, *marker_g;  /* ops.T, ops.F and ops.G */
+    PyObject *marker_t, *marker_f, *marker_g, *marker_fn;  /* ops.T, ops.F, ops.G and ops.FN */
     PyObject *no_scalars;    /* an empty list, never appended to */
     PyObject *is_grad_enabled, *is_inference, *any_autocast;
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
@@ -737,6 +737,8 @@ scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObje
         Py_INCREF(fp->marker_f);
         return fp->marker_f;
     }
+    if (PyFunction_Check(v))  /* a function, by its code (ops._scan) */
+        return PyTuple_Pack(2, fp->marker_fn, PyFunction_GET_CODE(v));
     Py_INCREF(v);
     return v;
 }
@@ -1388,6 +1390,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->marker_t);
     Py_CLEAR(fp->marker_f);
     Py_CLEAR(fp->marker_g);
+    Py_CLEAR(fp->marker_fn);
     Py_CLEAR(fp->no_scalars);
     Py_CLEAR(fp->is_grad_enabled);
     Py_CLEAR(fp->is_inference);
@@ -1450,6 +1453,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(marker_t, "T");
     TAKE(marker_f, "F");
     TAKE(marker_g, "G");
+    TAKE(marker_fn, "FN");
     TAKE(is_grad_enabled, "is_grad_enabled");
     TAKE(is_inference, "is_inference");
     TAKE(any_autocast, "any_autocast");

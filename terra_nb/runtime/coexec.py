@@ -40,6 +40,7 @@ from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location
 from ..trace.location import RootRegistry, frame_offset, location_key, module_path, user_line
 from ..trace.ops import (
+    FN,
     NONE,
     TENSOR,
     F,
@@ -191,7 +192,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
-        "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G,
+        "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
@@ -1123,6 +1124,10 @@ class CoExecutor:
             node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"
+        if info.name in _HOOK_OPS or getattr(func, "__self__", None) is _BackwardHookFunction:
+            self._hooks_registered()
+        if node.barrier and node.kind in DEFERRED and self.graph.python_hooks:
+            node.kind = "sync"
         node.out_struct = struct
         node.out_meta = [meta_of(t) for t in outs]
         node.immediate = (node.kind in DEFERRED and info.name in _IMMEDIATE_OPS and bool(tensors)
@@ -1139,6 +1144,18 @@ class CoExecutor:
         self.log.add(Event("node", self.cell, self.iter_index, info.name, str(node.line or ""),
                            block=node.id, nodes=(node.module,), backend=node.kind))
         return node
+
+    def _hooks_registered(self) -> None:
+        """The program registered an autograd hook: Python code that backward calls. From now on
+        ``backward`` and ``autograd.grad`` run for real, in program order, so that a hook's side
+        effects (``grads.append(g.norm().item())``) happen where the program reads them, and in its
+        thread (a deferred backward could run on the GraphRunner's, after the program read them)."""
+        if self.graph.python_hooks:
+            return
+        self.graph.python_hooks = True
+        for node in self.graph.nodes:
+            if node.barrier and node.kind in DEFERRED:
+                node.kind = "sync"
 
     def _is_anchor(self, anchor: Node, args, kwargs, frame) -> bool:
         """Whether a call of the anchor's function, run eagerly, is the anchor's node: its site, and
@@ -1603,6 +1620,10 @@ def _is_small_cpu(t) -> bool:
     return t.device.type == "cpu" and t.numel() <= 1 and not t.requires_grad
 
 
+# Calls that register Python code for backward to run: tensor hooks, and the Function that module
+# backward hooks (register_full_backward_hook) put into the forward.
+_HOOK_OPS = frozenset({"register_hook", "register_post_accumulate_grad_hook"})
+_BackwardHookFunction = getattr(torch.nn.modules._functions, "BackwardHookFunction", None)
 _RING = 256  # the most futures a node output keeps for reuse
 # auto's choice (CoExecutor._choose): clean co-executed iterations measured before an eager probe of
 # CHOICE_EAGER iterations (the first CHOICE_WARMUP of a cell not counted: they still generate blocks);

@@ -17,6 +17,7 @@ they run synchronously so that the shape Python sees is real.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import FunctionType
 
 import torch
 
@@ -147,9 +148,15 @@ def _scan(v, tensors: list, scalars: list):
     if isinstance(v, float) and not isinstance(v, bool):
         scalars.append(v)
         return F
+    if cls is FunctionType:
+        # A function is keyed by its code: ``x.register_hook(lambda g: ...)`` in a loop passes a new
+        # function object each time, and is one node. Such a constant is no literal
+        # (literal_spec), so the call runs for real, with the function it was given.
+        return (FN, v.__code__)
     return v
 
 
+FN = _Marker("FN")  # a function constant in a spec: (FN, its code)
 G = _Marker("G")  # an int slot generalized into a feed
 
 
