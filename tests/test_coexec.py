@@ -6,6 +6,7 @@ co-executed iterations in the event log (a run where everything fell back proves
 
 import contextlib
 import io
+import re
 
 import pytest
 import torch
@@ -587,6 +588,10 @@ def test_auto_measures_coexecution_against_eager_and_goes_on_with_the_faster():
     (first, *_) = _choices(session)
     assert first.reason.startswith("eager is faster here"), first.reason
     assert "co-execution is measured again in 50 iterations" in first.reason
+    # iterations this short are measured until they add up to milliseconds, not three of them: a
+    # hiccup of the machine in two of three eager iterations chose co-execution here
+    coexec_n, eager_n = map(int, re.search(r"medians of (\d+) and (\d+) iterations", first.reason).groups())
+    assert coexec_n >= 5 and eager_n > 3, first.reason
     after = modes[first.iteration - 1:first.iteration + 49]  # (iterations count from 1)
     assert after == ["eager"] * 50, modes
     # auto's eager iterations run with the mode taken off (the loop's tick counts them), so they cost

@@ -1183,6 +1183,9 @@ class CoExecutor:
         self._close_iteration(now)
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline -= 1
+        if self.baseline <= 0 and self._probing and not _enough(self._eager_ms, CHOICE_EAGER):
+            self.baseline = CHOICE_EAGER  # short iterations: the probe goes on
+            return
         if self.baseline > 0 or (self._probing and self._eager_wins()):
             return
         self._stretch = False
@@ -1349,9 +1352,9 @@ class CoExecutor:
         """Account a finished iteration; after enough clean co-executed ones, probe eager execution."""
         if mode == "coexec" and not self.baseline:
             self._coexec_ms.append(wall_ms)
-            del self._coexec_ms[:-CHOICE_COEXEC]
+            del self._coexec_ms[:-CHOICE_MAX_SAMPLES]
             self._probe_after -= 1
-            if (self._probe_after <= 0 and len(self._coexec_ms) >= CHOICE_COEXEC
+            if (self._probe_after <= 0 and _enough(self._coexec_ms, CHOICE_COEXEC)
                     and (self._anchor_loop >= 0 or self._counted >= CHOICE_UNTICKED)):
                 # (a loop that does not tick is library code: a setup loop, model.to(), an
                 # optimizer's first step, unless it goes on; eager iterations there would make
@@ -1371,19 +1374,20 @@ class CoExecutor:
         """
         self._probing = False
         coexec, eager = statistics.median(self._coexec_ms), statistics.median(self._eager_ms)
+        measured = f"(medians of {len(self._coexec_ms)} and {len(self._eager_ms)} iterations)"
         self._coexec_ms.clear()
         if eager >= coexec:
             self._probe_after = CHOICE_KEEP
             self.log.add(Event("choice", self.cell, self.iter_index,
-                               f"co-execution kept: {coexec:.3g} ms per iteration, eager {eager:.3g} ms"))
+                               f"co-execution kept: {coexec:.3g} ms per iteration, eager {eager:.3g} ms {measured}"))
             return False
         stay, self._stay_eager = self._stay_eager, min(2 * self._stay_eager, CHOICE_RETRY_MAX)
         self.baseline = stay
         self._stretch = True
         self._probe_after = CHOICE_COEXEC
         self.log.add(Event("choice", self.cell, self.iter_index,
-                           f"eager is faster here: {eager:.3g} ms per iteration, co-executed {coexec:.3g} ms; "
-                           f"co-execution is measured again in {stay} iterations"))
+                           f"eager is faster here: {eager:.3g} ms per iteration, co-executed {coexec:.3g} ms "
+                           f"{measured}; co-execution is measured again in {stay} iterations"))
         return True
 
     # -- iterations ----------------------------------------------------------------------------
@@ -1630,11 +1634,21 @@ _RING = 256  # the most futures a node output keeps for reuse
 # eager iterations before co-execution is measured again (doubling up to CHOICE_RETRY_MAX while eager
 # keeps winning); co-executed iterations before the next probe once co-execution won
 CHOICE_COEXEC, CHOICE_WARMUP, CHOICE_EAGER, CHOICE_RETRY, CHOICE_RETRY_MAX, CHOICE_KEEP = 5, 3, 3, 50, 800, 200
+# iterations of a fraction of a millisecond: each side is measured until its iterations add up to
+# CHOICE_MIN_MS (at most CHOICE_MAX_SAMPLES of them), so that a hiccup of the machine in two of
+# three short eager iterations does not decide
+CHOICE_MIN_MS, CHOICE_MAX_SAMPLES = 2.0, 40
 # an eager iteration under the mode that lasts this many times the iteration before it (and at least
 # the seconds) while a loop ticks: the anchor's loop ended (CoExecutor._leave_eager)
 EAGER_GIVE_UP, EAGER_GIVE_UP_MIN_S = 20, 0.01
 # periods an anchor whose loop does not tick runs co-executed before auto probes eager there
 CHOICE_UNTICKED = 50
+
+
+def _enough(samples: list, count: int) -> bool:
+    """Whether auto's measurements of one side can decide: ``count`` iterations, and either
+    CHOICE_MIN_MS of them or CHOICE_MAX_SAMPLES iterations."""
+    return len(samples) >= count and (sum(samples) >= CHOICE_MIN_MS or len(samples) >= CHOICE_MAX_SAMPLES)
 
 
 def _new_pool(node: Node) -> list:
