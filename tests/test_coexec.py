@@ -310,6 +310,21 @@ for i, (x, y) in enumerate(data):
     print(i, norms[-1], len(norms))
 hh.remove()
 """,
+    "a_linalg_error_the_program_catches": """
+A = torch.randn(12, 4, 4)
+for i in range(12):
+    K = A[i] @ A[i].T - (0.6 if i % 4 == 3 else -0.1) * torch.eye(4)
+    eps = 0.0
+    while True:
+        try:
+            L = torch.linalg.cholesky(K + eps * torch.eye(4))
+            break
+        except torch.linalg.LinAlgError:  # not positive-definite: add jitter, as GP code does
+            eps = 1e-3 if eps == 0.0 else eps * 10
+    with torch.no_grad():
+        y = model(A[i, :, :3].repeat(2, 2)[:, :6])
+    print(i, eps, round(L.diagonal().sum().item(), 4), y.shape)
+""",
     "manual_sgd_on_data": """
 for x, y in data:
     loss = F.cross_entropy(model(x), y)

@@ -299,3 +299,33 @@ def test_a_call_site_has_one_offset_whichever_instruction_the_frame_reports():
     assert len(calls) == 4
     first, second = {canon[o // 2] for o in calls[:2]}, {canon[o // 2] for o in calls[2:]}
     assert len(first) == 1 and len(second) == 1 and first != second
+
+
+def test_only_except_clauses_count_as_catching():
+    """``caught_here``'s regions: a try with an except clause (typed or bare), not a with block's
+    exit or a finally, which raise again."""
+    import dis
+
+    from terra_nb.trace.location import _except_regions
+
+    def program(x):
+        try:
+            a = x + 1
+        except ValueError:
+            a = 0
+        with open(__file__) as handle:
+            b = x + 2
+        try:
+            c = x + 3
+        finally:
+            handle = None
+        try:
+            d = x + 4
+        except:  # noqa: E722
+            d = 0
+        return a, b, c, d, handle
+
+    adds = [i.offset for i in dis.get_instructions(program) if i.opname == "BINARY_OP" and i.argrepr == "+"]
+    regions = _except_regions(program.__code__)
+    caught = [any(start <= offset < end for start, end in regions) for offset in adds]
+    assert caught == [True, False, False, True]

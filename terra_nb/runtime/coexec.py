@@ -38,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, produces
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location
-from ..trace.location import RootRegistry, frame_offset, location_key, module_path, user_line
+from ..trace.location import RootRegistry, caught_here, frame_offset, location_key, module_path, user_line
 from ..trace.ops import (
     FN,
     NONE,
@@ -1120,7 +1120,8 @@ class CoExecutor:
             node.kind = "feed"
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
-        elif info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec):
+        elif (info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec)
+              or (info.name in _RAISES_ON_VALUES and caught_here(frame, self.roots))):
             node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"
@@ -1624,6 +1625,14 @@ def _is_small_cpu(t) -> bool:
     return t.device.type == "cpu" and t.numel() <= 1 and not t.requires_grad
 
 
+# Ops that raise on their input's values (a matrix that is not positive-definite, a singular one):
+# where the user's code would catch that (``try: cholesky(K) except LinAlgError: add jitter``), the
+# op runs for real, so that its exception is raised at the call, as eager raises it.
+_RAISES_ON_VALUES = frozenset({
+    "linalg_cholesky", "cholesky", "linalg_inv", "inverse", "linalg_solve", "linalg_eigh", "linalg_eigvalsh",
+    "linalg_eig", "linalg_eigvals", "linalg_svd", "linalg_svdvals", "linalg_lu_factor", "linalg_lu",
+    "linalg_lstsq", "linalg_matrix_power", "linalg_tensorinv", "linalg_tensorsolve", "linalg_ldl_factor",
+})
 # Calls that register Python code for backward to run: tensor hooks, and the Function that module
 # backward hooks (register_full_backward_hook) put into the forward.
 _HOOK_OPS = frozenset({"register_hook", "register_post_accumulate_grad_hook"})

@@ -22,9 +22,11 @@ Example::
 
 from __future__ import annotations
 
+import dis
 import linecache
 import os
 import types
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +66,48 @@ class RootRegistry:
         if key is None:
             key = cache[lasti] = _line_key(frame.f_code, lasti)
         return key
+
+
+def caught_here(frame: types.FrameType | None, roots: RootRegistry) -> bool:
+    """Whether the user's code would catch an exception raised at this call: a frame of the user's
+    (not torch's, this package's, the standard library's or an installed package's), from the
+    call's out to the root, stands inside a ``try`` block with an ``except`` clause."""
+    while frame is not None:
+        code = frame.f_code
+        name = code.co_filename
+        if not name.startswith(_LIBRARY_DIRS) and "site-packages" not in name:
+            if any(start <= frame.f_lasti < end for start, end in _except_regions(code)):
+                return True
+        if code in roots:
+            return False
+        frame = frame.f_back
+    return False
+
+
+_REGIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its except regions
+
+
+def _except_regions(code: types.CodeType) -> tuple:
+    """The instruction ranges of ``code`` whose exceptions an ``except`` clause may catch: those an
+    exception-table entry sends to a handler that matches a type (or a bare ``except:``), not to a
+    ``with`` block's exit or a ``finally`` (which raise again)."""
+    regions = _REGIONS.get(code)
+    if regions is None:
+        parse = getattr(dis, "_parse_exception_table", None)  # (private, Python 3.11+)
+        entries = parse(code) if parse is not None else []
+        instructions = list(dis.get_instructions(code))
+        at = {i.offset: k for k, i in enumerate(instructions)}
+        found = []
+        for entry in entries:
+            first = at.get(entry.target, len(instructions))
+            handler = [i.opname for i in instructions[first:first + 8]] + [None, None]
+            if handler[0] != "PUSH_EXC_INFO" or "WITH_EXCEPT_START" in handler[1:3]:
+                continue  # a cleanup (an except clause's own variable), or a with block's exit
+            end = handler.index("RERAISE") if "RERAISE" in handler else len(handler)
+            if handler[1] == "POP_TOP" or any(op in ("CHECK_EXC_MATCH", "CHECK_EG_MATCH") for op in handler[1:end]):
+                found.append((entry.start, entry.end))  # (a finally re-raises: not here)
+        regions = _REGIONS[code] = tuple(found)
+    return regions
 
 
 def _line_key(code: types.CodeType, lasti: int) -> tuple:
