@@ -1585,7 +1585,8 @@ _STORAGE_USERS = getattr(torch._C, "_storage_Use_Count", None)  # private: absen
 
 def _in_meta(tensors: list) -> tuple:
     """The input metadata of a node key: a future's from the trace, a tensor's own."""
-    return tuple([t._tn_meta if type(t) is FutureTensor else meta_of(t) for t in tensors])
+    return tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad)
+                  for t in tensors])  # (a lookup key: not interned, which would hash each tuple once more)
 
 
 def _referents(t) -> tuple | None:
