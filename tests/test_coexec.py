@@ -325,6 +325,18 @@ for i in range(12):
         y = model(A[i, :, :3].repeat(2, 2)[:, :6])
     print(i, eps, round(L.diagonal().sum().item(), 4), y.shape)
 """,
+    "a_deep_copy_of_the_loss_each_iteration": """
+import copy
+best, best_loss = None, float("inf")
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    kept = copy.deepcopy(loss.detach())  # Tensor.__deepcopy__(memo): a new memo dict each call
+    if kept.item() < best_loss:
+        best, best_loss = kept, kept.item()
+    print(i, round(best_loss, 5))
+print(best)
+""",
     "manual_sgd_on_data": """
 for x, y in data:
     loss = F.cross_entropy(model(x), y)
@@ -951,3 +963,11 @@ def test_a_new_hook_function_every_iteration_is_one_node():
     session = check_program(PRELUDE + CASES["a_new_hook_function_every_iteration"])
     modes = [it.mode for it in session.log.iterations]
     assert modes.count("fallback") <= 2 and modes[-8:] == ["coexec"] * 8, modes
+
+
+def test_a_new_dict_argument_every_iteration_is_one_node():
+    """``copy.deepcopy(t)`` passes ``Tensor.__deepcopy__`` a new memo dict each call: keyed by its
+    type, it is one node (it fell back every iteration)."""
+    session = check_program(PRELUDE + CASES["a_deep_copy_of_the_loss_each_iteration"])
+    modes = [it.mode for it in session.log.iterations]
+    assert modes[2:-1] == ["coexec"] * 9, modes  # (the last row holds the print after the loop)

@@ -95,7 +95,7 @@ typedef struct {
     PyObject *make_future;   /* executor._make_future(node, j, getter_src): a new future, into the pool */
     PyObject *out_src;       /* coexec._out_src(node, tensors) */
     PyObject *build_out;     /* ops.build_out(structure, values) */
-    PyObject *marker_t, *marker_f, *marker_g, *marker_fn;  /* ops.T, ops.F, ops.G and ops.FN */
+    PyObject *marker_t, *marker_f, *marker_g, *marker_fn, *marker_mut;  /* ops.T, F, G, FN and MUT */
     PyObject *no_scalars;    /* an empty list, never appended to */
     PyObject *is_grad_enabled, *is_inference, *any_autocast;
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
@@ -739,6 +739,8 @@ scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObje
     }
     if (PyFunction_Check(v))  /* a function, by its code (ops._scan) */
         return PyTuple_Pack(2, fp->marker_fn, PyFunction_GET_CODE(v));
+    if (PyDict_CheckExact(v) || PySet_CheckExact(v))  /* a mutable container, by its type */
+        return PyTuple_Pack(2, fp->marker_mut, (PyObject *)Py_TYPE(v));
     Py_INCREF(v);
     return v;
 }
@@ -1391,6 +1393,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->marker_f);
     Py_CLEAR(fp->marker_g);
     Py_CLEAR(fp->marker_fn);
+    Py_CLEAR(fp->marker_mut);
     Py_CLEAR(fp->no_scalars);
     Py_CLEAR(fp->is_grad_enabled);
     Py_CLEAR(fp->is_inference);
@@ -1454,6 +1457,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(marker_f, "F");
     TAKE(marker_g, "G");
     TAKE(marker_fn, "FN");
+    TAKE(marker_mut, "MUT");
     TAKE(is_grad_enabled, "is_grad_enabled");
     TAKE(is_inference, "is_inference");
     TAKE(any_autocast, "any_autocast");

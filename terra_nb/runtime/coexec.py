@@ -41,6 +41,7 @@ from ..trace import location
 from ..trace.location import RootRegistry, caught_here, frame_offset, location_key, module_path, user_line
 from ..trace.ops import (
     FN,
+    MUT,
     NONE,
     TENSOR,
     F,
@@ -192,7 +193,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
-        "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN,
+        "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,

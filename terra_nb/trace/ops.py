@@ -153,10 +153,15 @@ def _scan(v, tensors: list, scalars: list):
         # function object each time, and is one node. Such a constant is no literal
         # (literal_spec), so the call runs for real, with the function it was given.
         return (FN, v.__code__)
+    if cls is dict or cls is set:
+        # A mutable container (``Tensor.__deepcopy__``'s memo) is keyed by its type: a new one each
+        # call is one node, which runs for real with it (no literal either).
+        return (MUT, cls)
     return v
 
 
 FN = _Marker("FN")  # a function constant in a spec: (FN, its code)
+MUT = _Marker("MUT")  # a dict or set constant in a spec: (MUT, its type)
 G = _Marker("G")  # an int slot generalized into a feed
 
 
