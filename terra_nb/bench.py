@@ -166,7 +166,10 @@ def run_bench(args) -> int:
         rounds: dict[str, list] = {variant: [] for variant in variants}
         for round_ in range(max(1, args.repeat)):
             shift = (index + round_) % len(variants)
-            for variant in variants[shift:] + variants[:shift]:  # alternated, to cancel drift
+            order = variants[shift:] + variants[:shift]  # alternated, to cancel drift
+            if (index + round_) % 2:
+                order.reverse()  # so that no variant always runs right after the same other one
+            for variant in order:
                 print(f"terra-nb bench: {name} / {variant} ...", file=sys.stderr, flush=True)
                 rounds[variant].append(_run_worker(name, variant, args))
         results[name] = {variant: _combine(runs) for variant, runs in rounds.items()}

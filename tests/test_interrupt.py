@@ -26,6 +26,18 @@ for i in range(10 ** 6):
 """
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in a terminal or a kernel: a process started in the
+    background by a shell without job control (``cmd &``) ignores SIGINT, and then Python, and
+    ``_thread.interrupt_main``, leave it ignored."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _interrupt_when(condition, timeout: float = 60.0) -> threading.Thread:
     """Interrupt the main thread (as Ctrl-C does) once ``condition()`` holds."""
 

@@ -49,7 +49,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -90,6 +90,7 @@ class Node:
         # this node's site below its innermost frame, interned so that nodes called from one
         # frame share it.
         self.fast: dict[tuple, tuple] = {}
+        self.src_seen: list = []  # per input slot, the provenance the C path last added to sources
         self.last_op: tuple = ()  # the last (node, wiring) a block got: reused while the wiring repeats
         self.hot: tuple | None = None  # the C path's last hit in fast: (func, code, lasti, pair); None when fast changes
         self.tail: tuple = site[1:]

@@ -62,12 +62,12 @@ static const int EXECUTOR_SLOTS[] = {
 enum {
     N_key, N_flat, N_grad, N_mask, N_tail, N_in_meta, N_kind, N_immediate, N_grad_op, N_barrier,
     N_sources, N_passed, N_alias, N_out_struct, N_out_meta, N_pool, N_count, N_succ, N_pred,
-    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_hot, N_last_op, N_NSLOTS
+    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_hot, N_last_op, N_src_seen, N_NSLOTS
 };
 static const char *NODE_SLOTS[N_NSLOTS] = {
     "key", "flat", "grad", "mask", "tail", "in_meta", "kind", "immediate", "grad_op", "barrier",
     "sources", "passed", "alias", "out_struct", "out_meta", "pool", "count", "succ", "pred",
-    "cell_mark", "seen_at", "info", "family", "fast", "hot", "last_op",
+    "cell_mark", "seen_at", "info", "family", "fast", "hot", "last_op", "src_seen",
 };
 /* Slots of FutureTensor. */
 enum { U_meta, U_src, U_val, U_owner, U_blk, U_pooled, U_vidx, U_NSLOTS };
@@ -320,8 +320,22 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         slot_set(blk, fp->block_off[B_kind], k);
         Py_DECREF(k);
     }
-    /* wiring and provenance */
+    /* wiring and provenance; node.src_seen: per slot, the source last added to node.sources[slot]
+       (sources only grow: the same source again needs no set lookup) */
     PyObject *sources = NODE(fp, node, N_sources);
+    PyObject *seen = NODE(fp, node, N_src_seen);
+    if (seen == NULL || !PyList_CheckExact(seen) || PyList_GET_SIZE(seen) != nt) {
+        PyObject *fresh = PyList_New(nt);
+        if (fresh == NULL)
+            goto error;
+        for (Py_ssize_t slot = 0; slot < nt; slot++) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(fresh, slot, Py_None);
+        }
+        slot_set(node, fp->node_off[N_src_seen], fresh);
+        Py_DECREF(fresh);
+        seen = fresh;  /* (the node holds it) */
+    }
     Py_ssize_t wired[MAX_TENSORS];
     if (nt > MAX_TENSORS) {
         PyErr_SetString(PyExc_ValueError, "more tensors than the fast path takes");
@@ -361,14 +375,18 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
                 goto error;
         }
         wired[slot] = w;
+        if (PyList_GET_ITEM(seen, slot) == src)
+            continue;
         PyObject *set = PyList_GET_ITEM(sources, slot);
         Py_INCREF(src);  /* src is borrowed from a dict that the calls below may change */
         int has = PySet_Contains(set, src);
         if (has == 0)
             has = PySet_Add(set, src);
-        Py_DECREF(src);
-        if (has < 0)
+        if (has < 0) {
+            Py_DECREF(src);
             goto error;
+        }
+        PyList_SetItem(seen, slot, src);  /* steals the reference taken above */
     }
     /* the op: node.last_op while its wiring is the same (CoExecutor._defer), so that block keys
        compare by identity in take_run */
@@ -612,11 +630,12 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
                 goto error;
             Py_DECREF(r);
         } else {
-            if (ex_set(fp, S_cursor, node) < 0 || set_ssize(fp, S_op_counter, now_op) < 0)
+            PyObject *s = PyLong_FromSsize_t(now_op);  /* op_counter and node.seen_at: one int */
+            if (s == NULL || ex_set(fp, S_cursor, node) < 0) {
+                Py_XDECREF(s);
                 goto error;
-            PyObject *s = PyLong_FromSsize_t(now_op);
-            if (s == NULL)
-                goto error;
+            }
+            slot_set(fp->executor, fp->ex_off[S_op_counter], s);
             slot_set(node, fp->node_off[N_seen_at], s);
             Py_DECREF(s);
         }
