@@ -1,7 +1,9 @@
 """``terra-nb bench``: the example programs under eager, torch.compile, terra_nb and graph-only.
 
 Each (program, variant) runs in a fresh process (``python -m terra_nb.bench --worker ...``),
-variants in a rotating order so that machine drift spreads over all of them. A worker runs the
+variants in a rotating order, reversed for every other program and round, so that machine drift
+spreads over all of them and no variant always runs right after the same other one (in one order
+the terra variant always followed compile's process). A worker runs the
 program as ``__main__`` and timestamps every line it prints that starts with ``iter N``: the
 iteration time is the gap between consecutive lines, the steady-state time the median over
 the second half of the run. Variants:
