@@ -337,6 +337,13 @@ for i, (x, y) in enumerate(data):
     print(i, round(best_loss, 5))
 print(best)
 """,
+    "a_torch_compiled_model": """
+compiled = torch.compile(model, backend="eager")  # runs as its Python inside the cell
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(compiled(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, round(loss.item(), 4))
+""",
     "manual_sgd_on_data": """
 for x, y in data:
     loss = F.cross_entropy(model(x), y)

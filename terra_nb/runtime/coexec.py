@@ -473,6 +473,24 @@ class CoExecutor:
 
         patches.append((torch.autograd.Function, "apply", raw_apply))
         torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+        # A torch.compile'd model or function that the cell calls runs as its Python, its ops
+        # co-executed with the rest: Dynamo, compiling it under this mode, traced the mode and
+        # crashed on the engine's state (an InternalTorchDynamoError). Dynamo's own "force_eager"
+        # stance, for the program's thread while this mode is on top; the engine's compiled
+        # blocks run with the mode off the stack and compile as before.
+        import torch._dynamo.eval_frame as eval_frame
+
+        from_stance = getattr(eval_frame, "_callback_from_stance", None)  # (private: absent, not patched)
+        if from_stance is not None:
+            def callback_from_stance(callback):
+                depth = torch._C._len_torch_function_stack()
+                if (depth and threading.get_ident() == owner_thread
+                        and isinstance(torch._C._get_function_stack_at(depth - 1), TerraMode)):
+                    return None
+                return from_stance(callback)
+
+            patches.append((eval_frame, "_callback_from_stance", from_stance))
+            eval_frame._callback_from_stance = callback_from_stance
         # zero_grad(set_to_none=True) reads every p.grad only to skip the ones already None: a
         # sync per parameter. Setting None unconditionally has the same effect and reads nothing.
         holders: tuple[tuple[Any, Any], ...] = ((torch.optim.Optimizer, _optimizer_params), (torch.nn.Module, _module_params))
