@@ -344,6 +344,15 @@ for i, (x, y) in enumerate(data):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, round(loss.item(), 4))
 """,
+    "a_shuffling_dataloader": """
+from torch.utils.data import TensorDataset, DataLoader
+loader = DataLoader(TensorDataset(torch.randn(64, 6), torch.randint(0, 3, (64,))), batch_size=8, shuffle=True)
+for epoch in range(3):
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    print(epoch, round(loss.item(), 4))
+""",
     "manual_sgd_on_data": """
 for x, y in data:
     loss = F.cross_entropy(model(x), y)
@@ -978,3 +987,11 @@ def test_a_new_dict_argument_every_iteration_is_one_node():
     session = check_program(PRELUDE + CASES["a_deep_copy_of_the_loss_each_iteration"])
     modes = [it.mode for it in session.log.iterations]
     assert modes[2:-1] == ["coexec"] * 9, modes  # (the last row holds the print after the loop)
+
+
+def test_a_new_generator_every_epoch_is_one_node():
+    """A shuffling DataLoader's sampler makes a new torch.Generator each epoch for its randperm:
+    keyed by its type, that call is one node (it fell back every epoch)."""
+    session = check_program(PRELUDE + CASES["a_shuffling_dataloader"])
+    randperm = [e for e in session.log.events if e.kind == "fallback" and e.reason.startswith("randperm")]
+    assert len(randperm) <= 1, [(e.iteration, e.reason) for e in randperm]

@@ -159,6 +159,7 @@ def test_the_c_scan_reads_arguments_as_the_python_scan_does():
         ((t, [[1, 2.5], (u, "x")]), {"alpha": 0.1, "out": None}),
         ((t, lambda g: g * 2), {}),  # a function: by its code
         ((t, {}), {}),  # a dict (Tensor.__deepcopy__'s memo): by its type
+        ((5,), {"generator": torch.Generator()}),  # a generator: by its type
     ]
     for args, kwargs in calls:
         tensors: list = []

@@ -88,7 +88,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *executor;      /* the CoExecutor */
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
-    PyObject *node_type, *block_type, *future_type, *tensor_type, *info_type;
+    PyObject *node_type, *block_type, *future_type, *tensor_type, *info_type, *generator_type;
     PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind;  /* the constants the Python path compares */
     PyObject *grad_table[2][2];
     PyObject *tensor_struct, *none_struct, *external;
@@ -758,7 +758,8 @@ scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObje
     }
     if (PyFunction_Check(v))  /* a function, by its code (ops._scan) */
         return PyTuple_Pack(2, fp->marker_fn, PyFunction_GET_CODE(v));
-    if (PyDict_CheckExact(v) || PySet_CheckExact(v))  /* a mutable container, by its type */
+    if (PyDict_CheckExact(v) || PySet_CheckExact(v) || Py_TYPE(v) == (PyTypeObject *)fp->generator_type)
+        /* a mutable container or a torch.Generator, by its type (ops._scan) */
         return PyTuple_Pack(2, fp->marker_mut, (PyObject *)Py_TYPE(v));
     Py_INCREF(v);
     return v;
@@ -1394,6 +1395,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->future_type);
     Py_CLEAR(fp->tensor_type);
     Py_CLEAR(fp->info_type);
+    Py_CLEAR(fp->generator_type);
     Py_CLEAR(fp->skeleton);
     Py_CLEAR(fp->auto_);
     Py_CLEAR(fp->eager_);
@@ -1456,6 +1458,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(block_type, "PendingBlock");
     TAKE(future_type, "FutureTensor");
     TAKE(info_type, "OpInfo");
+    TAKE(generator_type, "Generator");
     TAKE(tensor_type, "Tensor");
     TAKE(skeleton, "SKELETON");
     TAKE(auto_, "auto");

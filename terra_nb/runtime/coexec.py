@@ -189,7 +189,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
     if module is None:
         return None
     constants = {
-        "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "FutureTensor": FutureTensor, "Tensor": Tensor,
+        "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "Generator": torch.Generator, "FutureTensor": FutureTensor, "Tensor": Tensor,
         "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],

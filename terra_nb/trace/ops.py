@@ -153,9 +153,10 @@ def _scan(v, tensors: list, scalars: list):
         # function object each time, and is one node. Such a constant is no literal
         # (literal_spec), so the call runs for real, with the function it was given.
         return (FN, v.__code__)
-    if cls is dict or cls is set:
-        # A mutable container (``Tensor.__deepcopy__``'s memo) is keyed by its type: a new one each
-        # call is one node, which runs for real with it (no literal either).
+    if cls is dict or cls is set or cls is torch.Generator:
+        # A mutable container (``Tensor.__deepcopy__``'s memo) or a generator (a DataLoader's
+        # RandomSampler makes one each epoch) is keyed by its type: a new one each call is one node,
+        # which runs for real with it (no literal either).
         return (MUT, cls)
     return v
 
