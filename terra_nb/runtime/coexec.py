@@ -674,9 +674,9 @@ class CoExecutor:
             if src not in sources[slot]:
                 sources[slot].add(src)
             slot += 1
-        op = node.last_op
-        if not op or op[1] != tuple(wiring):  # (one op tuple while the wiring repeats: block keys compare by identity)
-            op = node.last_op = (node, tuple(wiring))
+        op, wired = node.last_op, tuple(wiring)
+        if not op or op[1] != wired:  # (one op tuple while the wiring repeats: block keys compare by identity)
+            op = node.last_op = (node, wired)
         blk.ops.append(op)
         passed = node.passed
         if passed:
