@@ -995,3 +995,16 @@ def test_a_new_generator_every_epoch_is_one_node():
     session = check_program(PRELUDE + CASES["a_shuffling_dataloader"])
     randperm = [e for e in session.log.events if e.kind == "fallback" and e.reason.startswith("randperm")]
     assert len(randperm) <= 1, [(e.iteration, e.reason) for e in randperm]
+
+
+def test_a_narrow_win_of_co_execution_is_measured_again_soon():
+    """auto keeps co-execution after a probe; by less than CHOICE_CLEAR (a noisy machine gives
+    such medians either way) it measures again after CHOICE_RETRY iterations, not CHOICE_KEEP."""
+    executor = terra_nb.Session().executor
+    for eager_ms, after in ((10.5, coexec.CHOICE_RETRY), (15.0, coexec.CHOICE_KEEP)):
+        executor._coexec_ms, executor._eager_ms = [10.0] * 5, [eager_ms] * 3
+        assert executor._eager_wins() is False
+        assert executor._probe_after == after
+    reasons = [e.reason for e in executor.log.events if e.kind == "choice"]
+    assert reasons[0].endswith(f"measured again in {coexec.CHOICE_RETRY} iterations")
+    assert reasons[1].endswith(f"measured again in {coexec.CHOICE_KEEP} iterations")

@@ -1397,9 +1397,13 @@ class CoExecutor:
         measured = f"(medians of {len(self._coexec_ms)} and {len(self._eager_ms)} iterations)"
         self._coexec_ms.clear()
         if eager >= coexec:
-            self._probe_after = CHOICE_KEEP
+            # A narrow win (a noisy machine can give one either way) is measured again soon; a clear
+            # one after CHOICE_KEEP iterations.
+            close = eager < CHOICE_CLEAR * coexec
+            self._probe_after = CHOICE_RETRY if close else CHOICE_KEEP
             self.log.add(Event("choice", self.cell, self.iter_index,
-                               f"co-execution kept: {coexec:.3g} ms per iteration, eager {eager:.3g} ms {measured}"))
+                               f"co-execution kept: {coexec:.3g} ms per iteration, eager {eager:.3g} ms {measured}; "
+                               f"measured again in {self._probe_after} iterations"))
             return False
         stay, self._stay_eager = self._stay_eager, min(2 * self._stay_eager, CHOICE_RETRY_MAX)
         self.baseline = stay
@@ -1667,6 +1671,9 @@ CHOICE_COEXEC, CHOICE_WARMUP, CHOICE_EAGER, CHOICE_RETRY, CHOICE_RETRY_MAX, CHOI
 # CHOICE_MIN_MS (at most CHOICE_MAX_SAMPLES of them), so that a hiccup of the machine in two of
 # three short eager iterations does not decide
 CHOICE_MIN_MS, CHOICE_MAX_SAMPLES = 2.0, 40
+# co-execution kept by less than this factor is measured again after CHOICE_RETRY iterations, not
+# CHOICE_KEEP: on a noisy machine two medians that close can come out either way
+CHOICE_CLEAR = 1.2
 # an eager iteration under the mode that lasts this many times the iteration before it (and at least
 # the seconds) while a loop ticks: the anchor's loop ended (CoExecutor._leave_eager)
 EAGER_GIVE_UP, EAGER_GIVE_UP_MIN_S = 20, 0.01
