@@ -33,7 +33,7 @@ enum {
     S_state, S_mode, S_cursor, S_block, S_anchor, S_explicit_iterations, S_cell_token, S_op_counter,
     S_anchor_limit, S_anchor_first, S_ops_coexec, S_validated, S_deferred_total, S_max_block, S_root_codes, S_ok_parent,
     S_ok_lasti, S_ok_tail, S_graph, S_iter_index, S_validated_op, S_flush, S_advance, S_step,
-    S_input, S_tn_meta, S_tn_src, S_tn_blk, S_tn_vidx, S_tn_val, S_tn_pooled, S_tn_local,
+    S_input, S_tn_src, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
     S_func, N_NAMES
@@ -43,8 +43,7 @@ static const char *NAMES[N_NAMES] = {
     "_cell_token", "op_counter", "_anchor_limit", "_anchor_first", "ops_coexec", "_validated",
     "deferred_total", "max_block", "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail",
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
-    "input", "_tn_meta", "_tn_src", "_tn_blk", "_tn_vidx", "_tn_val",
-    "_tn_pooled", "_tn_local", "dtype", "device", "requires_grad", "prop",
+    "input", "_tn_src", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
     "func",
 };

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dis
 import gc
 import os
 import signal
@@ -38,7 +37,15 @@ from torch.overrides import TorchFunctionMode
 from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, produces
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location
-from ..trace.location import RootRegistry, caught_here, frame_offset, location_key, module_path, user_line
+from ..trace.location import (
+    RootRegistry,
+    caught_here,
+    frame_offset,
+    location_key,
+    loop_headers,
+    module_path,
+    user_line,
+)
 from ..trace.ops import (
     FN,
     MUT,
@@ -257,7 +264,6 @@ class CoExecutor:
         self._anchor_hits: list[int] = []
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
-        self._for_iters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its FOR_ITER offsets
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
         self._cell_mode = "auto"
         self.baseline = self._baseline_asked = 0
@@ -483,8 +489,8 @@ class CoExecutor:
         from_stance = getattr(eval_frame, "_callback_from_stance", None)  # (private: absent, not patched)
         if from_stance is not None:
             def callback_from_stance(callback):
-                depth = torch._C._len_torch_function_stack()
-                if (depth and threading.get_ident() == owner_thread
+                depth = _len_mode_stack()
+                if (depth and _get_ident() == owner_thread
                         and isinstance(torch._C._get_function_stack_at(depth - 1), TerraMode)):
                     return None
                 return from_stance(callback)
@@ -1465,11 +1471,7 @@ class CoExecutor:
         while frame is not None:
             code = frame.f_code
             if code.co_filename in files:
-                headers = self._for_iters.get(code)
-                if headers is None:
-                    headers = self._for_iters[code] = frozenset(
-                        i.offset for i in dis.get_instructions(code) if i.opname == "FOR_ITER")
-                return frame.f_lasti in headers
+                return frame.f_lasti in loop_headers(code)
             frame = frame.f_back
         return False
 

@@ -85,6 +85,15 @@ def caught_here(frame: types.FrameType | None, roots: RootRegistry) -> bool:
 
 
 _REGIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its except regions
+_HEADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its FOR_ITER offsets
+
+
+def loop_headers(code: types.CodeType) -> frozenset:
+    """The offsets of ``code``'s ``FOR_ITER`` instructions: where a loop asks its iterator for the next item."""
+    headers = _HEADERS.get(code)
+    if headers is None:
+        headers = _HEADERS[code] = frozenset(i.offset for i in dis.get_instructions(code) if i.opname == "FOR_ITER")
+    return headers
 
 
 def _except_regions(code: types.CodeType) -> tuple:

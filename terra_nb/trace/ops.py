@@ -162,7 +162,7 @@ def _scan(v, tensors: list, scalars: list):
 
 
 FN = _Marker("FN")  # a function constant in a spec: (FN, its code)
-MUT = _Marker("MUT")  # a dict or set constant in a spec: (MUT, its type)
+MUT = _Marker("MUT")  # a dict, set or torch.Generator constant in a spec: (MUT, its type)
 G = _Marker("G")  # an int slot generalized into a feed
 
 
