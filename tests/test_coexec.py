@@ -310,6 +310,42 @@ for i, (x, y) in enumerate(data):
     print(i, norms[-1], len(norms))
 hh.remove()
 """,
+    "a_deprecated_module_backward_hook": """
+import warnings
+warnings.simplefilter("ignore")  # (register_backward_hook is deprecated)
+outs = []
+hh = model[2].register_backward_hook(lambda m, gin, gout: outs.append(round(gout[0].abs().sum().item(), 4)))
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, outs[-1], len(outs))
+hh.remove()
+""",
+    "saved_tensor_hooks_see_what_forward_saves": """
+packed = []
+def pack(t):
+    packed.append(tuple(t.shape))
+    return t
+for i, (x, y) in enumerate(data):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        h = F.relu(model[0](x))
+    loss = F.cross_entropy(model[2](h), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, len(packed), round(loss.item(), 4))
+""",
+    "checkpointed_segments_recompute_in_backward": """
+from torch.utils.checkpoint import checkpoint
+calls = []
+def segment(x):
+    calls.append(x.shape[0])
+    return F.relu(model[0](x))
+for reentrant in (False, True):
+    for i, (x, y) in enumerate(data):
+        h = checkpoint(segment, x.requires_grad_(reentrant), use_reentrant=reentrant)
+        loss = F.cross_entropy(model[2](h), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        print(i, len(calls), round(loss.item(), 4))
+""",
     "a_linalg_error_the_program_catches": """
 A = torch.randn(12, 4, 4)
 for i in range(12):
@@ -979,6 +1015,41 @@ def test_a_new_hook_function_every_iteration_is_one_node():
     session = check_program(PRELUDE + CASES["a_new_hook_function_every_iteration"])
     modes = [it.mode for it in session.log.iterations]
     assert modes.count("fallback") <= 2 and modes[-8:] == ["coexec"] * 8, modes
+
+
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_hooks_registered_outside_the_cells_run_in_program_order(runner):
+    """A notebook registers gradient hooks in plain cells, past the mode: one before the first
+    co-executed cell, one between two. Backward runs them where the program reads what they
+    append, as eager does (on the GraphRunner's thread they ran late, or not at all)."""
+    loop = """
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, [(len(v), v[-1]) for v in (first, second) if v])
+"""
+    cells = [(False, PRELUDE + "first, second = [], []\n"),
+             (False, "h1 = model[0].weight.register_hook(lambda g: first.append(round(g.norm().item(), 4)))"),
+             (True, loop),
+             (False, "h2 = model[2].bias.register_post_accumulate_grad_hook(lambda p: second.append(round(p.grad.sum().item(), 4)))"),
+             (True, loop)]
+    eager_ns: dict = {"__name__": "__main__"}
+    expected = io.StringIO()
+    with contextlib.redirect_stdout(expected):
+        for _, cell in cells:
+            exec(cell, eager_ns)
+    session = terra_nb.Session(runner=runner)
+    terra_ns: dict = {"__name__": "__main__"}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for coexecuted, cell in cells:
+            if coexecuted:
+                session.run_cell(cell, terra_ns)
+            else:
+                exec(cell, terra_ns)
+    assert printed.getvalue() == expected.getvalue()
+    assert_same_state(state_of(eager_ns), state_of(terra_ns))
+    assert sum(it.mode == "coexec" for it in session.log.iterations) >= 16
 
 
 def test_a_new_dict_argument_every_iteration_is_one_node():

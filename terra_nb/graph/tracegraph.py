@@ -136,6 +136,8 @@ class TraceGraph:
         self.version = 0
         self._tails: dict[tuple, tuple] = {}
         self.python_hooks = False  # the program registered an autograd hook (see CoExecutor._hooks_registered)
+        # the leaves that traced backwards accumulate into, by id (see CoExecutor.active)
+        self.grad_leaves: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def find(self, key: tuple) -> Node | None:
         return self.index.get(key)

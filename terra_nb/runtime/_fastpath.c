@@ -74,11 +74,12 @@ static const char *FUTURE_SLOTS[U_NSLOTS] = {"_tn_meta", "_tn_src", "_tn_val", "
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
-#define N_MISSES 14
+#define N_MISSES 15
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
     "no entries", "more than 64 tensors", "a mask not a frozenset", "unexpected slots",
     "no entry matched", "the anchor's function, run eagerly", "autocast on", "keyword arguments not in a dict",
+    "saved-tensor hooks on",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
 
@@ -97,6 +98,7 @@ typedef struct {
     PyObject *marker_t, *marker_f, *marker_g, *marker_fn, *marker_mut;  /* ops.T, F, G, FN and MUT */
     PyObject *no_scalars;    /* an empty list, never appended to */
     PyObject *is_grad_enabled, *is_inference, *any_autocast;
+    PyObject *saved_hooks;   /* torch._C._autograd._top_saved_tensors_default_hooks */
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
@@ -995,7 +997,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     *taken = 0;
 
     if (kwargs != NULL && kwargs != Py_None && !PyDict_Check(kwargs)) {
-        fp->misses[N_MISSES - 1]++;
+        fp->misses[13]++;  /* keyword arguments not in a dict */
         return NULL;
     }
     if (!PyTuple_CheckExact(args) || fp->interrupt)
@@ -1162,6 +1164,14 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     Py_DECREF(amp);
     if (amp_on)
         MISS(12);  /* the node key holds autocast's state: the Python path (coexec._grad_key) */
+    PyObject *no = Py_False;
+    PyObject *hooks = PyObject_Vectorcall(fp->saved_hooks, &no, 1, NULL);
+    if (hooks == NULL)
+        goto error;
+    int hooks_on = hooks != Py_None;
+    Py_DECREF(hooks);
+    if (hooks_on)
+        MISS(14);  /* so does a saved_tensors_hooks region (its ops run for real) */
 
     Py_ssize_t n_entries = PyList_GET_SIZE(entries);
     for (Py_ssize_t e = 0; e < n_entries; e++) {
@@ -1418,6 +1428,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->is_grad_enabled);
     Py_CLEAR(fp->is_inference);
     Py_CLEAR(fp->any_autocast);
+    Py_CLEAR(fp->saved_hooks);
     Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
@@ -1482,6 +1493,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(is_grad_enabled, "is_grad_enabled");
     TAKE(is_inference, "is_inference");
     TAKE(any_autocast, "any_autocast");
+    TAKE(saved_hooks, "saved_hooks");
     TAKE(run_meta, "run_meta");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");

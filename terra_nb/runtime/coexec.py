@@ -32,6 +32,7 @@ import weakref
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch.overrides import TorchFunctionMode
 
 from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, produces
@@ -91,18 +92,27 @@ _get_ident = threading.get_ident
 # The grad-mode part of a node key, one object per state so that the fast path compares by identity.
 _GRAD = {g: {i: (g, i) for i in (False, True)} for g in (False, True)}
 _WITH_AMP: dict[tuple, tuple] = {}
+# The saved-tensor hooks on top of this thread's stack (None without): pack hooks run inside the
+# ops that save tensors for backward, in the program's thread, so those ops cannot be deferred.
+_saved_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda ignore_tracing: None)
+SAVED_HOOKS = "saved_tensors_hooks"
 
 
 def _grad_key() -> tuple:
     """The mode part of a node key: (grad enabled, inference mode), and where autocast is on, a
-    third item: ((device, dtype) for each device it is on for, its weight cache on). Interned: the
+    third item: ((device, dtype) for each device it is on for, its weight cache on). Inside a
+    ``torch.autograd.graph.saved_tensors_hooks`` region a fourth item, ``SAVED_HOOKS`` (the
+    third None when autocast is off): its ops run for real (see ``_new_node``). Interned: the
     paths compare it by identity."""
     grad = _GRAD[_is_grad_enabled()][_is_inference()]
-    if not any_autocast():
+    hooks = _saved_hooks(False) is not None
+    if not hooks and not any_autocast():
         return grad
-    amp = (tuple([(d, torch.get_autocast_dtype(d)) for d in AMP_DEVICES if torch.is_autocast_enabled(d)]),
-           torch.is_autocast_cache_enabled())
-    key = (grad[0], grad[1], amp)
+    amp = None
+    if any_autocast():
+        amp = (tuple([(d, torch.get_autocast_dtype(d)) for d in AMP_DEVICES if torch.is_autocast_enabled(d)]),
+               torch.is_autocast_cache_enabled())
+    key = (grad[0], grad[1], amp, SAVED_HOOKS) if hooks else (grad[0], grad[1], amp)
     return _WITH_AMP.setdefault(key, key)
 
 
@@ -203,6 +213,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
+        "saved_hooks": _saved_hooks,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -314,6 +325,8 @@ class CoExecutor:
         self.state = SKELETON if mode == "auto" else TRACE
         self._validated = 0
         self.cursor = self.graph.root
+        if not self.graph.python_hooks and any(_has_hooks(t) for t in list(self.graph.grad_leaves.values())):
+            self._hooks_registered()  # a hook registered on a parameter since the last cell
         patches = self._patch_torch()
         # Every deferred op allocates a few small objects; with the default thresholds the
         # collector would run every ~100 ops and cost more than the op. Collect rarely instead.
@@ -1146,12 +1159,15 @@ class CoExecutor:
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
         elif (info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec)
-              or (info.name in _RAISES_ON_VALUES and caught_here(frame, self.roots))):
+              or (info.name in _RAISES_ON_VALUES and caught_here(frame, self.roots))
+              or grad[-1] is SAVED_HOOKS):
             node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"
-        if info.name in _HOOK_OPS or getattr(func, "__self__", None) is _BackwardHookFunction:
+        if not self.graph.python_hooks and _registers_python_for_backward(func, info, grad, frame):
             self._hooks_registered()
+        if node.barrier and not self.graph.python_hooks and _reaches_hooked_leaves(tensors, self.graph.grad_leaves):
+            self._hooks_registered()  # (registered before the mode could see it: in another cell)
         if node.barrier and node.kind in DEFERRED and self.graph.python_hooks:
             node.kind = "sync"
         node.out_struct = struct
@@ -1659,10 +1675,52 @@ _RAISES_ON_VALUES = frozenset({
     "linalg_eig", "linalg_eigvals", "linalg_svd", "linalg_svdvals", "linalg_lu_factor", "linalg_lu",
     "linalg_lstsq", "linalg_matrix_power", "linalg_tensorinv", "linalg_tensorsolve", "linalg_ldl_factor",
 })
-# Calls that register Python code for backward to run: tensor hooks, and the Function that module
-# backward hooks (register_full_backward_hook) put into the forward.
+# Calls that register Python code for backward to run: tensor hooks, and the Functions that module
+# backward hooks (register_full_backward_hook) and reentrant checkpoints put into the forward.
 _HOOK_OPS = frozenset({"register_hook", "register_post_accumulate_grad_hook"})
-_BackwardHookFunction = getattr(torch.nn.modules._functions, "BackwardHookFunction", None)
+_PYTHON_BACKWARD = tuple(cls for cls in (getattr(torch.nn.modules._functions, "BackwardHookFunction", None),
+                                         getattr(torch.utils.checkpoint, "CheckpointFunction", None)) if cls)
+# Module.__call__'s code, and the functions nested in it (the hooks' path runs in one, ``inner``)
+_CALL_IMPL = (lambda code: frozenset([code, *(c for c in code.co_consts if isinstance(c, types.CodeType))]))(
+    torch.nn.Module._call_impl.__code__)
+
+
+def _registers_python_for_backward(func, info: OpInfo, grad: tuple, frame) -> bool:
+    """Whether this call makes backward run Python of the program's: a tensor hook, a Function
+    whose backward calls the program (module backward hooks, a reentrant checkpoint), an op under
+    saved-tensor hooks (their unpack runs in backward: a non-reentrant checkpoint recomputes
+    there), or a module's deprecated ``register_backward_hook`` hooks, which ``Module.__call__``
+    puts on the output's ``grad_fn`` (the access this call is)."""
+    if info.name in _HOOK_OPS or grad[-1] is SAVED_HOOKS:
+        return True
+    owner = getattr(func, "__self__", None)
+    if any(owner is cls for cls in _PYTHON_BACKWARD):
+        return True
+    return frame.f_code in _CALL_IMPL and bool(frame.f_locals.get("non_full_backward_hooks"))
+
+
+def _has_hooks(t: torch.Tensor) -> bool:
+    return bool(t._backward_hooks or getattr(t, "_post_accumulate_grad_hooks", None))
+
+
+def _reaches_hooked_leaves(roots: list, leaves: weakref.WeakValueDictionary) -> bool:
+    """Walk the autograd graph behind a backward's tensors (real: this is the trace), keep the
+    leaves it accumulates into (checked again at each cell's start: a hook registered between
+    cells, past the mode, on a parameter), and whether any of them has a hook already."""
+    stack = [t.grad_fn for t in roots if isinstance(t, torch.Tensor)]
+    seen: set = set()
+    hooked = False
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        leaf = getattr(fn, "variable", None)
+        if isinstance(leaf, torch.Tensor):
+            leaves[id(leaf)] = leaf  # (by id: a WeakSet compares tensors with ==)
+            hooked = hooked or _has_hooks(leaf)
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return hooked
 _RING = 256  # the most futures a node output keeps for reuse
 # auto's choice (CoExecutor._choose): clean co-executed iterations measured before an eager probe of
 # CHOICE_EAGER iterations (the first CHOICE_WARMUP of a cell not counted: they still generate blocks);
