@@ -346,6 +346,33 @@ for reentrant in (False, True):
         opt.zero_grad(); loss.backward(); opt.step()
         print(i, len(calls), round(loss.item(), 4))
 """,
+    "per_sample_gradients_with_torch_func": """
+from torch.func import functional_call, grad, vmap
+params = {k: v.detach() for k, v in model.named_parameters()}
+def sample_loss(p, x, y):
+    return F.cross_entropy(functional_call(model, p, (x[None],)), y[None])
+for i, (x, y) in enumerate(data):
+    g = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
+    norms = torch.stack([v.flatten(1).norm(dim=1) for v in g.values()]).sum(0)
+    loss = F.cross_entropy(model(x), y) + 0.01 * norms.mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, [round(v, 4) for v in norms.tolist()[:3]], round(loss.item(), 4))
+""",
+    "a_maml_inner_step_and_random_vmap": """
+from torch.func import functional_call, grad, hessian, vmap
+params = dict(model.named_parameters())
+def task_loss(p, x, y):
+    return F.cross_entropy(functional_call(model, p, (x,)), y)
+for i, (x, y) in enumerate(data):
+    noise = torch.randn(8, 6)  # deferred: drawn before the dropout masks inside vmap, as in eager
+    x = vmap(lambda r: F.dropout(r, 0.3), randomness="different")(x + noise)
+    g = grad(task_loss)(params, x[:4], y[:4])
+    fast = {k: v - 0.1 * g[k] for k, v in params.items()}
+    loss = task_loss(fast, x[4:], y[4:]) + torch.rand(()) * 0
+    H = hessian(lambda v: (v.sin() * v).sum())(x[0])
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, round(loss.item(), 4), round(H.trace().item(), 4))
+""",
     "a_linalg_error_the_program_catches": """
 A = torch.randn(12, 4, 4)
 for i in range(12):

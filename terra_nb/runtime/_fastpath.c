@@ -74,12 +74,12 @@ static const char *FUTURE_SLOTS[U_NSLOTS] = {"_tn_meta", "_tn_src", "_tn_val", "
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
-#define N_MISSES 15
+#define N_MISSES 16
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
     "no entries", "more than 64 tensors", "a mask not a frozenset", "unexpected slots",
     "no entry matched", "the anchor's function, run eagerly", "autocast on", "keyword arguments not in a dict",
-    "saved-tensor hooks on",
+    "saved-tensor hooks on", "inside a torch.func transform",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
 
@@ -99,6 +99,7 @@ typedef struct {
     PyObject *no_scalars;    /* an empty list, never appended to */
     PyObject *is_grad_enabled, *is_inference, *any_autocast;
     PyObject *saved_hooks;   /* torch._C._autograd._top_saved_tensors_default_hooks */
+    PyObject *functorch_level;  /* torch._C._functorch.maybe_current_level */
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
@@ -1172,6 +1173,13 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     Py_DECREF(hooks);
     if (hooks_on)
         MISS(14);  /* so does a saved_tensors_hooks region (its ops run for real) */
+    PyObject *level = PyObject_Vectorcall(fp->functorch_level, NULL, 0, NULL);
+    if (level == NULL)
+        goto error;
+    int in_transform = level != Py_None;
+    Py_DECREF(level);
+    if (in_transform)
+        MISS(15);  /* CoExecutor.on_op runs the transform's ops now */
 
     Py_ssize_t n_entries = PyList_GET_SIZE(entries);
     for (Py_ssize_t e = 0; e < n_entries; e++) {
@@ -1429,6 +1437,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->is_inference);
     Py_CLEAR(fp->any_autocast);
     Py_CLEAR(fp->saved_hooks);
+    Py_CLEAR(fp->functorch_level);
     Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
@@ -1494,6 +1503,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(is_inference, "is_inference");
     TAKE(any_autocast, "any_autocast");
     TAKE(saved_hooks, "saved_hooks");
+    TAKE(functorch_level, "functorch_level");
     TAKE(run_meta, "run_meta");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");

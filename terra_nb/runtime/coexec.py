@@ -96,6 +96,7 @@ _WITH_AMP: dict[tuple, tuple] = {}
 # ops that save tensors for backward, in the program's thread, so those ops cannot be deferred.
 _saved_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda ignore_tracing: None)
 SAVED_HOOKS = "saved_tensors_hooks"
+_functorch_level = torch._C._functorch.maybe_current_level  # None outside torch.func's transforms
 
 
 def _grad_key() -> tuple:
@@ -213,7 +214,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
-        "saved_hooks": _saved_hooks,
+        "saved_hooks": _saved_hooks, "functorch_level": _functorch_level,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -525,6 +526,15 @@ class CoExecutor:
         __tracebackhide__ = True
         if self._interrupted:
             self._raise_interrupt()
+        if _functorch_level() is not None:
+            # Inside a torch.func transform (vmap, grad, jvp...): its tensors are the transform's
+            # wrappers, valid only until it returns, so its ops run now, as eager runs them;
+            # what it returns is a real tensor, fed to the ops after it. The blocks before run
+            # first (with the transform's dispatch off): its random ops draw after theirs.
+            if self.block.ops or self.runner.busy:
+                with torch._C._DisableFuncTorch():
+                    self.materialize()
+            return func(*real(args), **real(kwargs) if kwargs else {})
         if self.state is SKELETON and self.mode == "auto":
             # The fast path: a successor of the cursor validated before, found by the frame that
             # calls it. Checks the same key as the graph index (op, site, constants, input
