@@ -61,6 +61,9 @@ def assert_same_state(expected: dict, actual: dict, exact: bool = True, rtol: fl
             assert want is None and got is None, f"{key}: {want!r} vs {got!r}"
             continue
         assert want.shape == got.shape and want.dtype == got.dtype, f"{key}: {want.shape}/{want.dtype} vs {got.shape}/{got.dtype}"
+        assert want.layout == got.layout, f"{key}: {want.layout} vs {got.layout}"
+        if want.layout != torch.strided:
+            want, got = want.to_dense(), got.to_dense()
         if exact:
             assert torch.equal(want.detach(), got.detach()), f"{key} differs (max abs diff {(want - got).abs().max()})"
         else:

@@ -373,6 +373,16 @@ for i, (x, y) in enumerate(data):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, round(loss.item(), 4), round(H.trace().item(), 4))
 """,
+    "sparse_embedding_gradients_and_sparse_adam": """
+emb = nn.Embedding(20, 4, sparse=True)
+sparse_opt = torch.optim.SparseAdam(emb.parameters(), lr=0.01)
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x) + emb(y + i).sum(1, keepdim=True), y)
+    opt.zero_grad(); sparse_opt.zero_grad()
+    loss.backward()
+    opt.step(); sparse_opt.step()
+    print(i, round(loss.item(), 4), emb.weight.grad.is_sparse, emb.weight.grad._nnz())
+""",
     "a_linalg_error_the_program_catches": """
 A = torch.randn(12, 4, 4)
 for i in range(12):

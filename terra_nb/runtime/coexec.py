@@ -96,6 +96,7 @@ _WITH_AMP: dict[tuple, tuple] = {}
 # ops that save tensors for backward, in the program's thread, so those ops cannot be deferred.
 _saved_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda ignore_tracing: None)
 SAVED_HOOKS = "saved_tensors_hooks"
+_STRIDED = torch.strided
 _functorch_level = torch._C._functorch.maybe_current_level  # None outside torch.func's transforms
 
 
@@ -1179,6 +1180,10 @@ class CoExecutor:
         if node.barrier and not self.graph.python_hooks and _reaches_hooked_leaves(tensors, self.graph.grad_leaves):
             self._hooks_registered()  # (registered before the mode could see it: in another cell)
         if node.barrier and node.kind in DEFERRED and self.graph.python_hooks:
+            node.kind = "sync"
+        if node.kind in DEFERRED and any(t.layout is not _STRIDED for t in outs):
+            # A sparse result (an nn.Embedding(sparse=True)'s .grad): a future is a strided
+            # wrapper, and .is_sparse, or SparseAdam's check of it, would be answered wrong.
             node.kind = "sync"
         node.out_struct = struct
         node.out_meta = [meta_of(t) for t in outs]
