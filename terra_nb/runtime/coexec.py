@@ -652,6 +652,14 @@ class CoExecutor:
             if node is None or (node.count < self.trace_iters and not node.synthesized):
                 return self._fallback(f"{info.name}: an operation the trace has not seen here", frame,
                                       func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
+            if not self._known_edge(self.cursor, node):
+                # A known op, but never seen after the last one: the program took a path the trace
+                # has not (a leaf-only tree in a recursive model). What the path does to autograd
+                # is not known (which parameters get a .grad, read next by the optimizer), so the
+                # rest of the iteration is traced.
+                return self._fallback(f"{info.name}: an operation the trace has not seen after "
+                                      f"{self.cursor.info.name if self.cursor.info else 'the start'}", frame,
+                                      func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad)
             if self.mode == "auto" and info.kind != "feed":
                 # keyed by the code's id (a code object hashes slowly); the pair holds the code,
                 # so that id is never another code's while the entry lives
@@ -665,6 +673,16 @@ class CoExecutor:
                     pair[1].append(node)
             return self._validated_op(node, func, args, kwargs, tensors, scalars, frame)
         return self._trace(func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad, frame)
+
+    def _known_edge(self, prev: Node, node: Node) -> bool:
+        """Whether ``node`` after ``prev`` is a path the trace took: the edge itself, or one
+        between their families (a variant of an op in shapes or ints, ``x * i``, or a shape made
+        by ``_synthesize_variant``, is the same path). A cell's first op follows nothing."""
+        if node in prev.succ or prev is self.graph.root:
+            return True
+        by_site = self.graph.by_site
+        return any(n.family == node.family for p in by_site.get((prev.func, prev.site), ())
+                   if p.family == prev.family for n in p.succ)
 
     # -- skeleton ------------------------------------------------------------------------------
 
@@ -1001,12 +1019,18 @@ class CoExecutor:
             getter_src = _out_src(node, tensors, sources)
             for j, t in enumerate(outs):
                 t._tn_src = getter_src or (node.family, j)
+        known_edge = self._known_edge(self.cursor, node)
         self.graph.observe(node, self.cursor, tensors, scalars, sources)
         self._advance(node)
+        if not known_edge:
+            self._hold_trace = True
         self.ops_traced += 1
         if self.recording is not None:
             self.recording.append((node, tensors, scalars, outs))
-        if self.mode == "auto" and not self._hold_trace and self.graph.mature(node, self.trace_iters):
+        if (self.mode == "auto" and not self._hold_trace and known_edge
+                and self.graph.mature(node, self.trace_iters)):
+            # (after a path the trace had not taken, co-execution resumes only where the trace
+            # knows what follows: see the skeleton's edge check in _on_op)
             self.state = SKELETON
             self._validated = 0
         return out
