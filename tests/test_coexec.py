@@ -397,6 +397,14 @@ for i in range(30):
     tree_opt.zero_grad(); loss.backward(); tree_opt.step()
     print(i, round(loss.item(), 5), cell.weight.grad is None)
 """,
+    "python_ints_in_arithmetic_each_iteration": """
+for i, (x, y) in enumerate(data):
+    offset = torch.arange(8) + i * 8          # an int that changes every iteration: a feed
+    w = (x * (i + 1)).clamp(-i - 1, i + 1) ** (1 + i % 2)
+    loss = F.cross_entropy(model(w / (i + 2)), y) + (offset % 3 == i % 3).sum() * 0
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, offset[-1].item(), round(loss.item(), 4))
+""",
     "a_linalg_error_the_program_catches": """
 A = torch.randn(12, 4, 4)
 for i in range(12):
@@ -1131,3 +1139,15 @@ def test_a_narrow_win_of_co_execution_is_measured_again_soon():
     reasons = [e.reason for e in executor.log.events if e.kind == "choice"]
     assert reasons[0].endswith(f"measured again in {coexec.CHOICE_RETRY} iterations")
     assert reasons[1].endswith(f"measured again in {coexec.CHOICE_KEEP} iterations")
+
+
+def test_python_ints_in_arithmetic_are_feeds():
+    """``x * i``, ``arange(n) + i * n``: a new int each iteration is a feed of one node, not a new
+    node per iteration (the graph grew by one node per op and iteration)."""
+    session = check_program(PRELUDE + CASES["python_ints_in_arithmetic_each_iteration"])
+    sites = {}
+    for node in session.executor.graph.nodes:
+        if node.info is not None and node.info.name in ("add", "mul", "clamp", "pow", "div", "remainder", "eq"):
+            sites.setdefault((node.info.name, node.site), []).append(node)
+    assert sites and all(len(nodes) <= 2 for nodes in sites.values()), \
+        {name: len(nodes) for (name, _), nodes in sites.items()}

@@ -186,6 +186,15 @@ def _walk_ints(spec, visit) -> None:
 # a slice is clamped at the end of a dimension, so its length depends on them.
 _INT_FEEDS = {"__getitem__": None, "__setitem__": None, "select": frozenset({1}), "narrow": frozenset({1}),
               "roll": None, "randint": None, "index_select": frozenset({0})}
+# Elementwise arithmetic and comparisons with a Python int (``x * step``, ``idx + i * n``,
+# ``x.masked_fill(m, k)``): the int is a value only (the result's dtype follows its type, not its
+# value), so it is a feed, not a new node each time it changes.
+_INT_FEEDS.update(dict.fromkeys((
+    "add", "sub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod", "pow", "rsub",
+    "__rsub__", "__rdiv__", "__rtruediv__", "__floordiv__", "__rfloordiv__", "__rpow__", "__rmod__",
+    "add_", "sub_", "mul_", "div_", "floor_divide_", "remainder_", "fmod_", "pow_",
+    "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_", "fill_",
+    "clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_"), None))
 
 
 def feedable_ints(name: str, spec) -> frozenset:
