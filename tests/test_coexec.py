@@ -405,6 +405,18 @@ for i, (x, y) in enumerate(data):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, offset[-1].item(), round(loss.item(), 4))
 """,
+    "in_place_requires_grad_and_detach_on_results": """
+for i, (x, y) in enumerate(data):
+    h = model[0](x)
+    k = h.detach().clone()
+    same = k.requires_grad_() is k          # in place: k itself, now requiring grad
+    (k * 2).sum().backward()
+    h2 = F.relu(h)
+    loss = F.cross_entropy(model[2](h2), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    h2.detach_()
+    print(i, same, k.requires_grad, k.grad.sum().item(), h2.requires_grad, round(loss.item(), 4))
+""",
     "a_linalg_error_the_program_catches": """
 A = torch.randn(12, 4, 4)
 for i in range(12):

@@ -826,6 +826,8 @@ class CoExecutor:
         struct = out_structure(out)
         if struct != node.out_struct:
             node.kind = "fetch"  # its output kind depends on state: always run it for real
+        elif node.alias >= 0 and has_future and type(tensors[node.alias]) is FutureTensor:
+            out = self._follow_in_place(tensors[node.alias], out)
         if node.kind == "feed":
             out = _snapshot(out)
         if struct is not None:
@@ -851,6 +853,41 @@ class CoExecutor:
                     self._sync_text[node] = text
             self.log.add(Event("sync", self.cell, self.iter_index, text[0], text[1], waited_ms))
         return out
+
+    def _follow_in_place(self, fut: FutureTensor, out):
+        """An op that changed a future's value in place ran for real (``k.requires_grad_()``,
+        ``h.detach_()``): the future is still what the program holds, so it takes the value's
+        new ``requires_grad``, and the op returns it, as eager returns its input. (It leaves its
+        node's ring, a fresh future in its place: a recycled future keeps its metadata.) A new
+        shape or dtype (``x.unsqueeze_(0)``) a wrapper cannot take: the op returns the value."""
+        value = fut._tn_val
+        meta = fut._tn_meta
+        if (out is not value or value is None or value.shape != meta[0] or value.dtype != meta[1]
+                or value.device != meta[2]):
+            return out
+        if value.requires_grad != meta[3]:
+            if fut._tn_pooled:
+                family = fut._tn_src[0] if type(fut._tn_src) is tuple else None
+                for node in self.graph.nodes:
+                    if node.family != family:
+                        continue
+                    for j, ring in enumerate(node.pool):
+                        for k in range(1, len(ring)):
+                            if ring[k] is fut:
+                                ring[k] = spare = self._spare_future(node, j)
+                                spare._tn_src = fut._tn_src
+                fut._tn_pooled = False
+            with torch._C.DisableTorchFunctionSubclass():
+                torch._C.TensorBase.requires_grad_(fut, value.requires_grad)
+            fut._tn_meta = interned_meta((meta[0], meta[1], meta[2], value.requires_grad))
+        return fut
+
+    def _spare_future(self, node: Node, j: int) -> FutureTensor:
+        meta = node.out_meta[j]
+        spare = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
+        spare._tn_meta, spare._tn_val, spare._tn_owner, spare._tn_pooled = meta, None, self, True
+        spare._tn_blk, spare._tn_vidx = None, -1
+        return spare
 
     def flush(self) -> None:
         """Hand the pending block to the GraphRunner."""
