@@ -970,7 +970,9 @@ for epoch in range(3):
     iterations = session.log.iterations
     assert 17 <= len(iterations) <= 19, [it.mode for it in iterations]  # 18 batches (the first merges setup)
     last_epoch = iterations[-6:]
-    assert sum(it.mode == "coexec" for it in last_epoch) >= 5, [it.mode for it in iterations]
+    # (an epoch's first batch may fall back where its shuffle's randperm is new, and the batch
+    # after it is traced when that turn into the loop is a path the trace had not taken)
+    assert sum(it.mode == "coexec" for it in last_epoch) >= 4, [it.mode for it in iterations]
 
 
 def test_checkpoints_written_during_co_execution_are_eagers_byte_for_byte():
