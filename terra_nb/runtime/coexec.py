@@ -1797,6 +1797,8 @@ def _reaches_hooked_leaves(roots: list, leaves: weakref.WeakValueDictionary) -> 
             hooked = hooked or _has_hooks(leaf)
         stack.extend(next_fn for next_fn, _ in fn.next_functions)
     return hooked
+
+
 _RING = 256  # the most futures a node output keeps for reuse
 # auto's choice (CoExecutor._choose): clean co-executed iterations measured before an eager probe of
 # CHOICE_EAGER iterations (the first CHOICE_WARMUP of a cell not counted: they still generate blocks);
