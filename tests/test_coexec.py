@@ -1165,3 +1165,20 @@ def test_python_ints_in_arithmetic_are_feeds():
             sites.setdefault((node.info.name, node.site), []).append(node)
     assert sites and all(len(nodes) <= 2 for nodes in sites.values()), \
         {name: len(nodes) for (name, _), nodes in sites.items()}
+
+
+def test_fallbacks_while_co_executing_count_against_it():
+    """A program that falls back again and again (reinforce: every episode's end) pays for each;
+    auto's figure for co-execution counts them in, where the clean iterations alone made it look
+    cheap (reinforce ran co-executed at 2.8x eager's time)."""
+    executor = terra_nb.Session().executor
+    executor.baseline = 0
+    for ms in [1.0] * 4 + [20.0] + [1.0] * 6:
+        executor._choose("fallback" if ms > 10 else "coexec", ms)
+    assert executor._coexec_ms == [1.0] * 10 and executor._relapse_ms == [20.0]
+    executor._eager_ms = [2.0] * 5
+    assert executor._eager_wins() is True  # (10 x 1.0 + 20.0) / 11 = 2.7 ms co-executed
+    choice = [e.reason for e in executor.log.events if e.kind == "choice"][-1]
+    assert "1 fallback counted in" in choice and "co-executed 2.73 ms" in choice, choice
+    executor._coexec_ms, executor._eager_ms = [1.0] * 10, [2.0] * 5  # without it, co-execution wins
+    assert executor._eager_wins() is False

@@ -1377,7 +1377,7 @@ class CoExecutor:
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline = 0
         self._probing = self._stretch = False
-        self._coexec_ms.clear()
+        self._coexec_ms, self._relapse_ms = [], []
         self._probe_after = CHOICE_COEXEC
         self._resume_coexec(self.graph.root)
 
@@ -1447,6 +1447,7 @@ class CoExecutor:
 
     def _reset_choice(self) -> None:
         self._coexec_ms: list[float] = []  # the last clean co-executed iterations
+        self._relapse_ms: list[float] = []  # iterations among them that fell back (or traced after one)
         self._eager_ms: list[float] = []  # the iterations of the eager probe
         self._probing = False
         self._stretch = False  # the eager iterations are auto's (a probe or a stretch), not a baseline
@@ -1481,8 +1482,14 @@ class CoExecutor:
                 self.baseline, self._probing, self._eager_ms, self._stretch = CHOICE_EAGER, True, [], True
         elif mode == "eager" and self._probing:
             self._eager_ms.append(wall_ms)
-        elif mode != "eager":
-            self._coexec_ms.clear()  # traced or fell back: co-execution's figure starts again
+        elif mode != "eager" and not self.baseline:
+            # Fell back, or traced after a fallback, while co-executing: co-execution's cost too.
+            # A program that falls back again and again (reinforce: each episode's end) pays it
+            # every time, and the clean iterations alone made co-execution look cheap. (Before
+            # any clean one, it is the cell's own tracing: not counted.)
+            if self._coexec_ms:
+                self._relapse_ms.append(wall_ms)
+                del self._relapse_ms[:-CHOICE_MAX_SAMPLES]
 
     def _eager_wins(self) -> bool:
         """The eager probe ended: whether the cell goes on eagerly (then for ``_stay_eager`` iterations).
@@ -1491,9 +1498,14 @@ class CoExecutor:
         iteration (a collection, a compile in the background) does not decide.
         """
         self._probing = False
-        coexec, eager = statistics.median(self._coexec_ms), statistics.median(self._eager_ms)
-        measured = f"(medians of {len(self._coexec_ms)} and {len(self._eager_ms)} iterations)"
-        self._coexec_ms.clear()
+        clean, relapses = self._coexec_ms, self._relapse_ms
+        coexec = (statistics.median(clean) * len(clean) + sum(relapses)) / (len(clean) + len(relapses))
+        eager = statistics.median(self._eager_ms)
+        measured = f"(medians of {len(clean)} and {len(self._eager_ms)} iterations"
+        if relapses:
+            measured += f", {len(relapses)} fallback{'s' if len(relapses) > 1 else ''} counted in"
+        measured += ")"
+        self._coexec_ms, self._relapse_ms = [], []
         if eager >= coexec:
             # A narrow win (a noisy machine can give one either way) is measured again soon; a clear
             # one after CHOICE_KEEP iterations.
@@ -1808,7 +1820,7 @@ CHOICE_COEXEC, CHOICE_WARMUP, CHOICE_EAGER, CHOICE_RETRY, CHOICE_RETRY_MAX, CHOI
 # iterations of a fraction of a millisecond: each side is measured until its iterations add up to
 # CHOICE_MIN_MS (at most CHOICE_MAX_SAMPLES of them), so that a hiccup of the machine in two of
 # three short eager iterations does not decide
-CHOICE_MIN_MS, CHOICE_MAX_SAMPLES = 2.0, 40
+CHOICE_MIN_MS, CHOICE_MAX_SAMPLES = 5.0, 40
 # co-execution kept by less than this factor is measured again after CHOICE_RETRY iterations, not
 # CHOICE_KEEP: on a noisy machine two medians that close can come out either way
 CHOICE_CLEAR = 1.2
