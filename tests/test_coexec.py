@@ -1182,3 +1182,35 @@ def test_fallbacks_while_co_executing_count_against_it():
     assert "1 fallback counted in" in choice and "co-executed 2.73 ms" in choice, choice
     executor._coexec_ms, executor._eager_ms = [1.0] * 10, [2.0] * 5  # without it, co-execution wins
     assert executor._eager_wins() is False
+
+
+def test_a_parameter_the_next_cell_leaves_out_gets_no_grad():
+    """One optimizer holds a head that the first and the third cells use and the last does not:
+    its ``.grad`` reads, a tensor in every traced iteration, are None in the last cell, and the
+    step skips the head as eager does (its deferred step received None)."""
+    loop = """
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(HEAD(model(x)), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    seen.append(round(loss.item(), 5))
+print(len(seen), seen[-1], head.weight.grad is None)
+"""
+    cells = [(False, PRELUDE + "seen = []\nhead = nn.Linear(3, 3)\nopt.add_param_group({'params': head.parameters()})"),
+             (True, loop.replace("HEAD", "head")),
+             (True, loop.replace("HEAD", "")),
+             (True, loop.replace("HEAD", "head")),
+             (True, loop.replace("HEAD", ""))]
+    eager_ns: dict = {"__name__": "__main__"}
+    expected = io.StringIO()
+    with contextlib.redirect_stdout(expected):
+        for _, cell in cells:
+            exec(cell, eager_ns)
+    session = terra_nb.Session()
+    terra_ns: dict = {"__name__": "__main__"}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for coexecuted, cell in cells:
+            session.run_cell(cell, terra_ns) if coexecuted else exec(cell, terra_ns)
+    assert printed.getvalue() == expected.getvalue()
+    assert_same_state(state_of(eager_ns), state_of(terra_ns))
+    assert sum(it.mode == "coexec" for it in session.log.iterations) >= 30

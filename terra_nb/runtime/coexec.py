@@ -594,7 +594,8 @@ class CoExecutor:
     def _validated_op(self, node: Node, func, args, kwargs, tensors: list, scalars: list, frame):
         __tracebackhide__ = True
         if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
-            return self._defer(node, tensors, scalars)
+            if not (node.immediate and node.info.prop == "grad" and self._no_grad_yet(tensors[0])):
+                return self._defer(node, tensors, scalars)
         sources = node.sources
         for slot, t in enumerate(tensors):
             src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
@@ -853,6 +854,17 @@ class CoExecutor:
                     self._sync_text[node] = text
             self.log.add(Event("sync", self.cell, self.iter_index, text[0], text[1], waited_ms))
         return out
+
+    def _no_grad_yet(self, t) -> bool:
+        """Whether a ``.grad`` the trace saw as a tensor is None now, with nothing queued that could
+        set it: then it is None, and the read runs for real (its node becomes a ``fetch``).
+
+        The trace's answer is a prediction: a later iteration, or cell, whose backward does not
+        reach the parameter (an optimizer that also holds a head the loop no longer uses) left it
+        None, and the optimizer's deferred step received None. On a CPU, blocks run at each
+        backward, so the real ``.grad`` is known here; while blocks are queued on the
+        GraphRunner's thread, the prediction stands."""
+        return type(t) is not FutureTensor and t.grad is None and not self.runner.busy
 
     def _follow_in_place(self, fut: FutureTensor, out):
         """An op that changed a future's value in place ran for real (``k.requires_grad_()``,
@@ -1250,6 +1262,8 @@ class CoExecutor:
         node.out_meta = [meta_of(t) for t in outs]
         node.immediate = (node.kind in DEFERRED and info.name in _IMMEDIATE_OPS and bool(tensors)
                           and all(_is_small_cpu(t) for t in tensors) and all(_is_small_cpu(t) for t in outs))
+        if node.kind in DEFERRED and info.prop == "grad" and not info.setter and struct is TENSOR:
+            node.immediate = True  # (a .grad read: _validated_op looks at the real .grad first)
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
             if node.alias >= 0 and node.kind in DEFERRED and node.out_meta[0] != in_meta[node.alias]:
