@@ -96,3 +96,25 @@ def _assert_close_text(expected: str, actual: str) -> None:
             assert x == y
         else:
             assert math.isclose(fx, fy, rel_tol=1e-4, abs_tol=1e-5), f"{x} vs {y}"
+
+
+def check_cells(cells: list[tuple[bool, str]], runner: str = "auto") -> terra_nb.Session:
+    """A notebook's cells in order, ``(co-executed, source)``: the co-executed ones as ``%%terra``
+    cells of one session, the others plain. Assert what they print and leave is eager's."""
+    eager_ns: dict = {"__name__": "__main__"}
+    expected = io.StringIO()
+    with contextlib.redirect_stdout(expected):
+        for _, cell in cells:
+            exec(cell, eager_ns)
+    session = terra_nb.Session(runner=runner)
+    terra_ns: dict = {"__name__": "__main__"}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for coexecuted, cell in cells:
+            if coexecuted:
+                session.run_cell(cell, terra_ns)
+            else:
+                exec(cell, terra_ns)
+    assert printed.getvalue() == expected.getvalue()
+    assert_same_state(state_of(eager_ns), state_of(terra_ns))
+    return session

@@ -14,7 +14,7 @@ import torch
 import terra_nb
 from terra_nb.runtime import coexec
 
-from differential import assert_same_state, check_program, run_eager, run_terra, state_of
+from differential import assert_same_state, check_cells, check_program, run_eager, run_terra, state_of
 
 PRELUDE = """
 import math, random, statistics
@@ -1106,22 +1106,7 @@ for i, (x, y) in enumerate(data):
              (True, loop),
              (False, "h2 = model[2].bias.register_post_accumulate_grad_hook(lambda p: second.append(round(p.grad.sum().item(), 4)))"),
              (True, loop)]
-    eager_ns: dict = {"__name__": "__main__"}
-    expected = io.StringIO()
-    with contextlib.redirect_stdout(expected):
-        for _, cell in cells:
-            exec(cell, eager_ns)
-    session = terra_nb.Session(runner=runner)
-    terra_ns: dict = {"__name__": "__main__"}
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        for coexecuted, cell in cells:
-            if coexecuted:
-                session.run_cell(cell, terra_ns)
-            else:
-                exec(cell, terra_ns)
-    assert printed.getvalue() == expected.getvalue()
-    assert_same_state(state_of(eager_ns), state_of(terra_ns))
+    session = check_cells(cells, runner=runner)
     assert sum(it.mode == "coexec" for it in session.log.iterations) >= 16
 
 
@@ -1200,17 +1185,5 @@ print(len(seen), seen[-1], head.weight.grad is None)
              (True, loop.replace("HEAD", "")),
              (True, loop.replace("HEAD", "head")),
              (True, loop.replace("HEAD", ""))]
-    eager_ns: dict = {"__name__": "__main__"}
-    expected = io.StringIO()
-    with contextlib.redirect_stdout(expected):
-        for _, cell in cells:
-            exec(cell, eager_ns)
-    session = terra_nb.Session()
-    terra_ns: dict = {"__name__": "__main__"}
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        for coexecuted, cell in cells:
-            session.run_cell(cell, terra_ns) if coexecuted else exec(cell, terra_ns)
-    assert printed.getvalue() == expected.getvalue()
-    assert_same_state(state_of(eager_ns), state_of(terra_ns))
+    session = check_cells(cells)
     assert sum(it.mode == "coexec" for it in session.log.iterations) >= 30
