@@ -1391,7 +1391,8 @@ class CoExecutor:
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline = 0
         self._probing = self._stretch = False
-        self._coexec_ms, self._relapse_ms = [], []
+        self._coexec_ms.clear()
+        self._relapse_ms.clear()
         self._probe_after = CHOICE_COEXEC
         self._resume_coexec(self.graph.root)
 
@@ -1519,7 +1520,8 @@ class CoExecutor:
         if relapses:
             measured += f", {len(relapses)} fallback{'s' if len(relapses) > 1 else ''} counted in"
         measured += ")"
-        self._coexec_ms, self._relapse_ms = [], []
+        self._coexec_ms.clear()
+        self._relapse_ms.clear()
         if eager >= coexec:
             # A narrow win (a noisy machine can give one either way) is measured again soon; a clear
             # one after CHOICE_KEEP iterations.
