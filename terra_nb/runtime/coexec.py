@@ -864,7 +864,9 @@ class CoExecutor:
         None, and the optimizer's deferred step received None. On a CPU, blocks run at each
         backward, so the real ``.grad`` is known here; while blocks are queued on the
         GraphRunner's thread, the prediction stands."""
-        return type(t) is not FutureTensor and t.grad is None and not self.runner.busy
+        # (busy first: while a block runs on the GraphRunner's thread, its backward may be writing
+        # this .grad, and reading it meanwhile races with the autograd engine)
+        return not self.runner.busy and type(t) is not FutureTensor and t.grad is None
 
     def _follow_in_place(self, fut: FutureTensor, out):
         """An op that changed a future's value in place ran for real (``k.requires_grad_()``,
