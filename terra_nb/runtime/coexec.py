@@ -108,10 +108,11 @@ def _grad_key() -> tuple:
     paths compare it by identity."""
     grad = _GRAD[_is_grad_enabled()][_is_inference()]
     hooks = _saved_hooks(False) is not None
-    if not hooks and not any_autocast():
+    amp_on = any_autocast()
+    if not hooks and not amp_on:
         return grad
     amp = None
-    if any_autocast():
+    if amp_on:
         amp = (tuple([(d, torch.get_autocast_dtype(d)) for d in AMP_DEVICES if torch.is_autocast_enabled(d)]),
                torch.is_autocast_cache_enabled())
     key = (grad[0], grad[1], amp, SAVED_HOOKS) if hooks else (grad[0], grad[1], amp)
@@ -793,14 +794,7 @@ class CoExecutor:
         """
         ring = node.pool[j]
         pos, n = ring[0], len(ring) - 1
-        meta = node.out_meta[j]
-        fut = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
-        fut._tn_meta = meta
-        fut._tn_src = getter_src or (node.family, j)
-        fut._tn_val = None
-        fut._tn_owner = self
-        fut._tn_pooled = True
-        fut._tn_blk, fut._tn_vidx = None, -1  # (the caller places it in its block)
+        fut = self._pooled_future(node.out_meta[j], getter_src or (node.family, j))
         if n < _RING:
             ring.insert(1 + pos, fut)  # before the held one: the position still names it next
             ring[0] = (pos + 1) % (n + 1)
@@ -808,6 +802,17 @@ class CoExecutor:
             ring[1 + pos]._tn_pooled = False  # evicted: only the program holds it now
             ring[1 + pos] = fut
             ring[0] = (pos + 1) % n
+        return fut
+
+    def _pooled_future(self, meta: tuple, src) -> FutureTensor:
+        """A future with ``meta``, not yet computed, for a node's ring (the caller places it in its block)."""
+        fut = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
+        fut._tn_meta = meta
+        fut._tn_src = src
+        fut._tn_val = None
+        fut._tn_owner = self
+        fut._tn_pooled = True
+        fut._tn_blk, fut._tn_vidx = None, -1
         return fut
 
     def _run_now(self, node: Node, func, info, args, kwargs, tensors: list, frame, scalars: list):
@@ -881,27 +886,22 @@ class CoExecutor:
             return out
         if value.requires_grad != meta[3]:
             if fut._tn_pooled:
-                family = fut._tn_src[0] if type(fut._tn_src) is tuple else None
-                for node in self.graph.nodes:
-                    if node.family != family:
-                        continue
-                    for j, ring in enumerate(node.pool):
-                        for k in range(1, len(ring)):
-                            if ring[k] is fut:
-                                ring[k] = spare = self._spare_future(node, j)
-                                spare._tn_src = fut._tn_src
-                fut._tn_pooled = False
+                self._leave_ring(fut)
             with torch._C.DisableTorchFunctionSubclass():
                 torch._C.TensorBase.requires_grad_(fut, value.requires_grad)
             fut._tn_meta = interned_meta((meta[0], meta[1], meta[2], value.requires_grad))
         return fut
 
-    def _spare_future(self, node: Node, j: int) -> FutureTensor:
-        meta = node.out_meta[j]
-        spare = _make_wrapper(FutureTensor, meta[0], dtype=meta[1], device=meta[2], requires_grad=meta[3])
-        spare._tn_meta, spare._tn_val, spare._tn_owner, spare._tn_pooled = meta, None, self, True
-        spare._tn_blk, spare._tn_vidx = None, -1
-        return spare
+    def _leave_ring(self, fut: FutureTensor) -> None:
+        """Take ``fut`` out of its node's ring of futures, a fresh one in its place."""
+        family = fut._tn_src[0] if type(fut._tn_src) is tuple else None
+        for node in self.graph.nodes:
+            if node.family == family:
+                for j, ring in enumerate(node.pool):
+                    for k in range(1, len(ring)):  # (by identity: == on tensors is an op)
+                        if ring[k] is fut:
+                            ring[k] = self._pooled_future(node.out_meta[j], fut._tn_src)
+        fut._tn_pooled = False
 
     def flush(self) -> None:
         """Hand the pending block to the GraphRunner."""
