@@ -36,7 +36,7 @@ enum {
     S_input, S_tn_src, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
-    S_func, N_NAMES
+    S_func, S_pending, S_grad, N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
     "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
@@ -45,7 +45,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_src", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
-    "func",
+    "func", "_pending", "grad",
 };
 static PyObject *str[N_NAMES];
 /* The names above that are the executor's attributes (slots of its class). */
@@ -101,6 +101,7 @@ typedef struct {
     PyObject *saved_hooks;   /* torch._C._autograd._top_saved_tensors_default_hooks */
     PyObject *functorch_level;  /* torch._C._functorch.maybe_current_level */
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
+    PyObject *grad_read;     /* coexec.GRAD_READ: a node's ``immediate`` when it reads a .grad */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
@@ -283,6 +284,42 @@ wire_input(FastPath *fp, PyObject *blk, PyObject *t, Py_ssize_t *w)
     }
     *w = -1 - PyLong_AsSsize_t(k);
     return 0;
+}
+
+/* Whether a validated .grad read (a node whose ``immediate`` is GRAD_READ) goes to the Python
+   path, CoExecutor._validated_op, rather than being deferred: when its tensor is skeleton-local,
+   or when the real .grad may be None (_no_grad_yet: no block queued, a real tensor, .grad None).
+   1: the Python path, 0: defer, -1: an error. */
+static int
+grad_read_now(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt)
+{
+    if (nt != 1)
+        return 1;
+    PyObject *t = tensors[0];
+    if (Py_TYPE(t) == (PyTypeObject *)fp->future_type)
+        return 0;
+    PyObject *local = inst_get(t, str[S_tn_local]);
+    if (local == NULL && PyErr_Occurred())
+        return -1;
+    if (local != NULL && local != Py_False)
+        return 1;
+    PyObject *runner = ex_get(fp, S_runner);
+    if (runner == NULL)
+        return -1;
+    PyObject *pending = PyObject_GetAttr(runner, str[S_pending]);
+    Py_DECREF(runner);
+    if (pending == NULL)
+        return -1;
+    int busy = PyObject_IsTrue(pending);
+    Py_DECREF(pending);
+    if (busy)
+        return busy < 0 ? -1 : 0;
+    PyObject *grad = PyObject_GetAttr(t, str[S_grad]);
+    if (grad == NULL)
+        return -1;
+    int none = grad == Py_None;
+    Py_DECREF(grad);
+    return none;
 }
 
 static PyObject *
@@ -1263,7 +1300,14 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         int deferred = kind == fp->op_kind || kind == fp->effect_kind;
         if (!deferred && PyUnicode_Check(kind))
             deferred = !PyUnicode_Compare(kind, fp->op_kind) || !PyUnicode_Compare(kind, fp->effect_kind);
-        if (deferred && NODE(fp, node, N_immediate) != Py_True) {
+        PyObject *immediate = NODE(fp, node, N_immediate);
+        int now = deferred ? immediate == Py_True : 1;
+        if (deferred && immediate == fp->grad_read) {
+            now = grad_read_now(fp, tensors, nt);
+            if (now < 0)
+                goto error;
+        }
+        if (!now) {
             result = defer(fp, node, tensors, nt, scalars);
         } else {
             tlist = PyList_New(nt);
@@ -1439,6 +1483,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->saved_hooks);
     Py_CLEAR(fp->functorch_level);
     Py_CLEAR(fp->run_meta);
+    Py_CLEAR(fp->grad_read);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
     Py_CLEAR(fp->canonical_offsets);
@@ -1505,6 +1550,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(saved_hooks, "saved_hooks");
     TAKE(functorch_level, "functorch_level");
     TAKE(run_meta, "run_meta");
+    TAKE(grad_read, "GRAD_READ");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");
     TAKE(canonical_offsets, "canonical_offsets");

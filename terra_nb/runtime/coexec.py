@@ -216,7 +216,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
         "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
-        "saved_hooks": _saved_hooks, "functorch_level": _functorch_level,
+        "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -595,7 +595,7 @@ class CoExecutor:
     def _validated_op(self, node: Node, func, args, kwargs, tensors: list, scalars: list, frame):
         __tracebackhide__ = True
         if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
-            if not (node.immediate and node.info.prop == "grad" and self._no_grad_yet(tensors[0])):
+            if not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
                 return self._defer(node, tensors, scalars)
         sources = node.sources
         for slot, t in enumerate(tensors):
@@ -1265,7 +1265,7 @@ class CoExecutor:
         node.immediate = (node.kind in DEFERRED and info.name in _IMMEDIATE_OPS and bool(tensors)
                           and all(_is_small_cpu(t) for t in tensors) and all(_is_small_cpu(t) for t in outs))
         if node.kind in DEFERRED and info.prop == "grad" and not info.setter and struct is TENSOR:
-            node.immediate = True  # (a .grad read: _validated_op looks at the real .grad first)
+            node.immediate = GRAD_READ  # (a .grad read: _validated_op looks at the real .grad first)
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
             if node.alias >= 0 and node.kind in DEFERRED and node.out_meta[0] != in_meta[node.alias]:
@@ -1762,6 +1762,11 @@ def _all_local(tensors: list) -> bool:
 # Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
 # inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
 # wait. Random ops are not here: they must draw from the generator in program order.
+# A node's ``immediate`` when it reads a ``.grad`` (truthy, as ``immediate`` is): it is deferred
+# only while the real ``.grad`` cannot be None (see CoExecutor._no_grad_yet; _fastpath.c's
+# grad_read_now asks the same in C)
+GRAD_READ = "grad read"
+
 _IMMEDIATE_OPS = frozenset({
     "__iadd__", "__isub__", "__imul__", "__itruediv__", "add_", "sub_", "mul_", "div_", "add", "sub", "mul", "div",
     "__add__", "__sub__", "__mul__", "__truediv__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__",
