@@ -36,7 +36,7 @@ enum {
     S_input, S_tn_src, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
-    S_func, S_pending, S_grad, N_NAMES
+    S_func, S_pending, S_grad, S_setter, N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
     "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
@@ -45,7 +45,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_src", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
-    "func", "_pending", "grad",
+    "func", "_pending", "grad", "setter",
 };
 static PyObject *str[N_NAMES];
 /* The names above that are the executor's attributes (slots of its class). */
@@ -93,7 +93,6 @@ typedef struct {
     PyObject *grad_table[2][2];
     PyObject *tensor_struct, *none_struct, *external;
     PyObject *make_future;   /* executor._make_future(node, j, getter_src): a new future, into the pool */
-    PyObject *out_src;       /* coexec._out_src(node, tensors) */
     PyObject *build_out;     /* ops.build_out(structure, values) */
     PyObject *marker_t, *marker_f, *marker_g, *marker_fn, *marker_mut;  /* ops.T, F, G, FN and MUT */
     PyObject *no_scalars;    /* an empty list, never appended to */
@@ -112,6 +111,7 @@ typedef struct {
     Py_ssize_t block_off[B_NSLOTS];
     Py_ssize_t future_off[U_NSLOTS];
     Py_ssize_t info_prop_off;  /* OpInfo.prop */
+    Py_ssize_t info_setter_off;  /* OpInfo.setter */
     Py_ssize_t ex_off[N_NAMES];  /* the executor's slots, by name (EXECUTOR_SLOTS; 0 for other names) */
     int interrupt;  /* an interrupt waits (CoExecutor._on_interrupt): every call goes to Python */
 } FastPath;
@@ -488,30 +488,34 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             goto error;
         }
         Py_INCREF(info_prop);
-        if (info_prop != Py_None) {
-            PyObject *targs = PyTuple_New(nt);
-            if (targs == NULL) {
-                Py_DECREF(info_prop);
-                goto error;
+        PyObject *setter = SLOT(info, fp->info_setter_off);  /* node.info.setter */
+        if (info_prop != Py_None && setter == Py_False && nt > 0) {
+            /* a property read: its output named by what it is read from, as coexec._out_src
+               names it, ("prop", name, the owner's provenance) */
+            PyObject *t = tensors[0];
+            PyObject *owner;
+            if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
+                owner = FUT(fp, t, U_src);
+                if (owner == NULL) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_AttributeError, "a future without its source");
+                    Py_DECREF(info_prop);
+                    goto error;
+                }
+            } else {
+                owner = inst_get(t, str[S_tn_src]);
+                if (owner == NULL && PyErr_Occurred()) {
+                    Py_DECREF(info_prop);
+                    goto error;
+                }
+                if (owner == NULL)
+                    owner = fp->external;
             }
-            for (Py_ssize_t i = 0; i < nt; i++) {
-                Py_INCREF(tensors[i]);
-                PyTuple_SET_ITEM(targs, i, tensors[i]);
-            }
-            PyObject *tl = PySequence_List(targs);
-            Py_DECREF(targs);
-            if (tl == NULL) {
-                Py_DECREF(info_prop);
-                goto error;
-            }
-            getter_src = PyObject_CallFunctionObjArgs(fp->out_src, node, tl, NULL);
-            Py_DECREF(tl);
+            getter_src = PyTuple_Pack(3, str[S_prop], info_prop, owner);
             if (getter_src == NULL) {
                 Py_DECREF(info_prop);
                 goto error;
             }
-            if (getter_src == Py_None)
-                Py_CLEAR(getter_src);
         }
         Py_DECREF(info_prop);
         PyObject *futs = BLK(fp, blk, B_futs);
@@ -1469,7 +1473,6 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->none_struct);
     Py_CLEAR(fp->external);
     Py_CLEAR(fp->make_future);
-    Py_CLEAR(fp->out_src);
     Py_CLEAR(fp->build_out);
     Py_CLEAR(fp->marker_t);
     Py_CLEAR(fp->marker_f);
@@ -1537,7 +1540,6 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(none_struct, "NONE");
     TAKE(external, "EXTERNAL");
     TAKE(make_future, "make_future");
-    TAKE(out_src, "out_src");
     TAKE(build_out, "build_out");
     TAKE(marker_t, "T");
     TAKE(marker_f, "F");
@@ -1571,7 +1573,8 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             || slot_offsets(fp->node_type, NODE_SLOTS, fp->node_off, N_NSLOTS) < 0
             || slot_offsets(fp->block_type, BLOCK_SLOTS, fp->block_off, B_NSLOTS) < 0
             || slot_offsets(fp->future_type, FUTURE_SLOTS, fp->future_off, U_NSLOTS) < 0
-            || slot_offsets(fp->info_type, &NAMES[S_prop], &fp->info_prop_off, 1) < 0) {
+            || slot_offsets(fp->info_type, &NAMES[S_prop], &fp->info_prop_off, 1) < 0
+            || slot_offsets(fp->info_type, &NAMES[S_setter], &fp->info_setter_off, 1) < 0) {
         Py_DECREF(fp);
         return NULL;
     }

@@ -214,7 +214,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
-        "make_future": executor._make_future, "out_src": _out_src, "build_out": build_out,
+        "make_future": executor._make_future, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
         "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
