@@ -417,6 +417,19 @@ for i, (x, y) in enumerate(data):
     h2.detach_()
     print(i, same, k.requires_grad, k.grad.sum().item(), h2.requires_grad, round(loss.item(), 4))
 """,
+    "in_place_shape_changes_on_results": """
+held = []
+for i, (x, y) in enumerate(data):
+    h = model[0](x)
+    h.unsqueeze_(0)                       # in place: the program keeps h, now (1, 8, 16)
+    g = model[0](x).detach()
+    g.t_()
+    held.append(h)
+    loss = F.cross_entropy(model[2](F.relu(h[0])), y) + g.sum() * 0
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, tuple(h.shape), tuple(g.shape), g.stride(), round(loss.item(), 4))
+print(round(sum(t.sum() for t in held).item(), 3))
+""",
     "a_linalg_error_the_program_catches": """
 A = torch.randn(12, 4, 4)
 for i in range(12):

@@ -875,21 +875,29 @@ class CoExecutor:
 
     def _follow_in_place(self, fut: FutureTensor, out):
         """An op that changed a future's value in place ran for real (``k.requires_grad_()``,
-        ``h.detach_()``): the future is still what the program holds, so it takes the value's
-        new ``requires_grad``, and the op returns it, as eager returns its input. (It leaves its
-        node's ring, a fresh future in its place: a recycled future keeps its metadata.) A new
-        shape or dtype (``x.unsqueeze_(0)``) a wrapper cannot take: the op returns the value."""
+        ``h.detach_()``, ``h.unsqueeze_(0)``): the future is still what the program holds, so it
+        takes the value's new ``requires_grad``, shape and strides, and the op returns it, as
+        eager returns its input. (It leaves its node's ring, a fresh future in its place: a
+        recycled future keeps its metadata.) A view the wrapper cannot take (more elements than
+        it was made with: ``resize_``) leaves the future as it was: the op returns the value."""
         value = fut._tn_val
         meta = fut._tn_meta
-        if (out is not value or value is None or value.shape != meta[0] or value.dtype != meta[1]
-                or value.device != meta[2]):
+        if out is not value or value is None or value.dtype != meta[1] or value.device != meta[2]:
             return out
-        if value.requires_grad != meta[3]:
-            if fut._tn_pooled:
-                self._leave_ring(fut)
-            with torch._C.DisableTorchFunctionSubclass():
+        if value.shape == meta[0] and value.requires_grad == meta[3]:
+            return fut
+        if fut._tn_pooled:
+            self._leave_ring(fut)
+        with torch._C.DisableTorchFunctionSubclass():
+            if value.shape != meta[0]:
+                try:
+                    with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
+                        torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+                except RuntimeError:  # out of the wrapper's bounds
+                    return out
+            if value.requires_grad != meta[3]:
                 torch._C.TensorBase.requires_grad_(fut, value.requires_grad)
-            fut._tn_meta = interned_meta((meta[0], meta[1], meta[2], value.requires_grad))
+        fut._tn_meta = interned_meta((value.shape, meta[1], meta[2], value.requires_grad))
         return fut
 
     def _leave_ring(self, fut: FutureTensor) -> None:
@@ -1762,6 +1770,9 @@ def _all_local(tensors: list) -> bool:
 # Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
 # inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
 # wait. Random ops are not here: they must draw from the generator in program order.
+# The wrapper's own dispatch key: excluded, an in-place view op restrides the future itself
+_PYTHON_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
+
 # A node's ``immediate`` when it reads a ``.grad`` (truthy, as ``immediate`` is): it is deferred
 # only while the real ``.grad`` cannot be None (see CoExecutor._no_grad_yet; _fastpath.c's
 # grad_read_now asks the same in C)
