@@ -36,7 +36,7 @@ enum {
     S_input, S_tn_src, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
-    S_func, S_pending, S_grad, S_setter, N_NAMES
+    S_func, S_pending, S_grad, S_setter, S_ran_now, S_captured, N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
     "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
@@ -45,7 +45,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_src", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
-    "func", "_pending", "grad", "setter",
+    "func", "_pending", "grad", "setter", "_ran_now", "captured",
 };
 static PyObject *str[N_NAMES];
 /* The names above that are the executor's attributes (slots of its class). */
@@ -89,7 +89,7 @@ typedef struct {
     PyObject *executor;      /* the CoExecutor */
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
     PyObject *node_type, *block_type, *future_type, *tensor_type, *info_type, *generator_type;
-    PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind;  /* the constants the Python path compares */
+    PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind, *fetch_kind;  /* the constants the Python path compares */
     PyObject *grad_table[2][2];
     PyObject *tensor_struct, *none_struct, *external;
     PyObject *make_future;   /* executor._make_future(node, j, getter_src): a new future, into the pool */
@@ -322,11 +322,228 @@ grad_read_now(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt)
     return none;
 }
 
+/* A validated op's bookkeeping, as CoExecutor._advance does it in its common case (inline): count
+   the op (node.count), count the edge from the cursor, move the cursor; at an iteration's boundary
+   (the anchor, a cell's loop row) _advance itself runs. 0, or -1 on an error. */
+static int
+advance(FastPath *fp, PyObject *node, PyObject *anchor)
+{
+    PyObject *ex = fp->executor;
+    PyObject *cursor = NULL;
+    /* node.count += 1 */
+    {
+        PyObject *c = PyLong_FromSsize_t(node_int(NODE(fp, node, N_count)) + 1);
+        if (c == NULL)
+            goto error;
+        slot_set(node, fp->node_off[N_count], c);
+        Py_DECREF(c);
+    }
+    /* _advance's common case, inline: count the edge, move the cursor */
+    cursor = ex_get(fp, S_cursor);
+    if (cursor == NULL)
+        goto error;
+    {
+        PyObject *succ = NODE(fp, cursor, N_succ);
+        PyObject *n = PyDict_GetItemWithError(succ, node);
+        if (n != NULL) {
+            PyObject *pred = NODE(fp, node, N_pred);
+            PyObject *m = PyDict_GetItemWithError(pred, cursor);
+            if (m == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_KeyError, "an edge without its reverse");
+                goto error;
+            }
+            PyObject *n1 = PyLong_FromSsize_t(PyLong_AsSsize_t(n) + 1);
+            PyObject *m1 = PyLong_FromSsize_t(PyLong_AsSsize_t(m) + 1);
+            int rc = (n1 && m1) ? (PyDict_SetItem(succ, node, n1) | PyDict_SetItem(pred, cursor, m1)) : -1;
+            Py_XDECREF(n1);
+            Py_XDECREF(m1);
+            if (rc < 0)
+                goto error;
+        } else {
+            if (PyErr_Occurred())
+                goto error;
+            PyObject *graph = ex_get(fp, S_graph);
+            PyObject *r = graph ? PyObject_CallMethodObjArgs(graph, str[S_step], cursor, node, NULL) : NULL;
+            Py_XDECREF(graph);
+            if (r == NULL)
+                goto error;
+            Py_DECREF(r);
+        }
+    }
+    {
+        Py_ssize_t now_op, limit, first;
+        if (get_ssize(fp, S_op_counter, &now_op) < 0 || get_ssize(fp, S_anchor_limit, &limit) < 0
+                || get_ssize(fp, S_anchor_first, &first) < 0)
+            goto error;
+        now_op += 1;
+        PyObject *explicit_ = ex_get(fp, S_explicit_iterations);
+        PyObject *token = ex_get(fp, S_cell_token);
+        if (explicit_ == NULL || token == NULL) {
+            Py_XDECREF(explicit_);
+            Py_XDECREF(token);
+            goto error;
+        }
+        int boundary = node == anchor || PyObject_IsTrue(explicit_) || NODE(fp, node, N_cell_mark) != token
+            || now_op > limit || node_int(NODE(fp, node, N_seen_at)) < first;
+        Py_DECREF(explicit_);
+        Py_DECREF(token);
+        if (boundary) {
+            PyObject *r = PyObject_CallMethodObjArgs(ex, str[S_advance], node, Py_True, NULL);
+            if (r == NULL)
+                goto error;
+            Py_DECREF(r);
+        } else {
+            PyObject *s = PyLong_FromSsize_t(now_op);  /* op_counter and node.seen_at: one int */
+            if (s == NULL || ex_set(fp, S_cursor, node) < 0) {
+                Py_XDECREF(s);
+                goto error;
+            }
+            slot_set(fp->executor, fp->ex_off[S_op_counter], s);
+            slot_set(node, fp->node_off[N_seen_at], s);
+            Py_DECREF(s);
+        }
+    }
+    Py_DECREF(cursor);
+    return 0;
+error:
+    Py_XDECREF(cursor);
+    return -1;
+}
+
+/* node.src_seen, made fresh when it is not a list of nt: per slot, the source last added to
+   node.sources[slot] (sources only grow: the same source again needs no set lookup). Borrowed (the
+   node holds it), or NULL on an error. */
+static PyObject *
+sources_seen(FastPath *fp, PyObject *node, Py_ssize_t nt)
+{
+    PyObject *seen = NODE(fp, node, N_src_seen);
+    if (seen != NULL && PyList_CheckExact(seen) && PyList_GET_SIZE(seen) == nt)
+        return seen;
+    PyObject *fresh = PyList_New(nt);
+    if (fresh == NULL)
+        return NULL;
+    for (Py_ssize_t slot = 0; slot < nt; slot++) {
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(fresh, slot, Py_None);
+    }
+    slot_set(node, fp->node_off[N_src_seen], fresh);
+    Py_DECREF(fresh);
+    return fresh;
+}
+
+/* node.sources[slot].add(src), unless src is the one last added there. 0, or -1 on an error. */
+static int
+note_source(FastPath *fp, PyObject *node, PyObject *seen, Py_ssize_t slot, PyObject *src)
+{
+    if (PyList_GET_ITEM(seen, slot) == src)
+        return 0;
+    PyObject *set = PyList_GET_ITEM(NODE(fp, node, N_sources), slot);
+    Py_INCREF(src);  /* src may be borrowed from a dict that the calls below change */
+    int has = PySet_Contains(set, src);
+    if (has == 0)
+        has = PySet_Add(set, src);
+    if (has < 0) {
+        Py_DECREF(src);
+        return -1;
+    }
+    PyList_SetItem(seen, slot, src);  /* steals the reference taken above */
+    return 0;
+}
+
+/* Whether every tensor is skeleton-local (coexec._all_local): a real tensor marked _tn_local.
+   -1 on an error. */
+static int
+all_local(PyObject *const *tensors, Py_ssize_t nt, PyObject *future_type)
+{
+    if (nt == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < nt; i++) {
+        if (Py_TYPE(tensors[i]) == (PyTypeObject *)future_type)
+            return 0;
+        PyObject *local = inst_get(tensors[i], str[S_tn_local]);
+        if (local == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        int truth = PyObject_IsTrue(local);
+        if (truth <= 0)
+            return truth;
+    }
+    return 1;
+}
+
+/* A grad-read immediate (see grad_read_now) or a validated op whose tensors are all
+   skeleton-local (an optimizer's step counter: ``step += 1``, ``step.item()``), run now, as
+   CoExecutor._validated_op and _run_now run it: nothing is pending that could write those tensors,
+   so nothing is waited for. An output other than the simple ones (a tensor the op returns in place,
+   None, a Python value) goes on to the Python path's CoExecutor._ran_now. */
+static PyObject *
+run_local(FastPath *fp, PyObject *node, PyObject *func, PyObject *args, PyObject *kwargs,
+          PyObject *const *tensors, Py_ssize_t nt, PyObject *scalars, PyObject *frame)
+{
+    PyObject *seen = sources_seen(fp, node, nt);
+    if (seen == NULL)
+        return NULL;
+    for (Py_ssize_t slot = 0; slot < nt; slot++) {
+        PyObject *src = inst_get(tensors[slot], str[S_tn_src]);
+        if (src == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            src = fp->external;
+        }
+        if (note_source(fp, node, seen, slot, src) < 0)
+            return NULL;
+    }
+    PyObject *out = PyObject_Call(func, args, kwargs != NULL && kwargs != Py_None && PyDict_GET_SIZE(kwargs) ? kwargs : NULL);
+    if (out == NULL)
+        return NULL;
+    PyObject *struc = NODE(fp, node, N_out_struct);
+    int simple;
+    if (PyObject_TypeCheck(out, (PyTypeObject *)fp->tensor_type)) {
+        simple = 0;
+        for (Py_ssize_t i = 0; struc == fp->tensor_struct && i < nt && !simple; i++)
+            simple = tensors[i] == out;  /* in place: the input keeps its mark and provenance */
+    } else if (out == Py_None) {
+        simple = struc == fp->none_struct;
+    } else {
+        simple = struc == Py_None && !PyTuple_Check(out) && !PyList_Check(out);
+    }
+    if (!simple) {
+        PyObject *tlist = PyList_New(nt);
+        if (tlist == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < nt; i++) {
+            Py_INCREF(tensors[i]);
+            PyList_SET_ITEM(tlist, i, tensors[i]);
+        }
+        PyObject *argv[7] = {fp->executor, node, NODE(fp, node, N_info), tlist, frame, scalars, out};
+        PyObject *r = PyObject_VectorcallMethod(str[S_ran_now], argv, 7, NULL);
+        Py_DECREF(tlist);
+        Py_DECREF(out);
+        return r;
+    }
+    PyObject *anchor = ex_get(fp, S_anchor);
+    if (anchor == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    int rc = advance(fp, node, anchor);
+    Py_DECREF(anchor);
+    Py_ssize_t validated;
+    if (rc < 0 || add_ssize(fp, S_ops_coexec, 1) < 0 || get_ssize(fp, S_validated, &validated) < 0
+            || (!validated && set_ssize(fp, S_validated, 1) < 0)) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 static PyObject *
 defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyObject *scalars)
 {
     PyObject *ex = fp->executor;
-    PyObject *blk = NULL, *anchor = NULL, *out = NULL, *wiring = NULL, *op = NULL, *cursor = NULL;
+    PyObject *blk = NULL, *anchor = NULL, *out = NULL, *wiring = NULL, *op = NULL;
     PyObject *values = NULL;
 
     blk = ex_get(fp, S_block);
@@ -361,20 +578,9 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
     }
     /* wiring and provenance; node.src_seen: per slot, the source last added to node.sources[slot]
        (sources only grow: the same source again needs no set lookup) */
-    PyObject *sources = NODE(fp, node, N_sources);
-    PyObject *seen = NODE(fp, node, N_src_seen);
-    if (seen == NULL || !PyList_CheckExact(seen) || PyList_GET_SIZE(seen) != nt) {
-        PyObject *fresh = PyList_New(nt);
-        if (fresh == NULL)
-            goto error;
-        for (Py_ssize_t slot = 0; slot < nt; slot++) {
-            Py_INCREF(Py_None);
-            PyList_SET_ITEM(fresh, slot, Py_None);
-        }
-        slot_set(node, fp->node_off[N_src_seen], fresh);
-        Py_DECREF(fresh);
-        seen = fresh;  /* (the node holds it) */
-    }
+    PyObject *seen = sources_seen(fp, node, nt);
+    if (seen == NULL)
+        goto error;
     Py_ssize_t wired[MAX_TENSORS];
     if (nt > MAX_TENSORS) {
         PyErr_SetString(PyExc_ValueError, "more tensors than the fast path takes");
@@ -414,18 +620,8 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
                 goto error;
         }
         wired[slot] = w;
-        if (PyList_GET_ITEM(seen, slot) == src)
-            continue;
-        PyObject *set = PyList_GET_ITEM(sources, slot);
-        Py_INCREF(src);  /* src is borrowed from a dict that the calls below may change */
-        int has = PySet_Contains(set, src);
-        if (has == 0)
-            has = PySet_Add(set, src);
-        if (has < 0) {
-            Py_DECREF(src);
+        if (note_source(fp, node, seen, slot, src) < 0)
             goto error;
-        }
-        PyList_SetItem(seen, slot, src);  /* steals the reference taken above */
     }
     /* the op: node.last_op while its wiring is the same (CoExecutor._defer), so that block keys
        compare by identity in take_run */
@@ -609,79 +805,10 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         }
         Py_CLEAR(values);
     }
-    /* node.count += 1 */
-    {
-        PyObject *c = PyLong_FromSsize_t(node_int(NODE(fp, node, N_count)) + 1);
-        if (c == NULL)
-            goto error;
-        slot_set(node, fp->node_off[N_count], c);
-        Py_DECREF(c);
-    }
-    /* _advance's common case, inline: count the edge, move the cursor */
-    cursor = ex_get(fp, S_cursor);
-    if (cursor == NULL)
+    if (advance(fp, node, anchor) < 0)
         goto error;
     {
-        PyObject *succ = NODE(fp, cursor, N_succ);
-        PyObject *n = PyDict_GetItemWithError(succ, node);
-        if (n != NULL) {
-            PyObject *pred = NODE(fp, node, N_pred);
-            PyObject *m = PyDict_GetItemWithError(pred, cursor);
-            if (m == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_KeyError, "an edge without its reverse");
-                goto error;
-            }
-            PyObject *n1 = PyLong_FromSsize_t(PyLong_AsSsize_t(n) + 1);
-            PyObject *m1 = PyLong_FromSsize_t(PyLong_AsSsize_t(m) + 1);
-            int rc = (n1 && m1) ? (PyDict_SetItem(succ, node, n1) | PyDict_SetItem(pred, cursor, m1)) : -1;
-            Py_XDECREF(n1);
-            Py_XDECREF(m1);
-            if (rc < 0)
-                goto error;
-        } else {
-            if (PyErr_Occurred())
-                goto error;
-            PyObject *graph = ex_get(fp, S_graph);
-            PyObject *r = graph ? PyObject_CallMethodObjArgs(graph, str[S_step], cursor, node, NULL) : NULL;
-            Py_XDECREF(graph);
-            if (r == NULL)
-                goto error;
-            Py_DECREF(r);
-        }
-    }
-    {
-        Py_ssize_t now_op, limit, first, max_block;
-        if (get_ssize(fp, S_op_counter, &now_op) < 0 || get_ssize(fp, S_anchor_limit, &limit) < 0
-                || get_ssize(fp, S_anchor_first, &first) < 0)
-            goto error;
-        now_op += 1;
-        PyObject *explicit_ = ex_get(fp, S_explicit_iterations);
-        PyObject *token = ex_get(fp, S_cell_token);
-        if (explicit_ == NULL || token == NULL) {
-            Py_XDECREF(explicit_);
-            Py_XDECREF(token);
-            goto error;
-        }
-        int boundary = node == anchor || PyObject_IsTrue(explicit_) || NODE(fp, node, N_cell_mark) != token
-            || now_op > limit || node_int(NODE(fp, node, N_seen_at)) < first;
-        Py_DECREF(explicit_);
-        Py_DECREF(token);
-        if (boundary) {
-            PyObject *r = PyObject_CallMethodObjArgs(ex, str[S_advance], node, Py_True, NULL);
-            if (r == NULL)
-                goto error;
-            Py_DECREF(r);
-        } else {
-            PyObject *s = PyLong_FromSsize_t(now_op);  /* op_counter and node.seen_at: one int */
-            if (s == NULL || ex_set(fp, S_cursor, node) < 0) {
-                Py_XDECREF(s);
-                goto error;
-            }
-            slot_set(fp->executor, fp->ex_off[S_op_counter], s);
-            slot_set(node, fp->node_off[N_seen_at], s);
-            Py_DECREF(s);
-        }
+        Py_ssize_t max_block;
         /* _validated is read only as a flag (a validated prefix exists): set, not counted */
         Py_ssize_t validated;
         if (add_ssize(fp, S_ops_coexec, 1) < 0 || get_ssize(fp, S_validated, &validated) < 0
@@ -699,14 +826,12 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
     Py_DECREF(anchor);
     Py_XDECREF(wiring);
     Py_DECREF(op);
-    Py_DECREF(cursor);
     return out;
 error:
     Py_XDECREF(blk);
     Py_XDECREF(anchor);
     Py_XDECREF(wiring);
     Py_XDECREF(op);
-    Py_XDECREF(cursor);
     Py_XDECREF(values);
     Py_XDECREF(out);
     return NULL;
@@ -1311,8 +1436,28 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             if (now < 0)
                 goto error;
         }
+        int local = 0;
+        if (now && (deferred ? immediate == Py_True : kind == fp->fetch_kind)) {
+            /* an immediate op (deferred unless its tensors are local) or a fetch of local tensors */
+            local = all_local(tensors, nt, fp->future_type);
+            if (local < 0)
+                goto error;
+            if (deferred)
+                now = local;
+            if (local) {
+                PyObject *runner = ex_get(fp, S_runner);
+                PyObject *captured = runner ? PyObject_GetAttr(runner, str[S_captured]) : NULL;
+                Py_XDECREF(runner);
+                if (captured == NULL)
+                    goto error;
+                local = captured == Py_None;  /* (the graph-only capture: the Python path) */
+                Py_DECREF(captured);
+            }
+        }
         if (!now) {
             result = defer(fp, node, tensors, nt, scalars);
+        } else if (local) {
+            result = run_local(fp, node, func, args, kwargs, tensors, nt, scalars, (PyObject *)frame);
         } else {
             tlist = PyList_New(nt);
             if (tlist == NULL)
@@ -1465,6 +1610,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->auto_);
     Py_CLEAR(fp->eager_);
     Py_CLEAR(fp->op_kind);
+    Py_CLEAR(fp->fetch_kind);
     Py_CLEAR(fp->effect_kind);
     for (int g = 0; g < 2; g++)
         for (int i = 0; i < 2; i++)
@@ -1531,6 +1677,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(auto_, "auto");
     TAKE(eager_, "eager");
     TAKE(op_kind, "op");
+    TAKE(fetch_kind, "fetch");
     TAKE(effect_kind, "effect");
     TAKE(grad_table[0][0], "grad00");
     TAKE(grad_table[0][1], "grad01");

@@ -210,7 +210,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         return None
     constants = {
         "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "Generator": torch.Generator, "FutureTensor": FutureTensor, "Tensor": Tensor,
-        "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect",
+        "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect", "fetch": "fetch",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
@@ -829,6 +829,14 @@ class CoExecutor:
         if has_future:
             args, kwargs = real((args, kwargs))
         out = func(*args, **kwargs)
+        return self._ran_now(node, info, tensors, frame, scalars, out, has_future, waited_ms)
+
+    def _ran_now(self, node: Node, info, tensors: list, frame, scalars: list, out,
+                 has_future: bool = False, waited_ms: float = -1.0):
+        """The rest of _run_now, once the op ran: its output's provenance, its node, the cursor, the
+        sync event. (The C path runs ops of skeleton-local tensors itself and comes here for an
+        output it does not take.)"""
+        __tracebackhide__ = True
         struct = out_structure(out)
         if struct != node.out_struct:
             node.kind = "fetch"  # its output kind depends on state: always run it for real
