@@ -430,6 +430,21 @@ for i, (x, y) in enumerate(data):
     print(i, tuple(h.shape), tuple(g.shape), g.stride(), round(loss.item(), 4))
 print(round(sum(t.sum() for t in held).item(), 3))
 """,
+    "attention_and_an_encoder_in_eval_take_torchs_fast_path": """
+mha = nn.MultiheadAttention(8, 2, batch_first=True)
+enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2)
+mha.eval(); enc.eval()
+for i in range(6):
+    x = torch.randn(3, 5, 8)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, 3 + i % 2:] = True                # padded: the nested-tensor path leaves zeros there
+    with torch.no_grad():
+        a, w = mha(x, x, x)
+        out = enc(x + a, src_key_padding_mask=mask)
+    loss = F.cross_entropy(model(x[:, 0, :6]), y := torch.randint(0, 3, (3,)))
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, out.sum().item(), out[0, -1].abs().sum().item(), a.sum().item(), round(loss.item(), 4))
+""",
     "a_linalg_error_the_program_catches": """
 A = torch.randn(12, 4, 4)
 for i in range(12):

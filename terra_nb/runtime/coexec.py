@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -520,7 +521,40 @@ class CoExecutor:
             original = holder.__dict__["zero_grad"]
             patches.append((holder, "zero_grad", original))
             setattr(holder, "zero_grad", _unconditional_zero_grad(original, params_of))
+        # An attention or encoder module in eval with grad off takes torch's native fast path
+        # (nested tensors for a padding mask, fused attention) only when no argument has a torch
+        # function: never under this mode. Its results differ from the path it takes instead (zeros
+        # at padded positions against computed rows; rounding), so it runs for real, mode off.
+        for module_type in (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder):
+            original = module_type.__dict__["forward"]
+            patches.append((module_type, "forward", original))
+            setattr(module_type, "forward", self._fast_path_runs_eagerly(original, owner_thread))
         return patches
+
+    def _fast_path_runs_eagerly(self, original, owner_thread: int):
+        """``original`` (a module's forward), run with this mode off where torch's fast path may
+        apply: the module in eval, no gradient to record, the fast path enabled. The blocks before
+        it run first (a sync, in the event log); its outputs are real tensors."""
+        executor = self
+
+        @functools.wraps(original)
+        def forward(module, *args, **kwargs):
+            __tracebackhide__ = True
+            layer = module.layers[0] if isinstance(module, torch.nn.TransformerEncoder) and len(module.layers) else module
+            if (_get_ident() != owner_thread or layer.training or not torch.backends.mha.get_fastpath_enabled()
+                    or (torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
+                    or not isinstance(torch.overrides._get_current_function_mode(), TerraMode)):
+                return original(module, *args, **kwargs)
+            t0 = _perf()
+            executor.materialize()
+            executor.iter_syncs += 1
+            executor.log.add(Event("sync", executor.cell, executor.iter_index,
+                                   f"{type(module).__name__}: its eval fast path runs eagerly",
+                                   str(user_line(sys._getframe(1)) or ""), (_perf() - t0) * 1e3))
+            args, kwargs = real((args, kwargs))
+            with torch.overrides._pop_mode_temporarily():
+                return original(module, *args, **kwargs)
+        return forward
 
     # -- the per-op entry ----------------------------------------------------------------------
 
