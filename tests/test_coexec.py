@@ -1215,3 +1215,21 @@ print(len(seen), seen[-1], head.weight.grad is None)
              (True, loop.replace("HEAD", ""))]
     session = check_cells(cells)
     assert sum(it.mode == "coexec" for it in session.log.iterations) >= 30
+
+
+def test_gradient_clipping_takes_its_foreach_path_as_eager_does():
+    """clip_grad_norm_ and clip_grad_value_ (foreach=None) go down their foreach path for tensors of
+    type torch.Tensor: the .grad reads they get are futures, and they took the per-tensor path, a
+    norm, a copy and a multiply per parameter where eager runs one of each (with CUDA, other kernels)."""
+    session = check_program(PRELUDE + """
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward()
+    total = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    torch.nn.utils.clip_grad_value_(model.parameters(), 0.05)
+    opt.step()
+    print(i, round(total.item(), 4), round(loss.item(), 4))
+""")
+    names = [node.info.name for node in session.executor.graph.nodes if node.info is not None]
+    assert {"_foreach_norm", "_foreach_clamp_min_", "_foreach_clamp_max_"} <= set(names), sorted(set(names))
+    assert names.count("linalg_vector_norm") == 1  # the total's, over the stacked norms

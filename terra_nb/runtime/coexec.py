@@ -521,6 +521,13 @@ class CoExecutor:
             original = holder.__dict__["zero_grad"]
             patches.append((holder, "zero_grad", original))
             setattr(holder, "zero_grad", _unconditional_zero_grad(original, params_of))
+        # clip_grad_norm_ and clip_grad_value_ (foreach=None) take their foreach path only for
+        # tensors whose type is torch.Tensor: a future, a .grad read, sent them down the
+        # per-tensor path, an op per parameter where eager runs one (and, with CUDA, other kernels).
+        import torch.utils._foreach_utils as foreach_utils
+
+        patches.append((foreach_utils, "_foreach_supported_types", foreach_utils._foreach_supported_types))
+        foreach_utils._foreach_supported_types = [*foreach_utils._foreach_supported_types, FutureTensor]
         # An attention or encoder module in eval with grad off takes torch's native fast path
         # (nested tensors for a padding mask, fused attention) only when no argument has a torch
         # function: never under this mode. Its results differ from the path it takes instead (zeros
