@@ -1233,3 +1233,28 @@ for i, (x, y) in enumerate(data):
     names = [node.info.name for node in session.executor.graph.nodes if node.info is not None]
     assert {"_foreach_norm", "_foreach_clamp_min_", "_foreach_clamp_max_"} <= set(names), sorted(set(names))
     assert names.count("linalg_vector_norm") == 1  # the total's, over the stacked norms
+
+
+def test_lists_of_a_new_length_do_not_fall_back():
+    """An episode of a new length: iterating its returns (``unbind``) gives another number of
+    tensors, and ``torch.cat`` of the steps takes another number. Both are the op the trace saw,
+    with a list of another length: derived on meta tensors, not traced again. (Each episode's end
+    fell back.)"""
+    session = check_program(PRELUDE + """
+policy = nn.Linear(4, 2)
+popt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+lengths = [3, 5, 4, 6, 3, 7, 5, 8, 4, 6, 9, 5, 7, 3, 6, 8]
+for episode, n in enumerate(lengths):
+    log_probs = []
+    for t in range(n):
+        p = F.softmax(policy(torch.randn(4)), dim=0)
+        log_probs.append(torch.log(p[t % 2]).unsqueeze(0))
+    returns = torch.tensor([0.9 ** k for k in range(n)])
+    returns = (returns - returns.mean()) / (returns.std() + 1e-6)
+    loss = torch.cat([-lp * r for lp, r in zip(log_probs, returns)]).sum()
+    hidden = torch.stack([lp.squeeze(0) for lp in log_probs]).mean()
+    popt.zero_grad(); loss.backward(); popt.step()
+    print(episode, n, round(loss.item(), 4), round(hidden.item(), 4))
+""")
+    fallbacks = [e for e in session.log.events if e.kind == "fallback"]
+    assert len(fallbacks) <= 3, [(e.iteration, e.reason) for e in fallbacks]

@@ -1228,11 +1228,21 @@ class CoExecutor:
         """
         sibling = None
         shape_free = _without_ints(kspec)
+        length_free = None
         for candidate in self.graph.by_site.get((func, site), ()):
-            if (not candidate.synthesized and info.prop is None and candidate.grad == grad
-                    and len(candidate.in_meta) == len(in_meta)
-                    and _without_ints(candidate.key[2]) == shape_free
+            if candidate.synthesized or info.prop is not None or candidate.grad != grad:
+                continue
+            if (len(candidate.in_meta) == len(in_meta) and _without_ints(candidate.key[2]) == shape_free
                     and all(a[1:] == b[1:] for a, b in zip(candidate.in_meta, in_meta))):
+                sibling = candidate
+                break
+            # a list of tensors of another length (torch.cat of an episode's steps): alike when
+            # every tensor, there and here, has one dtype, device and requires_grad
+            if length_free is None:
+                length_free = _without_lengths(shape_free)
+            if (in_meta and candidate.in_meta and length_free != shape_free
+                    and _without_lengths(_without_ints(candidate.key[2])) == length_free
+                    and len({m[1:] for m in in_meta} | {m[1:] for m in candidate.in_meta}) == 1):
                 sibling = candidate
                 break
         if sibling is None or sibling.random:
@@ -1255,26 +1265,31 @@ class CoExecutor:
             finally:
                 torch._C._set_grad_enabled(previous)
             struct = out_structure(out)
-            if struct is None or struct != sibling.out_struct:
+            if struct is None or (struct != sibling.out_struct and not _same_kind_of_sequence(struct, sibling.out_struct)):
                 return None
             outs = out_tensors(out, struct)
-            if len(outs) != len(sibling.out_meta):
-                return None
         node = self.graph.add_node((func, site, kspec, in_meta, grad), func, info)
         node.family = sibling.family
         node.spec, node.kind, node.out_struct, node.alias = sibling.spec, sibling.kind, sibling.out_struct, sibling.alias
+        if deferred and sibling.alias < 0 and sibling.out_struct is not NONE:
+            node.out_struct = struct  # (a sequence as long as this call's: unbind of a new length)
         node.flat = sibling.flat
         if not deferred:
             node.out_meta = []
         elif sibling.alias >= 0:  # in place: the output is the aliased input
             node.out_meta = [in_meta[sibling.alias]]
         else:
-            node.out_meta = [interned_meta((t.shape, t.dtype, m[2], t.requires_grad)) for t, m in zip(outs, sibling.out_meta)]
+            device = sibling.out_meta[0][2]
+            node.out_meta = [interned_meta((t.shape, t.dtype, device, t.requires_grad)) for t in outs]
         node.targs, node.tkwargs = targs, tkwargs
         node.passed, node.int_pos, node.scalars_seen = sibling.passed, sibling.int_pos, list(scalars)
         # Layers called from one loop (an nn.Sequential) share a site: trust the producers seen now.
+        if len(sibling.sources) == len(tensors):
+            known = sibling.sources
+        else:  # a list of another length: any slot may come from where any of the sibling's did
+            known = [set().union(*sibling.sources)] * len(tensors)
         node.sources = [set(s) | {t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)}
-                        for s, t in zip(sibling.sources, tensors)]
+                        for s, t in zip(known, tensors)]
         node.module, node.line = sibling.module, sibling.line
         node.synthesized = True
         self.log.add(Event("node", self.cell, self.iter_index, info.name, str(node.line or ""),
@@ -1754,6 +1769,23 @@ def _in_engine(frame) -> bool:
             return name != _USER_CALLER
         frame = frame.f_back
     return False
+
+
+def _without_lengths(spec):
+    """A spec with every list or tuple of tensors alone reduced to one tensor: the op's structure
+    apart from how many tensors such an argument holds."""
+    if type(spec) is not tuple:
+        return spec
+    if (len(spec) == 2 and type(spec[0]) is bool and type(spec[1]) is tuple and spec[1]
+            and all(x is T for x in spec[1])):
+        return (spec[0], (T,))
+    return tuple([_without_lengths(x) for x in spec])
+
+
+def _same_kind_of_sequence(a, b) -> bool:
+    """Two output structures that are sequences of the same type, all tensors, of any lengths."""
+    return (type(a) is tuple and type(b) is tuple and a[0] == b[0] == "seq" and a[1] is b[1]
+            and all(a[2]) and all(b[2]))
 
 
 def _run_meta(func, args, kwargs):
