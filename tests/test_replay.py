@@ -171,3 +171,35 @@ for step in range(40):
     assert len(session.executor.runner.captured) == 6
     times, left_out = session.executor.runner.replay_captured()
     assert left_out >= 1 and len(times) == 6 - left_out and all(t > 0 for t in times)
+
+
+def test_replaying_iterations_that_begin_at_their_backward():
+    """Where the iterations' anchor is ``loss.backward()``, each captured iteration begins with the
+    backward of a loss the iteration before built. Only the first is left out: the others find
+    their loss in what the replay of the iteration before produced. (All of them were: the first
+    failure stopped its iteration before its forward built the next one's graph.)"""
+    from collections import deque
+
+    from terra_nb.runtime.runner import GraphRunner
+
+    w = torch.ones(3, requires_grad=True)
+
+    def forward(w, x):
+        return [(w * x).sum()]
+
+    def backward(loss):
+        loss.backward()
+        return []
+
+    captured: deque = deque()
+    loss = forward(w, torch.ones(3))[0]
+    for i in range(5):
+        x = torch.full((3,), float(i))
+        backward(loss)
+        new = forward(w, x)
+        captured.append(((1, i), [(backward, [loss], []), (forward, [w, x], new)]))
+        loss = new[0]
+    runner = GraphRunner.__new__(GraphRunner)
+    runner.captured = captured
+    times, left_out = runner.replay_captured()
+    assert left_out == 1 and len(times) == 4

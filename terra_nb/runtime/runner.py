@@ -177,19 +177,26 @@ class GraphRunner:
         env: dict[int, object] = {}
         for _key, runs in list(self.captured or ()):
             t0 = time.perf_counter()
-            try:
-                for block, args, outs in runs:
+            lost = False
+            for block, args, outs in runs:
+                try:
                     new = block(*[env.get(id(a), a) for a in args])
-                    for old, value in zip(outs, new):
-                        env[id(old)] = value
-            except RuntimeError as exc:
-                if "backward through the graph a second time" not in str(exc):
-                    raise
+                except (RuntimeError, TypeError) as exc:
+                    if not lost and "backward through the graph a second time" not in str(exc):
+                        raise
+                    # The rest of the iteration still runs, as far as it can (after a lost
+                    # backward, a step may find no gradient): an iteration that begins at its
+                    # backward, where the anchor is loss.backward(), builds the next one's graph.
+                    lost = True
+                    continue
+                finally:
+                    torch._C._set_grad_enabled(True)
+                for old, value in zip(outs, new):
+                    env[id(old)] = value
+            if lost:
                 failed += 1
-                continue
-            finally:
-                torch._C._set_grad_enabled(True)
-            times.append(time.perf_counter() - t0)
+            else:
+                times.append(time.perf_counter() - t0)
         return times, failed
 
     def wait(self) -> BlockError | None:
