@@ -96,7 +96,7 @@ class Node:
         self.tail: tuple = site[1:]
         self.mask: frozenset = frozenset()  # int slots generalized into feeds
         self.pool: list = []  # per output, a ring of the futures the skeleton answered with, for reuse
-        self.immediate = False  # a one-element CPU op the skeleton runs at once when its inputs are real
+        self.immediate: bool | str = False  # a one-element CPU op the skeleton runs at once when its inputs are real (coexec.GRAD_READ: a .grad read)
         self.flat = -1  # n when the node's arguments are n tensors and nothing else
         self.barrier = info.name in AUTOGRAD_OPS  # runs in a block of its own, never compiled
         self.random = info.name in RANDOM_OPS  # a block with it is never compiled

@@ -1279,8 +1279,11 @@ class CoExecutor:
         elif sibling.alias >= 0:  # in place: the output is the aliased input
             node.out_meta = [in_meta[sibling.alias]]
         else:
-            device = sibling.out_meta[0][2]
-            node.out_meta = [interned_meta((t.shape, t.dtype, device, t.requires_grad)) for t in outs]
+            # (outputs on the meta device: each takes its device from the sibling's output, the
+            # first one's where the sequence is longer)
+            devices = [m[2] for m in sibling.out_meta] or [in_meta[0][2]]
+            node.out_meta = [interned_meta((t.shape, t.dtype, devices[min(j, len(devices) - 1)], t.requires_grad))
+                             for j, t in enumerate(outs)]
         node.targs, node.tkwargs = targs, tkwargs
         node.passed, node.int_pos, node.scalars_seen = sibling.passed, sibling.int_pos, list(scalars)
         # Layers called from one loop (an nn.Sequential) share a site: trust the producers seen now.
@@ -1848,9 +1851,6 @@ def _all_local(tensors: list) -> bool:
     return True
 
 
-# Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
-# inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
-# wait. Random ops are not here: they must draw from the generator in program order.
 # The wrapper's own dispatch key: excluded, an in-place view op restrides the future itself
 _PYTHON_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
 
@@ -1859,6 +1859,9 @@ _PYTHON_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
 # grad_read_now asks the same in C)
 GRAD_READ = "grad read"
 
+# Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
+# inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
+# wait. Random ops are not here: they must draw from the generator in program order.
 _IMMEDIATE_OPS = frozenset({
     "__iadd__", "__isub__", "__imul__", "__itruediv__", "add_", "sub_", "mul_", "div_", "add", "sub", "mul", "div",
     "__add__", "__sub__", "__mul__", "__truediv__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__",
