@@ -1258,3 +1258,29 @@ for episode, n in enumerate(lengths):
 """)
     fallbacks = [e for e in session.log.events if e.kind == "fallback"]
     assert len(fallbacks) <= 3, [(e.iteration, e.reason) for e in fallbacks]
+
+
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_a_weak_reference_to_a_result_never_names_another_value(runner):
+    """A node reuses a future that only its ring still holds. One the program keeps a weak
+    reference to (a WeakValueDictionary of results) is let go instead: reused, the dictionary's
+    entry named a later iteration's value (entries 2-9 of 12 did), and lived on."""
+    source = PRELUDE + """
+import weakref
+cache = weakref.WeakValueDictionary()
+sums = {}
+for i, (x, y) in enumerate(data):
+    out = model(x)
+    cache[i] = out
+    sums[i] = round(out.sum().item(), 4)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+wrong = [k for k, v in list(cache.items()) if round(v.sum().item(), 4) != sums[k]]
+"""
+    namespace: dict = {"__name__": "__main__"}
+    session = terra_nb.Session(runner=runner, always_coexec=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        session.run_cell(source, namespace)
+    assert namespace["wrong"] == []
+    assert sorted(namespace["cache"].keys()) in ([11], [10, 11])  # eager: [11]; one more at most
+    assert sum(it.mode == "coexec" for it in session.log.iterations) >= 6

@@ -151,6 +151,15 @@ slot_set(PyObject *obj, Py_ssize_t off, PyObject *value)
     Py_XDECREF(old);
 }
 
+/* Whether some weak reference names obj (a future the program keeps in a WeakValueDictionary:
+   reused, it would name another value; CoExecutor._make_future lets it go). */
+static inline int
+has_weakrefs(PyObject *obj)
+{
+    Py_ssize_t off = Py_TYPE(obj)->tp_weaklistoffset;
+    return off > 0 && *(PyObject **)((char *)obj + off) != NULL;
+}
+
 /* An attribute of a tensor's instance dict (borrowed), or NULL. */
 static inline PyObject *
 inst_get(PyObject *t, PyObject *name)
@@ -754,7 +763,8 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             }
             if (n > 0) {
                 Py_ssize_t pos = PyLong_AsSsize_t(PyList_GET_ITEM(ring, 0));
-                if (pos >= 0 && pos < n && Py_REFCNT(PyList_GET_ITEM(ring, 1 + pos)) == 1) {
+                if (pos >= 0 && pos < n && Py_REFCNT(PyList_GET_ITEM(ring, 1 + pos)) == 1
+                        && !has_weakrefs(PyList_GET_ITEM(ring, 1 + pos))) {
                     fut = PyList_GET_ITEM(ring, 1 + pos);
                     PyObject *next = PyLong_FromSsize_t((pos + 1) % n);
                     if (next == NULL) {

@@ -87,6 +87,7 @@ _thread_time = time.thread_time
 _getframe = sys._getframe
 _make_wrapper = torch.Tensor._make_wrapper_subclass
 _getrefcount = sys.getrefcount
+_getweakrefcount = weakref.getweakrefcount
 _NO_SCALARS: list = []  # never appended to: the fast path's scalars for a call with tensors only
 _len_mode_stack = torch._C._len_torch_function_stack
 _get_ident = threading.get_ident
@@ -788,12 +789,13 @@ class CoExecutor:
                 ring = pool[j]
                 pos = ring[0]
                 fut = ring[1 + pos] if len(ring) > 1 else None
-                if fut is not None and _getrefcount(fut) == 3:
+                if fut is not None and _getrefcount(fut) == 3 and not _getweakrefcount(fut):
                     ring[0] = (pos + 1) % (len(ring) - 1)
                     fut._tn_val = None
                     if getter_src is not None:
                         fut._tn_src = getter_src
                 else:
+                    fut = None  # (not held here while _make_future looks at the ring)
                     fut = self._make_future(node, j, getter_src)
                 fut._tn_blk = blk
                 fut._tn_vidx = len(futs)
@@ -836,7 +838,13 @@ class CoExecutor:
         ring = node.pool[j]
         pos, n = ring[0], len(ring) - 1
         fut = self._pooled_future(node.out_meta[j], getter_src or (node.family, j))
-        if n < _RING:
+        if n and _getrefcount(ring[1 + pos]) == 2 and _getweakrefcount(ring[1 + pos]):
+            # Only the ring holds it, and the program keeps a weak reference (a
+            # WeakValueDictionary of results): reused, it would name another value. It goes.
+            ring[1 + pos]._tn_pooled = False
+            ring[1 + pos] = fut
+            ring[0] = (pos + 1) % n
+        elif n < _RING:
             ring.insert(1 + pos, fut)  # before the held one: the position still names it next
             ring[0] = (pos + 1) % (n + 1)
         else:
