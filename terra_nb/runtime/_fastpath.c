@@ -332,8 +332,9 @@ grad_read_now(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt)
 }
 
 /* A validated op's bookkeeping, as CoExecutor._advance does it in its common case (inline): count
-   the op (node.count), count the edge from the cursor, move the cursor; at an iteration's boundary
-   (the anchor, a cell's loop row) _advance itself runs. 0, or -1 on an error. */
+   the op (node.count), count the edge from the cursor, move the cursor (at an iteration's boundary,
+   the anchor or a cell's loop row, _advance itself runs); then count it co-executed and flag the
+   validated prefix (``_validated`` is read only as a flag: set, not counted). 0, or -1 on an error. */
 static int
 advance(FastPath *fp, PyObject *node, PyObject *anchor)
 {
@@ -413,11 +414,33 @@ advance(FastPath *fp, PyObject *node, PyObject *anchor)
             Py_DECREF(s);
         }
     }
+    Py_ssize_t validated;
+    if (add_ssize(fp, S_ops_coexec, 1) < 0 || get_ssize(fp, S_validated, &validated) < 0
+            || (!validated && set_ssize(fp, S_validated, 1) < 0))
+        goto error;
     Py_DECREF(cursor);
     return 0;
 error:
     Py_XDECREF(cursor);
     return -1;
+}
+
+/* A tensor's provenance (borrowed): a future's _tn_src, a real tensor's from its instance dict, or
+   EXTERNAL where it has none (coexec: ``t._tn_src`` / ``getattr(t, "_tn_src", EXTERNAL)``). NULL on
+   an error. */
+static PyObject *
+tensor_src(FastPath *fp, PyObject *t)
+{
+    if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
+        PyObject *src = FUT(fp, t, U_src);
+        if (src == NULL && !PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "a future without its source");
+        return src;
+    }
+    PyObject *src = inst_get(t, str[S_tn_src]);
+    if (src == NULL && !PyErr_Occurred())
+        src = fp->external;
+    return src;
 }
 
 /* node.src_seen, made fresh when it is not a list of nt: per slot, the source last added to
@@ -480,11 +503,11 @@ all_local(PyObject *const *tensors, Py_ssize_t nt, PyObject *future_type)
     return 1;
 }
 
-/* A grad-read immediate (see grad_read_now) or a validated op whose tensors are all
-   skeleton-local (an optimizer's step counter: ``step += 1``, ``step.item()``), run now, as
-   CoExecutor._validated_op and _run_now run it: nothing is pending that could write those tensors,
-   so nothing is waited for. An output other than the simple ones (a tensor the op returns in place,
-   None, a Python value) goes on to the Python path's CoExecutor._ran_now. */
+/* A validated immediate op or fetch whose tensors are all skeleton-local (an optimizer's step
+   counter: ``step += 1``, ``step.item()``), run now, as CoExecutor._validated_op and _run_now run
+   it: nothing is pending that could write those tensors, so nothing is waited for. The outputs
+   taken here are an input returned in place, None and a Python value; any other goes on to the
+   Python path's CoExecutor._ran_now. */
 static PyObject *
 run_local(FastPath *fp, PyObject *node, PyObject *func, PyObject *args, PyObject *kwargs,
           PyObject *const *tensors, Py_ssize_t nt, PyObject *scalars, PyObject *frame)
@@ -493,13 +516,8 @@ run_local(FastPath *fp, PyObject *node, PyObject *func, PyObject *args, PyObject
     if (seen == NULL)
         return NULL;
     for (Py_ssize_t slot = 0; slot < nt; slot++) {
-        PyObject *src = inst_get(tensors[slot], str[S_tn_src]);
-        if (src == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            src = fp->external;
-        }
-        if (note_source(fp, node, seen, slot, src) < 0)
+        PyObject *src = tensor_src(fp, tensors[slot]);
+        if (src == NULL || note_source(fp, node, seen, slot, src) < 0)
             return NULL;
     }
     PyObject *out = PyObject_Call(func, args, kwargs != NULL && kwargs != Py_None && PyDict_GET_SIZE(kwargs) ? kwargs : NULL);
@@ -539,9 +557,7 @@ run_local(FastPath *fp, PyObject *node, PyObject *func, PyObject *args, PyObject
     }
     int rc = advance(fp, node, anchor);
     Py_DECREF(anchor);
-    Py_ssize_t validated;
-    if (rc < 0 || add_ssize(fp, S_ops_coexec, 1) < 0 || get_ssize(fp, S_validated, &validated) < 0
-            || (!validated && set_ssize(fp, S_validated, 1) < 0)) {
+    if (rc < 0) {
         Py_DECREF(out);
         return NULL;
     }
@@ -597,12 +613,13 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
     }
     for (Py_ssize_t slot = 0; slot < nt; slot++) {
         PyObject *t = tensors[slot];
-        PyObject *src;
+        PyObject *src = tensor_src(fp, t);
         Py_ssize_t w;
+        if (src == NULL)
+            goto error;
         if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
-            src = FUT(fp, t, U_src);
             PyObject *tblk = FUT(fp, t, U_blk);
-            if (src == NULL || tblk == NULL) {
+            if (tblk == NULL) {
                 if (!PyErr_Occurred())
                     PyErr_SetString(PyExc_AttributeError, "a future without its block");
                 goto error;
@@ -618,15 +635,8 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
             } else if (wire_input(fp, blk, t, &w) < 0) {
                 goto error;
             }
-        } else {
-            src = inst_get(t, str[S_tn_src]);
-            if (src == NULL) {
-                if (PyErr_Occurred())
-                    goto error;
-                src = fp->external;
-            }
-            if (wire_input(fp, blk, t, &w) < 0)
-                goto error;
+        } else if (wire_input(fp, blk, t, &w) < 0) {
+            goto error;
         }
         wired[slot] = w;
         if (note_source(fp, node, seen, slot, src) < 0)
@@ -697,26 +707,8 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         if (info_prop != Py_None && setter == Py_False && nt > 0) {
             /* a property read: its output named by what it is read from, as coexec._out_src
                names it, ("prop", name, the owner's provenance) */
-            PyObject *t = tensors[0];
-            PyObject *owner;
-            if (Py_TYPE(t) == (PyTypeObject *)fp->future_type) {
-                owner = FUT(fp, t, U_src);
-                if (owner == NULL) {
-                    if (!PyErr_Occurred())
-                        PyErr_SetString(PyExc_AttributeError, "a future without its source");
-                    Py_DECREF(info_prop);
-                    goto error;
-                }
-            } else {
-                owner = inst_get(t, str[S_tn_src]);
-                if (owner == NULL && PyErr_Occurred()) {
-                    Py_DECREF(info_prop);
-                    goto error;
-                }
-                if (owner == NULL)
-                    owner = fp->external;
-            }
-            getter_src = PyTuple_Pack(3, str[S_prop], info_prop, owner);
+            PyObject *owner = tensor_src(fp, tensors[0]);
+            getter_src = owner ? PyTuple_Pack(3, str[S_prop], info_prop, owner) : NULL;
             if (getter_src == NULL) {
                 Py_DECREF(info_prop);
                 goto error;
@@ -819,11 +811,7 @@ defer(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt, PyO
         goto error;
     {
         Py_ssize_t max_block;
-        /* _validated is read only as a flag (a validated prefix exists): set, not counted */
-        Py_ssize_t validated;
-        if (add_ssize(fp, S_ops_coexec, 1) < 0 || get_ssize(fp, S_validated, &validated) < 0
-                || (!validated && set_ssize(fp, S_validated, 1) < 0)
-                || add_ssize(fp, S_deferred_total, 1) < 0 || get_ssize(fp, S_max_block, &max_block) < 0)
+        if (add_ssize(fp, S_deferred_total, 1) < 0 || get_ssize(fp, S_max_block, &max_block) < 0)
             goto error;
         if (PyList_GET_SIZE(BLK(fp, blk, B_ops)) >= max_block || barrier) {
             PyObject *r = PyObject_CallMethodNoArgs(ex, str[S_flush]);

@@ -543,7 +543,6 @@ class CoExecutor:
         """``original`` (a module's forward), run with this mode off where torch's fast path may
         apply: the module in eval, no gradient to record, the fast path enabled. The blocks before
         it run first (a sync, in the event log); its outputs are real tensors."""
-        executor = self
 
         @functools.wraps(original)
         def forward(module, *args, **kwargs):
@@ -554,11 +553,11 @@ class CoExecutor:
                     or not isinstance(torch.overrides._get_current_function_mode(), TerraMode)):
                 return original(module, *args, **kwargs)
             t0 = _perf()
-            executor.materialize()
-            executor.iter_syncs += 1
-            executor.log.add(Event("sync", executor.cell, executor.iter_index,
-                                   f"{type(module).__name__}: its eval fast path runs eagerly",
-                                   str(user_line(sys._getframe(1)) or ""), (_perf() - t0) * 1e3))
+            self.materialize()
+            self.iter_syncs += 1
+            self.log.add(Event("sync", self.cell, self.iter_index,
+                               f"{type(module).__name__}: its eval fast path runs eagerly",
+                               str(user_line(sys._getframe(1)) or ""), (_perf() - t0) * 1e3))
             args, kwargs = real((args, kwargs))
             with torch.overrides._pop_mode_temporarily():
                 return original(module, *args, **kwargs)
@@ -1278,9 +1277,9 @@ class CoExecutor:
             outs = out_tensors(out, struct)
         node = self.graph.add_node((func, site, kspec, in_meta, grad), func, info)
         node.family = sibling.family
-        node.spec, node.kind, node.out_struct, node.alias = sibling.spec, sibling.kind, sibling.out_struct, sibling.alias
-        if deferred and sibling.alias < 0 and sibling.out_struct is not NONE:
-            node.out_struct = struct  # (a sequence as long as this call's: unbind of a new length)
+        node.spec, node.kind, node.alias = sibling.spec, sibling.kind, sibling.alias
+        # (the meta run's structure: a sequence as long as this call's, unbind of a new length)
+        node.out_struct = struct if deferred and sibling.alias < 0 and sibling.out_struct is not NONE else sibling.out_struct
         node.flat = sibling.flat
         if not deferred:
             node.out_meta = []
