@@ -1082,6 +1082,80 @@ print(int(correct), round(loss.item(), 5))
     assert len(rows) >= 12 + 50  # then the evaluation's
 
 
+def test_an_episode_of_steps_with_one_backward_is_one_iteration():
+    """Reinforcement learning: each episode steps a policy in a loop, then runs one backward and
+    the optimizer. The steps outnumber the episode's own ops, but the episode is the iteration:
+    one row per episode, as the training loop it is."""
+    source = PRELUDE + """
+policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+popt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+for episode in range(12):
+    state = torch.randn(4)
+    logps, rewards = [], []
+    for t in range(10):
+        dist = torch.distributions.Categorical(logits=policy(state))
+        a = dist.sample()
+        logps.append(dist.log_prob(a))
+        rewards.append(1.0 if a.item() == 0 else 0.0)
+        state = state + 0.1 * torch.randn(4)
+    returns = torch.tensor(rewards).flip(0).cumsum(0).flip(0)
+    loss = -(torch.stack(logps) * returns).sum()
+    popt.zero_grad()
+    loss.backward()
+    popt.step()
+    print(episode, round(loss.item(), 4))
+"""
+    session = check_program(source)
+    rows = session.log.iterations
+    assert len(rows) == 12, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert [it.mode for it in rows[-4:]] == ["coexec"] * 4, [it.mode for it in rows]
+
+
+EPISODES_IN_FUNCTIONS = PRELUDE + """
+policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+popt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+rng = np.random.RandomState(0)
+
+def act(state, logps):
+    dist = torch.distributions.Categorical(logits=policy(torch.from_numpy(state).float()))
+    a = dist.sample()
+    logps.append(dist.log_prob(a))
+    return a.item()
+
+def finish(logps, rewards):
+    returns = torch.tensor(rewards).flip(0).cumsum(0).flip(0)
+    loss = -(torch.stack(logps) * returns).sum()
+    popt.zero_grad()
+    loss.backward()
+    popt.step()
+    return loss.item()
+
+for episode in range(10):
+    state, logps, rewards, done = rng.uniform(-1, 1, 4), [], [], False  # numpy: no op of its own
+    while not done:
+        a = act(state, logps)
+        state = state + rng.uniform(-0.2, 0.2, 4) + (0.1 if a else -0.1)
+        rewards.append(1.0)
+        done = abs(state[0]) > 1.5 or len(rewards) >= 30
+    print(episode, len(rewards), round(finish(logps, rewards), 4))
+"""
+
+
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+def test_episodes_whose_steps_come_first_are_the_iterations(backend):
+    """The episode loop runs no op before its steps (the environment is numpy) and its backward
+    comes after them: the anchor starts in the steps, and the backward takes it when the steps ran
+    twice or more since the last one. With ``auto``, eager iterations wait for that backward (they
+    would hide it): the rows are episodes either way, whichever way auto chooses."""
+    printed, eager_ns = run_eager(EPISODES_IN_FUNCTIONS)
+    out, namespace, session = run_terra(EPISODES_IN_FUNCTIONS, backend=backend)
+    assert out == printed
+    assert_same_state(state_of(eager_ns), state_of(namespace), exact=backend == "eager")
+    rows = session.log.iterations
+    assert len(rows) == 10, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert "coexec" in [it.mode for it in rows]
+
+
 def test_an_op_whose_shape_follows_values_unforeseen_runs_for_real_once_seen(monkeypatch):
     """No list can name every op whose output shape depends on its inputs' values. Here the lists
     are emptied, so ``torch.arange(n)`` with a tensor ``n`` is deferred with the first trace's

@@ -277,7 +277,10 @@ class CoExecutor:
         self.op_counter = 0
         self._anchor_first = self._anchor_last = self._anchor_period = 0
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
+        self._anchor_trains = False  # a backward ran in the anchor's first period
+        self._turn_at: dict[int, int] = {}  # loop id -> the op count at its last tick, in this cell
         self._anchor_hits: list[int] = []
+        self._backward_at: list[int] = []  # the op counts at the last backwards (autograd.grad too)
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
@@ -419,6 +422,7 @@ class CoExecutor:
         self._anchor_limit = -1
         self.explicit_iterations = False
         self._cell_token = object()
+        self._turn_at = {}
         self._reset_iteration(0, _perf())
         self._reset_choice()
 
@@ -969,6 +973,8 @@ class CoExecutor:
 
     def flush(self) -> None:
         """Hand the pending block to the GraphRunner."""
+        if self.cursor.barrier:  # (the C path and _validated_op flush after a backward)
+            self._note_backward()
         run = self._take_run()
         if run is not None:
             self.runner.submit(run)
@@ -1433,6 +1439,7 @@ class CoExecutor:
         if self._hooked:
             ticks = self._ticks
             ticks[loop] = ticks.get(loop, 0) + 1
+            self._turn_at[loop] = self.op_counter
             if self.mode == "eager" and self.baseline and _perf() - self.iter_start > self._eager_limit:
                 self._leave_eager()
             elif loop == self._anchor_loop and self._stretch and self.baseline > 1:
@@ -1444,6 +1451,7 @@ class CoExecutor:
                 self._tick_reanchors += 1
             elif (ticks[loop] > self._tick_most.get(loop, 0) + 2 and self.anchor is not None
                     and self._anchor_limit >= 0 and self._tick_reanchors < 3 and not self._anchor_confirmed()
+                    and not self._anchor_trains
                     and self.op_counter - self._anchor_last > self._anchor_period):
                 # The anchor is overdue while this loop turned more often than it ever did within
                 # one of the anchor's periods: the anchor was in setup code (a library's, whose
@@ -1573,7 +1581,8 @@ class CoExecutor:
             del self._coexec_ms[:-CHOICE_MAX_SAMPLES]
             self._probe_after -= 1
             if (self._probe_after <= 0 and _enough(self._coexec_ms, CHOICE_COEXEC)
-                    and (self._anchor_loop >= 0 or self._counted >= CHOICE_UNTICKED)):
+                    and (self._anchor_loop >= 0 or self._counted >= CHOICE_UNTICKED)
+                    and not self._may_be_steps_of_a_training_loop()):
                 # (a loop that does not tick is library code: a setup loop, model.to(), an
                 # optimizer's first step, unless it goes on; eager iterations there would make
                 # its step counters in plain code, unmarked, and each .item() a sync after)
@@ -1589,6 +1598,25 @@ class CoExecutor:
             if self._coexec_ms:
                 self._relapse_ms.append(wall_ms)
                 del self._relapse_ms[:-CHOICE_MAX_SAMPLES]
+
+    def _may_be_steps_of_a_training_loop(self) -> bool:
+        """Whether the anchor's turns may be the steps of an enclosing loop's training iteration.
+
+        An episode loop around a loop of steps, whose backward comes after the steps: the
+        anchor's turns mostly ran no backward. After one backward, the next decides (it anchors
+        where the steps ran again in between, see ``_note_backward``); before any, a loop that
+        ticked before the anchor's turns and not since may enclose them, and auto waits for its
+        next turn, or ``CHOICE_UNTICKED`` iterations. Eager iterations would hide the backward from
+        the engine, and the steps would stay the iterations.
+        """
+        first = self._anchor_first
+        at, hits = self._backward_at, self._anchor_hits
+        backwards = len(at) - bisect.bisect_right(at, first)
+        if backwards >= 2 or 2 * backwards >= len(hits) - 1:
+            return False  # the anchor's turns train, or the backward rule had its chance
+        if backwards == 1:
+            return True  # the next backward decides (see _note_backward)
+        return self._counted < CHOICE_UNTICKED and any(t < first for t in self._turn_at.values())
 
     def _eager_wins(self) -> bool:
         """The eager probe ended: whether the cell goes on eagerly (then for ``_stay_eager`` iterations).
@@ -1664,6 +1692,8 @@ class CoExecutor:
                 if not self.iter_index:
                     self.iter_index = 1
         node.seen_at = now_op
+        if node.barrier:
+            self._note_backward()
 
     def _in_loop_header(self) -> bool:
         """Whether the op being recorded runs for the iterator of a loop of the cell's (or script's)
@@ -1679,14 +1709,35 @@ class CoExecutor:
             frame = frame.f_back
         return False
 
+    def _note_backward(self) -> None:
+        """A backward (or ``autograd.grad``) ran at this op count. Where the anchor ran twice or more
+        since the last backward, its loop is not the training loop but steps inside it (an
+        episode's, a time loop, an evaluation inside each training step): the backward anchors."""
+        at = self._backward_at
+        now_op = self.op_counter
+        if at and at[-1] == now_op:
+            return
+        at.append(now_op)
+        if len(at) > 64:
+            del at[:32]
+        hits = self._anchor_hits
+        if (len(at) > 1 and self.anchor is not None and self.cursor is not self.anchor
+                and not self.explicit_iterations and len(hits) - bisect.bisect_right(hits, at[-2]) >= 2):
+            self._reanchor(self.cursor, at[-2], now_op)
+
     def _encloses_more_work(self, prev: int, now_op: int) -> bool:
         """Whether a loop around the anchor's does real work of its own (backward, an optimizer).
 
         ``for epoch: for batch:`` keeps the batch loop; a time loop inside a training step gives
-        way to the training loop.
+        way to the training loop, and so does an episode's loop of steps in reinforcement
+        learning: the enclosing loop's turn ran a backward, but not one per turn of the inner loop.
         """
         hits = self._anchor_hits
         inner_passes = len(hits) - bisect.bisect_right(hits, prev)
+        at = self._backward_at
+        backwards = len(at) - bisect.bisect_right(at, prev)
+        if 0 < backwards < inner_passes:
+            return True
         return now_op - prev > 1.5 * inner_passes * max(self._anchor_period, 1) + 2
 
     def _anchor_confirmed(self) -> bool:
@@ -1727,6 +1778,8 @@ class CoExecutor:
         self._anchor_period = now_op - prev
         self._anchor_hits = [prev, now_op]
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
+        at = self._backward_at
+        self._anchor_trains = bool(at) and at[-1] > prev  # training code, not setup: see tick
         self._reset_iteration(2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
