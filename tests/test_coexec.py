@@ -1111,6 +1111,25 @@ for episode in range(12):
     assert [it.mode for it in rows[-4:]] == ["coexec"] * 4, [it.mode for it in rows]
 
 
+def test_an_epoch_of_many_batches_that_each_train_keeps_batch_iterations():
+    """An epoch loop with an op of its own around more batches than any window of recent
+    positions would hold: each batch runs a backward, so the batches stay the iterations."""
+    source = """
+import torch
+torch.manual_seed(0)
+w = torch.ones(3, requires_grad=True)
+data = torch.randn(800, 3)
+for epoch in range(3):
+    marker = torch.full((1,), float(epoch))
+    for start in range(0, 800, 8):
+        loss = (data[start:start + 8] * w).sum()
+        loss.backward()
+print(w.grad)
+"""
+    session = check_program(source)
+    assert len(session.log.iterations) == 300
+
+
 EPISODES_IN_FUNCTIONS = PRELUDE + """
 policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 popt = torch.optim.Adam(policy.parameters(), lr=1e-2)

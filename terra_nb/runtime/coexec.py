@@ -19,6 +19,7 @@ through the anchor starts an iteration (``@coexecute`` marks them explicitly ins
 from __future__ import annotations
 
 import bisect
+from array import array
 import contextlib
 import functools
 import gc
@@ -279,8 +280,11 @@ class CoExecutor:
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_trains = False  # a backward ran in the anchor's first period
         self._turn_at: dict[int, int] = {}  # loop id -> the op count at its last tick, in this cell
-        self._anchor_hits: list[int] = []
-        self._backward_at: list[int] = []  # the op counts at the last backwards (autograd.grad too)
+        # Op counts, in order (8 bytes each: a run of a million iterations keeps 8 MB): the
+        # anchor's runs, and every backward's (autograd.grad's too). Never trimmed, since the rules
+        # count them since a node's previous run, which may be an epoch of many turns ago.
+        self._anchor_hits = array("q")
+        self._backward_at = array("q")
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
@@ -1718,8 +1722,6 @@ class CoExecutor:
         if at and at[-1] == now_op:
             return
         at.append(now_op)
-        if len(at) > 64:
-            del at[:32]
         hits = self._anchor_hits
         if (len(at) > 1 and self.anchor is not None and self.cursor is not self.anchor
                 and not self.explicit_iterations and len(hits) - bisect.bisect_right(hits, at[-2]) >= 2):
@@ -1776,7 +1778,7 @@ class CoExecutor:
         self._anchor_first = prev
         self._anchor_last = now_op
         self._anchor_period = now_op - prev
-        self._anchor_hits = [prev, now_op]
+        self._anchor_hits = array("q", (prev, now_op))
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
         at = self._backward_at
         self._anchor_trains = bool(at) and at[-1] > prev  # training code, not setup: see tick
