@@ -498,6 +498,33 @@ for x, y in data:
             p.data.add_(p.grad, alpha=-0.1)
 print(f"{loss.item():.6f}")
 """,
+    "a_thread_logging_losses_from_a_queue": """
+import threading, queue
+q = queue.Queue(); seen = []
+def consume():  # another thread reads the results the loop hands it, while the loop goes on
+    while (item := q.get()) is not None:
+        i, loss, w = item
+        seen.append((i, round(loss.item(), 4), round((w * 2).sum().item(), 4)))
+th = threading.Thread(target=consume); th.start()
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    q.put((i, loss.detach(), model[0].weight.detach().clone()))
+q.put(None); th.join()
+print(seen)
+""",
+    "a_thread_pool_computing_metrics": """
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(2)
+futs = []
+for i, (x, y) in enumerate(data):
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    futs.append(pool.submit(lambda o, t: (o.argmax(1) == t).float().mean().item(), out.detach(), y))
+print([round(f.result(), 4) for f in futs])  # the program waits for the pool, the pool for a value
+pool.shutdown()
+""",
 }
 
 

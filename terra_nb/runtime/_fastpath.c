@@ -114,6 +114,7 @@ typedef struct {
     Py_ssize_t info_setter_off;  /* OpInfo.setter */
     Py_ssize_t ex_off[N_NAMES];  /* the executor's slots, by name (EXECUTOR_SLOTS; 0 for other names) */
     int interrupt;  /* an interrupt waits (CoExecutor._on_interrupt): every call goes to Python */
+    int in_op;  /* calls of this path under way (CoExecutor._hold_program reads it from another thread) */
 } FastPath;
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -1568,7 +1569,9 @@ fp_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kw
         t0 = thread_seconds();
     }
     int taken;
+    fp->in_op++;
     PyObject *r = fast(fp, func, args, kwargs, &taken);
+    fp->in_op--;
     if (!taken)
         r = call_slow(fp, func, types, args, kwargs);
     if (profiling && r != NULL) {
@@ -1896,7 +1899,15 @@ fp_set_interrupt(FastPath *fp, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *
+fp_get_in_op(FastPath *fp, void *closure)
+{
+    return PyBool_FromLong(fp->in_op > 0);
+}
+
 static PyGetSetDef fp_getset[] = {
+    {"in_op", (getter)fp_get_in_op, NULL,
+     "True while a call is inside this path (its Python callouts included)", NULL},
     {"interrupt", (getter)fp_get_interrupt, (setter)fp_set_interrupt,
      "True while an interrupt waits to be raised at the next call (every call goes to the Python path)", NULL},
     {"misses", (getter)fp_get_misses, NULL, "the calls handed to the Python path, by reason", NULL},

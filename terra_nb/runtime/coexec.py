@@ -77,7 +77,7 @@ from ..trace.ops import (
 from . import native
 from .backends import COMPILE_THREAD, CompiledBlock, check_backend, stays_eager
 from .events import Event, EventLog, Iteration
-from .future import FutureTensor, real
+from .future import FutureTensor, ValueLostError, real
 from .runner import BlockRun, GraphRunner
 
 TRACE, SKELETON = "trace", "skeleton"
@@ -304,6 +304,11 @@ class CoExecutor:
         self._hooked = True  # the mode is on the stack while a cell runs (auto's eager stretches take it off)
         self._mode_obj: TerraMode | None = None
         self._owner = -1  # the thread running a cell; -1 between cells
+        # Another thread needs a value the program's pending block will produce (see
+        # value_elsewhere): while _held, the program's thread waits at its next entry to the engine.
+        self._held = False
+        self._held_cv = threading.Condition()
+        self._elsewhere = threading.Lock()
         self._tick_reanchors = 0
         self._eager_limit = 0.0  # seconds an eager iteration may last before the anchor is given up
         self._unhooked_at = 0  # the mode stack's depth below our mode, when it was taken off
@@ -575,6 +580,8 @@ class CoExecutor:
 
     def on_op(self, func, args, kwargs):
         __tracebackhide__ = True
+        if self._held:
+            self._wait_held()
         if self._interrupted:
             self._raise_interrupt()
         if _functorch_level() is not None:
@@ -1068,6 +1075,8 @@ class CoExecutor:
         another torch-function mode or inference mode is active: the block must see the state
         the GraphRunner's thread has.)
         """
+        if self._held and _get_ident() == self._owner:
+            self._wait_held()
         if self.block.ops and not _len_mode_stack() and not _is_inference():
             run = self._take_run()
             self.sync()
@@ -1076,6 +1085,73 @@ class CoExecutor:
         else:
             self.flush()
         self.sync()
+
+    def value_elsewhere(self, fut: FutureTensor) -> torch.Tensor:
+        """The value of ``fut`` for a thread other than the program's (a logging thread, a thread
+        pool computing metrics): it must not touch the skeleton while the program runs it.
+
+        Where ``fut``'s block was handed over, wait for the GraphRunner. Where it is still the
+        program's pending block, hold the program's thread out of the engine (its next op, loop
+        tick or sync waits) once it is outside (in the user's code, or blocked: waiting for this
+        very thread, say), and hand the block over from here. An error a block raised stays the
+        program's, raised in its thread; here the value is lost.
+        """
+        with self._elsewhere:
+            while fut._tn_val is None:
+                if self._owner != -1 and getattr(fut, "_tn_blk", None) is self.block:
+                    if self._hold_program():
+                        try:
+                            self.flush()
+                        finally:
+                            self._release_program()
+                        continue
+                else:
+                    self.runner.wait()
+                    # handed over: run by the GraphRunner, or by the program's thread (inline),
+                    # which is then inside the engine; or dropped after an error
+                    if fut._tn_val is not None or self.runner.error is not None or not self._program_in_engine():
+                        break
+                time.sleep(0.0005)  # the program is inside the engine: it leaves it soon
+        val = fut._tn_val
+        if val is None:
+            raise ValueLostError("this tensor was never computed: an earlier operation of the same "
+                                 "co-executed program raised an exception. Re-run the cell to recompute it.")
+        return val
+
+    def _hold_program(self) -> bool:
+        """Hold the program's thread at its next entry to the engine; False (and released) where
+        it is inside it now: in the C path, or in this package's code (``_in_engine``)."""
+        with self._held_cv:
+            self._held = True
+        native = getattr(self._mode_obj, "native", None)
+        if native is not None:
+            native.interrupt = True  # every call goes to on_op, which waits
+        if self._program_in_engine():
+            self._release_program()
+            return False
+        return True
+
+    def _program_in_engine(self) -> bool:
+        """Whether the program's thread is inside the engine: in the C path, or in this package's
+        code (``_in_engine``), as opposed to the user's code or between cells."""
+        if self._owner == -1:
+            return False
+        native = getattr(self._mode_obj, "native", None)
+        frame = sys._current_frames().get(self._owner)
+        return (native is not None and native.in_op) or (frame is not None and _in_engine(frame))
+
+    def _release_program(self) -> None:
+        with self._held_cv:
+            self._held = False
+            self._held_cv.notify_all()
+        native = getattr(self._mode_obj, "native", None)
+        if native is not None:
+            native.interrupt = self._interrupted
+
+    def _wait_held(self) -> None:
+        with self._held_cv:
+            while self._held:
+                self._held_cv.wait()
 
     def raise_block_error(self) -> None:
         error = self.runner.take_error()
@@ -1438,6 +1514,8 @@ class CoExecutor:
         """
         if _get_ident() != self._owner:
             return  # a function a cell defined, running in another thread, or outside a cell
+        if self._held:
+            self._wait_held()
         if self._interrupted:
             self._raise_interrupt()
         if self._hooked:

@@ -9,6 +9,7 @@ Once materialised, a future behaves as its real tensor for the rest of its life.
 
 from __future__ import annotations
 
+from threading import get_ident
 from typing import Any
 
 import torch
@@ -61,6 +62,8 @@ class FutureTensor(torch.Tensor):
         if val is None:
             owner = self._tn_owner
             if owner is not None:
+                if owner._owner != -1 and get_ident() != owner._owner:
+                    return owner.value_elsewhere(self)  # another thread: not the skeleton's to drive
                 owner.materialize()
             val = self._tn_val
             if val is None:
