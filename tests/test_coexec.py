@@ -498,6 +498,17 @@ for x, y in data:
             p.data.add_(p.grad, alpha=-0.1)
 print(f"{loss.item():.6f}")
 """,
+    "a_tensor_subclass_of_the_programs": """
+class Tagged(torch.Tensor):  # torch's default __torch_function__ makes every result a Tagged
+    pass
+for i, (x, y) in enumerate(data):
+    xt = (x * 2).as_subclass(Tagged) if i % 3 else x * 2  # (as_subclass: no torch function)
+    out = model(xt)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, isinstance(xt, Tagged), isinstance(out, Tagged), isinstance(loss, Tagged), round(loss.item(), 4))
+del xt, out, loss  # (each run defines its own Tagged: torch.equal cannot compare them)
+""",
     "a_thread_logging_losses_from_a_queue": """
 import threading, queue
 q = queue.Queue(); seen = []
@@ -1155,6 +1166,32 @@ print(w.grad)
 """
     session = check_program(source)
     assert len(session.log.iterations) == 300
+
+
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_a_new_default_dtype_mid_loop_gives_factories_its_dtype(runner):
+    """``torch.set_default_dtype`` changes what factories (and Python floats with integer tensors)
+    make: the nodes traced before must not answer for the calls after (their futures said
+    float32), and the blocks before run under the default they were checked with."""
+    source = """
+import torch
+torch.manual_seed(0)
+w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+for i in range(40):
+    if i == 10:
+        torch.set_default_dtype(torch.float64)
+    z = torch.randn(3) + torch.arange(3) * 0.5
+    loss = (z * w).sum() * 1.5
+    loss.backward()
+    print(i, z.dtype, loss.dtype, round(loss.item(), 4))
+torch.set_default_dtype(torch.float32)
+"""
+    try:
+        session = check_program(source, runner=runner)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    modes = [it.mode for it in session.log.iterations]
+    assert "coexec" in modes[modes.index("fallback"):], modes
 
 
 EPISODES_IN_FUNCTIONS = PRELUDE + """

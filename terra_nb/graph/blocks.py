@@ -154,8 +154,9 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
 
 def _emit(g: torch.fx.Graph, node: Node, args, kwargs) -> torch.fx.Node:
     info = node.info
-    if node.grad[1] or len(node.grad) > 2:
-        target = node.func if len(node.grad) == 2 else _in_autocast(node.func, node.grad[2])
+    amp = node.grad[2] if len(node.grad) > 2 else None  # (a key with more items: see coexec._grad_key)
+    if node.grad[1] or amp is not None:
+        target = node.func if amp is None else _in_autocast(node.func, amp)
         if node.grad[1]:
             target = _in_inference_mode(target)
         return g.call_function(target, tuple(args), kwargs)

@@ -89,6 +89,7 @@ typedef struct {
     PyObject *executor;      /* the CoExecutor */
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
     PyObject *node_type, *block_type, *future_type, *tensor_type, *info_type, *generator_type;
+    PyObject *parameter_type;  /* nn.Parameter: with Tensor, the types whose metadata is 4 items */
     PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind, *fetch_kind;  /* the constants the Python path compares */
     PyObject *grad_table[2][2];
     PyObject *tensor_struct, *none_struct, *external;
@@ -852,6 +853,8 @@ meta_matches(FastPath *fp, PyObject *t, PyObject *m)
     }
     if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) != 4)
         return 0;
+    if (Py_TYPE(t) != (PyTypeObject *)fp->tensor_type && Py_TYPE(t) != (PyTypeObject *)fp->parameter_type)
+        return 0;  /* a tensor subclass of the program's: its metadata names its type (ops.meta_of) */
     PyObject *names[4] = {str[S_shape], str[S_dtype], str[S_device], str[S_requires_grad]};
     /* cheapest first: dtype and requires_grad are singletons */
     static const int order[4] = {1, 3, 0, 2};
@@ -1607,6 +1610,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->tensor_type);
     Py_CLEAR(fp->info_type);
     Py_CLEAR(fp->generator_type);
+    Py_CLEAR(fp->parameter_type);
     Py_CLEAR(fp->skeleton);
     Py_CLEAR(fp->auto_);
     Py_CLEAR(fp->eager_);
@@ -1674,6 +1678,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(info_type, "OpInfo");
     TAKE(generator_type, "Generator");
     TAKE(tensor_type, "Tensor");
+    TAKE(parameter_type, "Parameter");
     TAKE(skeleton, "SKELETON");
     TAKE(auto_, "auto");
     TAKE(eager_, "eager");

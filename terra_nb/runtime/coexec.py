@@ -22,6 +22,7 @@ import bisect
 from array import array
 import contextlib
 import functools
+import itertools
 import gc
 import os
 import signal
@@ -65,7 +66,9 @@ from ..trace.ops import (
     generalize,
     interned_meta,
     literal_spec,
+    PLAIN_TYPES,
     meta_of,
+    plain_meta,
     op_info,
     out_structure,
     out_tensors,
@@ -101,25 +104,37 @@ _saved_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", l
 SAVED_HOOKS = "saved_tensors_hooks"
 _STRIDED = torch.strided
 _functorch_level = torch._C._functorch.maybe_current_level  # None outside torch.func's transforms
+_get_default_dtype = torch.get_default_dtype
+_FLOAT32 = torch.float32
 
 
 def _grad_key() -> tuple:
     """The mode part of a node key: (grad enabled, inference mode), and where autocast is on, a
     third item: ((device, dtype) for each device it is on for, its weight cache on). Inside a
     ``torch.autograd.graph.saved_tensors_hooks`` region a fourth item, ``SAVED_HOOKS`` (the
-    third None when autocast is off): its ops run for real (see ``_new_node``). Interned: the
+    third None when autocast is off): its ops run for real (see ``_new_node``). Where the default
+    dtype is not float32 (``torch.set_default_dtype``: factories, and Python floats with integer
+    tensors, make it) a fifth, that dtype (the fourth None without the hooks). Interned: the
     paths compare it by identity."""
     grad = _GRAD[_is_grad_enabled()][_is_inference()]
     hooks = _saved_hooks(False) is not None
     amp_on = any_autocast()
-    if not hooks and not amp_on:
+    dtype = _get_default_dtype()
+    if not hooks and not amp_on and dtype is _FLOAT32:
         return grad
     amp = None
     if amp_on:
         amp = (tuple([(d, torch.get_autocast_dtype(d)) for d in AMP_DEVICES if torch.is_autocast_enabled(d)]),
                torch.is_autocast_cache_enabled())
-    key = (grad[0], grad[1], amp, SAVED_HOOKS) if hooks else (grad[0], grad[1], amp)
+    if dtype is not _FLOAT32:
+        key: tuple = (grad[0], grad[1], amp, SAVED_HOOKS if hooks else None, dtype)
+    else:
+        key = (grad[0], grad[1], amp, SAVED_HOOKS) if hooks else (grad[0], grad[1], amp)
     return _WITH_AMP.setdefault(key, key)
+
+
+def _under_saved_hooks(grad: tuple) -> bool:
+    return len(grad) > 3 and grad[3] is SAVED_HOOKS
 
 
 class PendingBlock:
@@ -212,7 +227,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
     if module is None:
         return None
     constants = {
-        "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "Generator": torch.Generator, "FutureTensor": FutureTensor, "Tensor": Tensor,
+        "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "Generator": torch.Generator, "FutureTensor": FutureTensor, "Tensor": Tensor, "Parameter": torch.nn.Parameter,
         "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect", "fetch": "fetch",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],
@@ -352,6 +367,7 @@ class CoExecutor:
         self._mode_obj = self.profiler or TerraMode(self)
         self._owner = _get_ident()  # the thread whose loops tick (see tick)
         self._interrupted = False
+        self._route()
         previous_handler = self._catch_interrupts()
         raised = False
         try:
@@ -407,9 +423,7 @@ class CoExecutor:
         def on_interrupt(signum, frame):
             if _in_engine(frame):
                 self._interrupted = True
-                native = getattr(self._mode_obj, "native", None)
-                if native is not None:
-                    native.interrupt = True
+                self._route()
                 return
             previous(signum, frame)
 
@@ -420,9 +434,7 @@ class CoExecutor:
     def _raise_interrupt(self):
         __tracebackhide__ = True
         self._interrupted = False
-        native = getattr(self._mode_obj, "native", None)
-        if native is not None:
-            native.interrupt = False
+        self._route()
         raise KeyboardInterrupt
 
     def begin_cell(self, cell: int) -> None:
@@ -477,7 +489,21 @@ class CoExecutor:
                 return tensor
             return from_numpy
 
+        def retyping(original):
+            def wrapper(*args, **kwargs):
+                if threading.get_ident() != owner_thread:
+                    return original(*args, **kwargs)
+                self.materialize()  # the blocks before run under the default they were checked with
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._route()
+            return wrapper
+
         patches: list[tuple[Any, str, Any]] = []
+        for name in ("set_default_dtype", "set_default_tensor_type"):
+            patches.append((torch, name, getattr(torch, name)))
+            setattr(torch, name, retyping(getattr(torch, name)))
         for owner in (torch, torch.random):
             for name in ("manual_seed", "seed", "get_rng_state", "set_rng_state"):
                 original = getattr(owner, name)
@@ -496,6 +522,17 @@ class CoExecutor:
 
         patches.append((torch.nn.Parameter, "__new__", raw_new))
         torch.nn.Parameter.__new__ = staticmethod(new_parameter)  # type: ignore[method-assign, assignment]
+        # Tensor.as_subclass does not pass the mode either, and on a future made its alias in
+        # __torch_dispatch__, which already had a Python object: a RuntimeError. The real tensor.
+        raw_as_subclass = torch.Tensor.as_subclass
+
+        def as_subclass(self, cls):
+            if type(self) is FutureTensor and threading.get_ident() == owner_thread:
+                self = self.value()
+            return raw_as_subclass(self, cls)
+
+        patches.append((torch.Tensor, "as_subclass", raw_as_subclass))
+        torch.Tensor.as_subclass = as_subclass  # type: ignore[method-assign, assignment]
         # A custom autograd Function's apply does not pass the mode: the ops of its forward (run
         # with grad off) were traced instead, and the replay lost the Function's backward. Through
         # the mode, each apply is one node, run as a whole.
@@ -627,8 +664,8 @@ class CoExecutor:
                             tm = t._tn_meta
                             if tm is not m and tm != m:
                                 break
-                        elif (t.shape, t.dtype, t.device, t.requires_grad) != m:
-                            break
+                        elif (t.shape, t.dtype, t.device, t.requires_grad) != m or type(t) not in PLAIN_TYPES:
+                            break  # (a subclass of the program's: its metadata names its type)
                     else:
                         if node.kind in DEFERRED and not node.immediate:
                             return self._defer(node, tensors, scalars)
@@ -1123,9 +1160,7 @@ class CoExecutor:
         it is inside it now: in the C path, or in this package's code (``_in_engine``)."""
         with self._held_cv:
             self._held = True
-        native = getattr(self._mode_obj, "native", None)
-        if native is not None:
-            native.interrupt = True  # every call goes to on_op, which waits
+        self._route()  # every call goes to on_op, which waits
         if self._program_in_engine():
             self._release_program()
             return False
@@ -1144,9 +1179,16 @@ class CoExecutor:
         with self._held_cv:
             self._held = False
             self._held_cv.notify_all()
+        self._route()
+
+    def _route(self) -> None:
+        """Send every call to the Python path (the C one takes none) while an interrupt waits,
+        another thread holds the program (``_hold_program``), or the default dtype is not float32
+        (the C path's keys do not hold it: see ``_grad_key``)."""
+        self._odd_dtype = _get_default_dtype() is not _FLOAT32
         native = getattr(self._mode_obj, "native", None)
         if native is not None:
-            native.interrupt = self._interrupted
+            native.interrupt = self._interrupted or self._held or self._odd_dtype
 
     def _wait_held(self) -> None:
         with self._held_cv:
@@ -1414,7 +1456,7 @@ class CoExecutor:
             node.kind = "fetch"
         elif (info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec)
               or (info.name in _RAISES_ON_VALUES and caught_here(frame, self.roots))
-              or grad[-1] is SAVED_HOOKS):
+              or _under_saved_hooks(grad)):
             node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"
@@ -1423,6 +1465,10 @@ class CoExecutor:
         if node.barrier and not self.graph.python_hooks and _reaches_hooked_leaves(tensors, self.graph.grad_leaves):
             self._hooks_registered()  # (registered before the mode could see it: in another cell)
         if node.barrier and node.kind in DEFERRED and self.graph.python_hooks:
+            node.kind = "sync"
+        if node.kind in DEFERRED and any(type(t) not in PLAIN_TYPES for t in itertools.chain(tensors, outs)):
+            # A tensor subclass of the program's (x.as_subclass(Tagged)): its __torch_function__
+            # may do anything, and what eager returns is an instance of it, as a future is not.
             node.kind = "sync"
         if node.kind in DEFERRED and any(t.layout is not _STRIDED for t in outs):
             # A sparse result (an nn.Embedding(sparse=True)'s .grad): a future is a strided
@@ -1964,7 +2010,7 @@ _STORAGE_USERS = getattr(torch._C, "_storage_Use_Count", None)  # private: absen
 
 def _in_meta(tensors: list) -> tuple:
     """The input metadata of a node key: a future's from the trace, a tensor's own."""
-    return tuple([t._tn_meta if type(t) is FutureTensor else (t.shape, t.dtype, t.device, t.requires_grad)
+    return tuple([t._tn_meta if type(t) is FutureTensor else plain_meta(t)
                   for t in tensors])  # (a lookup key: not interned, which would hash each tuple once more)
 
 
@@ -2037,7 +2083,7 @@ def _registers_python_for_backward(func, info: OpInfo, grad: tuple, frame) -> bo
     saved-tensor hooks (their unpack runs in backward: a non-reentrant checkpoint recomputes
     there), or a module's deprecated ``register_backward_hook`` hooks, which ``Module.__call__``
     puts on the output's ``grad_fn`` (the access this call is)."""
-    if info.name in _HOOK_OPS or grad[-1] is SAVED_HOOKS:
+    if info.name in _HOOK_OPS or _under_saved_hooks(grad):
         return True
     owner = getattr(func, "__self__", None)
     if any(owner is cls for cls in _PYTHON_BACKWARD):

@@ -357,9 +357,23 @@ def build_out(structure: tuple, values: list):
 _METAS: dict[tuple, tuple] = {}
 
 
+# The tensor types whose metadata is (shape, dtype, device, requires_grad); any other subclass's
+# (the program's own: x.as_subclass(Tagged)) has its type as a fifth item, so that its ops are
+# other nodes than a plain tensor's at the same site (they run for real: CoExecutor._new_node).
+PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def plain_meta(t: Tensor) -> tuple:
+    """(shape, dtype, device, requires_grad) of a real tensor, and its type where not a plain one."""
+    cls = type(t)
+    if cls is Tensor or cls is torch.nn.Parameter:
+        return (t.shape, t.dtype, t.device, t.requires_grad)
+    return (t.shape, t.dtype, t.device, t.requires_grad, cls)
+
+
 def meta_of(t: Tensor) -> tuple:
-    """(shape, dtype, device, requires_grad) of a real tensor, interned (``interned_meta``)."""
-    return interned_meta((t.shape, t.dtype, t.device, t.requires_grad))
+    """``plain_meta(t)``, interned (``interned_meta``)."""
+    return interned_meta(plain_meta(t))
 
 
 def interned_meta(meta: tuple) -> tuple:
