@@ -1194,6 +1194,58 @@ torch.set_default_dtype(torch.float32)
     assert "coexec" in modes[modes.index("fallback"):], modes
 
 
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_torchscript_functions_and_modules_train_as_in_eager(runner):
+    """A scripted function's or module's ops run in C++, past the mode: given a future, autograd
+    recorded them against the wrapper and the model before it got no gradient."""
+    import linecache
+
+    source = PRELUDE + """
+@torch.jit.script
+def swish(x: torch.Tensor, beta: float) -> torch.Tensor:
+    return x * torch.sigmoid(beta * x)
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+    def forward(self, h):
+        return self.lin(h).tanh() * 2
+head = torch.jit.script(Head())
+hopt = torch.optim.SGD(head.parameters(), lr=0.1)
+for i, (x, y) in enumerate(data):
+    h = swish(model[0](x), 1.0 + i * 0.1)
+    loss = F.cross_entropy(model[2](h), y) + F.cross_entropy(head(h), y)
+    opt.zero_grad(); hopt.zero_grad(); loss.backward(); opt.step(); hopt.step()
+    print(i, round(loss.item(), 4), round(model[0].weight.grad.abs().sum().item(), 4))
+print(head.lin.weight.sum().item())
+del head  # (a ScriptModule: state_of reads the optimizer's state of its parameters)
+"""
+    linecache.cache["<eager>"] = (len(source), None, source.splitlines(True), "<eager>")  # TorchScript reads the source
+    try:
+        check_program(source, runner=runner)
+    finally:
+        del linecache.cache["<eager>"]
+
+
+def test_a_call_that_bypasses_torchs_python_api_is_an_error_not_a_lost_gradient():
+    """Below autograd, a future that requires grad cannot give autograd the graph that made its
+    value: an error that says so, where the gradient would silently not have reached the model.
+    (Torch function disabled stands for a C++ extension's own binding.)"""
+    source = """
+import torch
+w = torch.ones(3, requires_grad=True)
+for i in range(6):
+    h = w * (i + 1)
+    with torch._C.DisableTorchFunction():
+        out = (h * 2).sum()
+    out.backward()
+"""
+    printed, namespace = run_eager(source)
+    assert namespace["w"].grad.tolist() == [42.0] * 3
+    with pytest.raises(RuntimeError, match="bypasses torch's Python API"):
+        run_terra(source)
+
+
 EPISODES_IN_FUNCTIONS = PRELUDE + """
 policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 popt = torch.optim.Adam(policy.parameters(), lr=1e-2)

@@ -533,6 +533,21 @@ class CoExecutor:
 
         patches.append((torch.Tensor, "as_subclass", raw_as_subclass))
         torch.Tensor.as_subclass = as_subclass  # type: ignore[method-assign, assignment]
+        # TorchScript functions and methods (torch.jit.script, torch.jit.trace) run their ops in
+        # C++, past the mode: on a future, autograd recorded them against the wrapper, and the
+        # gradient never reached the model (its .grad stayed None). They run on real tensors,
+        # after the pending blocks (a scripted module reads its parameters itself).
+        for script_type in (torch._C.ScriptFunction, torch._C.ScriptMethod):
+            raw_call = script_type.__call__
+
+            def script_call(fn, *args, __raw=raw_call, **kwargs):
+                if threading.get_ident() == owner_thread and torch._C._is_torch_function_mode_enabled():
+                    self.materialize()
+                    args, kwargs = real((args, kwargs))
+                return __raw(fn, *args, **kwargs)
+
+            patches.append((script_type, "__call__", raw_call))
+            script_type.__call__ = script_call  # type: ignore[method-assign]
         # A custom autograd Function's apply does not pass the mode: the ops of its forward (run
         # with grad off) were traced instead, and the replay lost the Function's backward. Through
         # the mode, each apply is one node, run as a whole.

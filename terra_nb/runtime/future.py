@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
+_is_grad_enabled = torch.is_grad_enabled
+
 
 class ValueLostError(RuntimeError):
     """A future tensor's block never ran, because an earlier block raised."""
@@ -81,6 +83,17 @@ class FutureTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        # Below autograd: code that bypassed torch's Python API (a C++ extension's own binding).
+        # Autograd recorded the op against the future, not against what made its value, so the
+        # gradient would silently not reach the model: an error instead. (TorchScript and
+        # autograd.Function are routed through the engine; nothing of torch's own comes here.)
+        if _is_grad_enabled() and any(type(a) is FutureTensor and a.requires_grad for a in args):
+            raise RuntimeError(
+                f"terra_nb: {func} was called on a tensor that requires grad and that co-execution "
+                "has not computed yet, by code that bypasses torch's Python API (a C++ extension's "
+                "own binding): autograd would not reach what made the tensor, and its gradient "
+                "would be lost. Run this cell without %%terra, or register the extension's "
+                "operator with torch.library so that it goes through torch.ops.")
         args, kwargs = real((args, kwargs or {}))
         return func(*args, **kwargs)
 
