@@ -19,11 +19,10 @@ through the anchor starts an iteration (``@coexecute`` marks them explicitly ins
 from __future__ import annotations
 
 import bisect
-from array import array
 import contextlib
 import functools
-import itertools
 import gc
+import itertools
 import os
 import signal
 import statistics
@@ -32,6 +31,7 @@ import threading
 import time
 import types
 import weakref
+from array import array
 from typing import Any
 
 import torch
@@ -54,6 +54,7 @@ from ..trace.ops import (
     FN,
     MUT,
     NONE,
+    PLAIN_TYPES,
     TENSOR,
     F,
     G,
@@ -66,12 +67,11 @@ from ..trace.ops import (
     generalize,
     interned_meta,
     literal_spec,
-    PLAIN_TYPES,
     meta_of,
-    plain_meta,
     op_info,
     out_structure,
     out_tensors,
+    plain_meta,
     scan,
     spec_ints,
     template,
@@ -1758,7 +1758,7 @@ class CoExecutor:
         if backwards >= 2 or 2 * backwards >= len(hits) - 1:
             return False  # the anchor's turns train, or the backward rule had its chance
         if backwards == 1:
-            return True  # the next backward decides (see _note_backward)
+            return self._counted < STEPS_WAIT_MAX  # the next backward decides (see _note_backward)
         return self._counted < CHOICE_UNTICKED and any(t < first for t in self._turn_at.values())
 
     def _eager_wins(self) -> bool:
@@ -2148,6 +2148,9 @@ CHOICE_CLEAR = 1.2
 EAGER_GIVE_UP, EAGER_GIVE_UP_MIN_S = 20, 0.01
 # periods an anchor whose loop does not tick runs co-executed before auto probes eager there
 CHOICE_UNTICKED = 50
+# Turns of the anchor's loop that auto waits, after one backward, for the next (see
+# _may_be_steps_of_a_training_loop): a backward that never comes again does not stop its probes.
+STEPS_WAIT_MAX = 1000
 
 
 def _enough(samples: list, count: int) -> bool:
