@@ -547,7 +547,7 @@ class CoExecutor:
                 return __raw(fn, *args, **kwargs)
 
             patches.append((script_type, "__call__", raw_call))
-            script_type.__call__ = script_call  # type: ignore[method-assign]
+            script_type.__call__ = script_call  # type: ignore[method-assign, assignment]
         # A custom autograd Function's apply does not pass the mode: the ops of its forward (run
         # with grad off) were traced instead, and the replay lost the Function's backward. Through
         # the mode, each apply is one node, run as a whole.
