@@ -10,7 +10,8 @@ ops         node (int64); op, module, location (string; location is ``file:line`
             ``<terra-cell-N>:line``); block (Int64, null for nodes that run synchronously);
             kind (category: op/feed/fetch/state, as in the JSON export); count (int64)
 events      cell, iteration (int64); kind (category: sync/fallback/compile/choice/error); reason, location
-            (string); duration_ms (float64); time (datetime64[ns, UTC])
+            (string); duration_ms (float64); time (datetime64[ns, UTC]). Syncs: the first
+            ``SYNCS_KEPT`` (100) of each line of each cell; ``syncs`` of ``iterations`` counts all
 blocks      block (int64); nodes (int64: how many); backend (category); compile_ms, mean_ms
             (float64); runs (int64)
 =========== ==========================================================================================

@@ -126,3 +126,26 @@ def test_plot_names_the_extra_when_matplotlib_is_missing(session, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ImportError, match=r"terra-nb\[plot\]"):
         terra_nb.plot("iterations", session)
+
+
+def test_a_long_run_keeps_a_bounded_sync_log_and_counts_every_sync():
+    """A ``.item()`` every iteration for a long run: the events table keeps the first syncs of the
+    line, the iterations table and the graph count every one (the log must not grow without bound,
+    nor the widget's events with it)."""
+    from terra_nb.runtime.events import SYNCS_KEPT
+
+    source = """
+import torch
+w = torch.ones(3)
+for i in range(400):
+    v = (w * (i % 7)).sum().item()  # the block that makes it is pending: Python waits
+"""
+    _, _, session = run_terra(source)
+    syncs = session.to_pandas("events").query("kind == 'sync'")
+    line = "<terra-cell-1>:5"
+    assert (syncs["location"] == line).sum() == SYNCS_KEPT
+    counted = int(session.to_pandas("iterations")["syncs"].sum())
+    assert counted >= 390
+    assert session.log.syncs_by_location()[line] == counted
+    nodes = [n for n in session.to_json()["nodes"] if n["location"] == line]
+    assert sum(n["syncs"] for n in nodes) == counted

@@ -93,11 +93,10 @@ def graph_to_dot(graph: TraceGraph, log=None):
 
 
 def _events_by_location(log) -> tuple[dict, dict]:
-    syncs: dict[str, int] = {}
+    if log is None:
+        return {}, {}
     fallbacks: dict[str, int] = {}
-    for event in (log.events if log is not None else []):
-        if event.kind == "sync":
-            syncs[event.location] = syncs.get(event.location, 0) + 1
-        elif event.kind == "fallback":
+    for event in log.events:
+        if event.kind == "fallback":
             fallbacks[event.location] = fallbacks.get(event.location, 0) + 1
-    return syncs, fallbacks
+    return log.syncs_by_location(), fallbacks

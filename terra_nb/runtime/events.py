@@ -13,7 +13,10 @@ this log alone. Two record types:
   holds ``(node id, count)`` pairs).
 
 Block runs are counted, not logged one by one: ``block_runs[block] = [runs, total ms]`` (a
-program runs thousands of blocks a second; an event each cost time and grew without bound).
+program runs thousands of blocks a second; an event each cost time and grew without bound). So
+are the syncs at one line of one cell beyond its first ``SYNCS_KEPT`` (a ``loss.item()`` each
+iteration, for hours): ``sync_counts[(cell, location, reason)] = [syncs, total ms]``; the
+iterations' ``syncs`` count them all.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 MODES = ("eager", "trace", "coexec", "fallback")
+SYNCS_KEPT = 100  # sync events kept per cell and line; the rest are counted (EventLog.sync_counts)
 EVENT_KINDS = ("sync", "fallback", "compile", "block", "error", "node", "counts")
 
 
@@ -65,6 +69,8 @@ class EventLog:
         self.events: list[Event] = []
         self.listeners: list = []  # called with each new Iteration (the live table)
         self.block_runs: dict[int, list] = {}  # block id -> [runs, total ms]
+        self.sync_counts: dict[tuple, list] = {}  # (cell, location, reason) -> [syncs past SYNCS_KEPT, total ms]
+        self._syncs_seen: dict[tuple, int] = {}  # (cell, location) -> sync events added
 
     def add_iteration(self, iteration: Iteration) -> None:
         self.iterations.append(iteration)
@@ -72,7 +78,26 @@ class EventLog:
             listener(iteration)
 
     def add(self, event: Event) -> None:
+        if event.kind == "sync":
+            place = (event.cell, event.location)
+            seen = self._syncs_seen.get(place, 0)
+            if seen >= SYNCS_KEPT:
+                acc = self.sync_counts.setdefault((event.cell, event.location, event.reason), [0, 0.0])
+                acc[0] += 1
+                acc[1] += event.duration_ms
+                return
+            self._syncs_seen[place] = seen + 1
         self.events.append(event)
+
+    def syncs_by_location(self) -> dict[str, int]:
+        """Every sync, kept or counted, by source line."""
+        syncs: dict[str, int] = {}
+        for event in self.events:
+            if event.kind == "sync":
+                syncs[event.location] = syncs.get(event.location, 0) + 1
+        for (_cell, location, _reason), (n, _ms) in list(self.sync_counts.items()):
+            syncs[location] = syncs.get(location, 0) + n
+        return syncs
 
     def add_run(self, block: int, ms: float) -> None:
         acc = self.block_runs.get(block)
@@ -89,3 +114,5 @@ class EventLog:
         self.iterations.clear()
         self.events.clear()
         self.block_runs.clear()
+        self.sync_counts.clear()
+        self._syncs_seen.clear()
