@@ -1149,6 +1149,30 @@ for episode in range(12):
     assert [it.mode for it in rows[-4:]] == ["coexec"] * 4, [it.mode for it in rows]
 
 
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+def test_micro_batches_that_accumulate_gradients_make_one_iteration_per_optimizer_step(backend):
+    """Gradient accumulation: a loop of micro-batches, each with its backward, inside the loop of
+    optimizer steps, which has no op before them. An optimizer step after the anchor ran twice or
+    more since the last one takes it (torch.optim's post-step hook marks each): a row per step."""
+    source = PRELUDE + """
+for step in range(12):
+    for micro in range(4):
+        x, y = data[(step * 4 + micro) % 12]
+        loss = F.cross_entropy(model(x), y) / 4
+        loss.backward()
+    opt.step()
+    opt.zero_grad()
+    print(step, round(loss.item(), 4))
+"""
+    printed, eager_ns = run_eager(source)
+    out, namespace, session = run_terra(source, backend=backend)
+    assert out == printed
+    assert_same_state(state_of(eager_ns), state_of(namespace), exact=backend == "eager")
+    rows = session.log.iterations
+    assert 11 <= len(rows) <= 12, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert "coexec" in [it.mode for it in rows]
+
+
 def test_an_epoch_of_many_batches_that_each_train_keeps_batch_iterations():
     """An epoch loop with an op of its own around more batches than any window of recent
     positions would hold: each batch runs a backward, so the batches stay the iterations."""

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.utils.checkpoint
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
 from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, produces
@@ -296,10 +297,12 @@ class CoExecutor:
         self._anchor_trains = False  # a backward ran in the anchor's first period
         self._turn_at: dict[int, int] = {}  # loop id -> the op count at its last tick, in this cell
         # Op counts, in order (8 bytes each: a run of a million iterations keeps 8 MB): the
-        # anchor's runs, and every backward's (autograd.grad's too). Never trimmed, since the rules
-        # count them since a node's previous run, which may be an epoch of many turns ago.
+        # anchor's runs, every backward's (autograd.grad's too) and every optimizer step's. Never
+        # trimmed, since the rules count them since a node's previous run, which may be an epoch of
+        # many turns ago.
         self._anchor_hits = array("q")
         self._backward_at = array("q")
+        self._step_at = array("q")
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
@@ -369,6 +372,7 @@ class CoExecutor:
         self._interrupted = False
         self._route()
         previous_handler = self._catch_interrupts()
+        step_hook = register_optimizer_step_post_hook(self._on_optimizer_step)
         raised = False
         try:
             with self._mode_obj:
@@ -388,6 +392,7 @@ class CoExecutor:
                     # (a handler the program installed meanwhile stays)
                     signal.signal(signal.SIGINT, previous_handler)
                 gc.set_threshold(*thresholds)
+                step_hook.remove()
                 for owner, name, original in patches:
                     setattr(owner, name, original)
                 self.roots.remove(root_code)
@@ -1745,21 +1750,24 @@ class CoExecutor:
     def _may_be_steps_of_a_training_loop(self) -> bool:
         """Whether the anchor's turns may be the steps of an enclosing loop's training iteration.
 
-        An episode loop around a loop of steps, whose backward comes after the steps: the
-        anchor's turns mostly ran no backward. After one backward, the next decides (it anchors
-        where the steps ran again in between, see ``_note_backward``); before any, a loop that
-        ticked before the anchor's turns and not since may enclose them, and auto waits for its
-        next turn, or ``CHOICE_UNTICKED`` iterations. Eager iterations would hide the backward from
-        the engine, and the steps would stay the iterations.
+        An episode loop around a loop of steps, whose backward comes after the steps, or a step
+        loop around micro-batches whose optimizer step comes after them: the anchor's turns mostly
+        ran no backward, or no optimizer step. After one, the next decides (it anchors where the
+        anchor ran again in between, see ``_mark``); before any, a loop that ticked before the
+        anchor's turns and not since may enclose them, and auto waits for its next turn, or
+        ``CHOICE_UNTICKED`` iterations. Eager iterations would hide them from the engine, and the
+        inner turns would stay the iterations.
         """
         first = self._anchor_first
-        at, hits = self._backward_at, self._anchor_hits
-        backwards = len(at) - bisect.bisect_right(at, first)
-        if backwards >= 2 or 2 * backwards >= len(hits) - 1:
-            return False  # the anchor's turns train, or the backward rule had its chance
-        if backwards == 1:
-            return self._counted < STEPS_WAIT_MAX  # the next backward decides (see _note_backward)
-        return self._counted < CHOICE_UNTICKED and any(t < first for t in self._turn_at.values())
+        periods = len(self._anchor_hits) - 1
+        missing = False
+        for at in (self._backward_at, self._step_at):
+            n = len(at) - bisect.bisect_right(at, first)
+            if n == 1 and 2 < periods:
+                return self._counted < STEPS_WAIT_MAX  # the next one decides (see _mark)
+            missing = missing or n == 0
+        return (missing and self._counted < CHOICE_UNTICKED
+                and any(t < first for t in self._turn_at.values()))
 
     def _eager_wins(self) -> bool:
         """The eager probe ended: whether the cell goes on eagerly (then for ``_stay_eager`` iterations).
@@ -1853,17 +1861,27 @@ class CoExecutor:
         return False
 
     def _note_backward(self) -> None:
-        """A backward (or ``autograd.grad``) ran at this op count. Where the anchor ran twice or more
-        since the last backward, its loop is not the training loop but steps inside it (an
-        episode's, a time loop, an evaluation inside each training step): the backward anchors."""
-        at = self._backward_at
+        """A backward (or ``autograd.grad``) ran at this op count: see ``_mark``."""
+        self._mark(self._backward_at)
+
+    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """Every optimizer's step, while a cell runs (torch.optim's global post-step hook)."""
+        if _get_ident() == self._owner and self.mode != "eager" and self._hooked:
+            self._mark(self._step_at)
+
+    def _mark(self, at: array) -> None:
+        """A backward or an optimizer step ended at this op count (``at``: the positions of its
+        kind). Where the anchor ran twice or more since the last one of them, its loop is not the
+        training loop but steps inside it (an episode's, a time loop, an evaluation inside each
+        training step, micro-batches that accumulate gradients): the node just run anchors."""
         now_op = self.op_counter
         if at and at[-1] == now_op:
             return
         at.append(now_op)
         hits = self._anchor_hits
         if (len(at) > 1 and self.anchor is not None and self.cursor is not self.anchor
-                and not self.explicit_iterations and len(hits) - bisect.bisect_right(hits, at[-2]) >= 2):
+                and self.cursor is not self.graph.root and not self.explicit_iterations
+                and len(hits) - bisect.bisect_right(hits, at[-2]) >= 2):
             self._reanchor(self.cursor, at[-2], now_op)
 
     def _encloses_more_work(self, prev: int, now_op: int) -> bool:
@@ -1875,10 +1893,9 @@ class CoExecutor:
         """
         hits = self._anchor_hits
         inner_passes = len(hits) - bisect.bisect_right(hits, prev)
-        at = self._backward_at
-        backwards = len(at) - bisect.bisect_right(at, prev)
-        if 0 < backwards < inner_passes:
-            return True
+        for at in (self._backward_at, self._step_at):
+            if 0 < len(at) - bisect.bisect_right(at, prev) < inner_passes:
+                return True
         return now_op - prev > 1.5 * inner_passes * max(self._anchor_period, 1) + 2
 
     def _anchor_confirmed(self) -> bool:
@@ -1919,8 +1936,7 @@ class CoExecutor:
         self._anchor_period = now_op - prev
         self._anchor_hits = array("q", (prev, now_op))
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
-        at = self._backward_at
-        self._anchor_trains = bool(at) and at[-1] > prev  # training code, not setup: see tick
+        self._anchor_trains = any(at and at[-1] > prev for at in (self._backward_at, self._step_at))  # see tick
         self._reset_iteration(2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
