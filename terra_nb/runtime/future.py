@@ -92,8 +92,9 @@ class FutureTensor(torch.Tensor):
                 f"terra_nb: {func} was called on a tensor that requires grad and that co-execution "
                 "has not computed yet, by code that bypasses torch's Python API (a C++ extension's "
                 "own binding): autograd would not reach what made the tensor, and its gradient "
-                "would be lost. Run this cell without %%terra, or register the extension's "
-                "operator with torch.library so that it goes through torch.ops.")
+                "would be lost. Run this code without co-execution (a plain cell, `terra-nb run "
+                "--eager`), or register the extension's operator with torch.library so that it "
+                "goes through torch.ops.")
         args, kwargs = real((args, kwargs or {}))
         return func(*args, **kwargs)
 
