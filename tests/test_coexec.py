@@ -1173,6 +1173,30 @@ for step in range(12):
     assert "coexec" in [it.mode for it in rows]
 
 
+def test_a_critic_that_steps_several_times_per_generator_step_makes_one_row_per_generator_step():
+    """WGAN's n_critic: each generator step follows a loop of critic steps (each with its backward
+    and its optimizer's step). Each optimizer's steps are marked apart: the generator's, after the
+    anchor ran three times, takes it, and the rows are the outer loop's turns."""
+    source = PRELUDE + """
+G = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6))
+D = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+gopt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.9))
+dopt = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.9))
+for it in range(8):
+    for k in range(3):
+        real = data[(it * 3 + k) % 12][0]
+        fake = G(torch.randn(8, 4)).detach()
+        dloss = D(fake).mean() - D(real).mean()
+        dopt.zero_grad(); dloss.backward(); dopt.step()
+    gloss = -D(G(torch.randn(8, 4))).mean()
+    gopt.zero_grad(); gloss.backward(); gopt.step()
+    print(it, round(dloss.item(), 4), round(gloss.item(), 4))
+"""
+    session = check_program(source)
+    rows = session.log.iterations
+    assert len(rows) == 8, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+
+
 def test_an_epoch_of_many_batches_that_each_train_keeps_batch_iterations():
     """An epoch loop with an op of its own around more batches than any window of recent
     positions would hold: each batch runs a backward, so the batches stay the iterations."""

@@ -297,12 +297,12 @@ class CoExecutor:
         self._anchor_trains = False  # a backward ran in the anchor's first period
         self._turn_at: dict[int, int] = {}  # loop id -> the op count at its last tick, in this cell
         # Op counts, in order (8 bytes each: a run of a million iterations keeps 8 MB): the
-        # anchor's runs, every backward's (autograd.grad's too) and every optimizer step's. Never
-        # trimmed, since the rules count them since a node's previous run, which may be an epoch of
-        # many turns ago.
+        # anchor's runs, every backward's (autograd.grad's too) and each optimizer's steps (a GAN's
+        # critic steps several times per step of its generator). Never trimmed, since the rules
+        # count them since a node's previous run, which may be an epoch of many turns ago.
         self._anchor_hits = array("q")
         self._backward_at = array("q")
-        self._step_at = array("q")
+        self._steps_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> array
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
@@ -1760,14 +1760,16 @@ class CoExecutor:
         """
         first = self._anchor_first
         periods = len(self._anchor_hits) - 1
-        missing = False
-        for at in (self._backward_at, self._step_at):
-            n = len(at) - bisect.bisect_right(at, first)
-            if n == 1 and 2 < periods:
-                return self._counted < STEPS_WAIT_MAX  # the next one decides (see _mark)
-            missing = missing or n == 0
+        counts = [len(at) - bisect.bisect_right(at, first) for at in self._marks()]
+        if 2 < periods and 1 in counts:
+            return self._counted < STEPS_WAIT_MAX  # the next one decides (see _mark)
+        missing = counts[0] == 0 or not any(counts[1:])  # no backward, or no optimizer step
         return (missing and self._counted < CHOICE_UNTICKED
                 and any(t < first for t in self._turn_at.values()))
+
+    def _marks(self) -> list:
+        """The backwards' positions, then each optimizer's steps' (see ``_mark``)."""
+        return [self._backward_at, *self._steps_of.values()]
 
     def _eager_wins(self) -> bool:
         """The eager probe ended: whether the cell goes on eagerly (then for ``_stay_eager`` iterations).
@@ -1867,7 +1869,10 @@ class CoExecutor:
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
         """Every optimizer's step, while a cell runs (torch.optim's global post-step hook)."""
         if _get_ident() == self._owner and self.mode != "eager" and self._hooked:
-            self._mark(self._step_at)
+            at = self._steps_of.get(optimizer)
+            if at is None:
+                at = self._steps_of[optimizer] = array("q")
+            self._mark(at)
 
     def _mark(self, at: array) -> None:
         """A backward or an optimizer step ended at this op count (``at``: the positions of its
@@ -1893,7 +1898,7 @@ class CoExecutor:
         """
         hits = self._anchor_hits
         inner_passes = len(hits) - bisect.bisect_right(hits, prev)
-        for at in (self._backward_at, self._step_at):
+        for at in self._marks():
             if 0 < len(at) - bisect.bisect_right(at, prev) < inner_passes:
                 return True
         return now_op - prev > 1.5 * inner_passes * max(self._anchor_period, 1) + 2
@@ -1936,7 +1941,7 @@ class CoExecutor:
         self._anchor_period = now_op - prev
         self._anchor_hits = array("q", (prev, now_op))
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
-        self._anchor_trains = any(at and at[-1] > prev for at in (self._backward_at, self._step_at))  # see tick
+        self._anchor_trains = any(at and at[-1] > prev for at in self._marks())  # see tick
         self._reset_iteration(2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
