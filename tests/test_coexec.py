@@ -980,6 +980,35 @@ for i in range(30):
     assert len(after) >= 15 and max(after) <= 1, after  # the every-5th .item() only
 
 
+def test_a_loop_that_updates_weights_by_hand_is_probed_as_soon_as_any(monkeypatch):
+    """auto waits for a training loop's backward or optimizer step before it measures eager
+    iterations (they would hide them), but a loop with a backward every turn and no optimizer (the
+    weights updated by hand) waits for nothing, even after a setup loop of the cell."""
+    monkeypatch.setattr(coexec, "CHOICE_MIN_MS", 0.0)  # (the probe's due after its iteration count alone)
+    source = """
+import torch
+torch.manual_seed(0)
+data = []
+for k in range(8):
+    data.append((torch.randn(64, 32), torch.randn(64, 1)))
+w = torch.zeros(32, 1, requires_grad=True)
+for i in range(60):
+    x, y = data[i % 8]
+    loss = ((x @ w - y) ** 2).mean()
+    loss.backward()
+    with torch.no_grad():
+        w -= 0.01 * w.grad
+        w.grad.zero_()
+print(round(loss.item(), 5))
+"""
+    printed, eager_ns = run_eager(source)
+    out, namespace, session = run_terra(source, backend="auto")
+    assert out == printed
+    assert_same_state(state_of(eager_ns), state_of(namespace), exact=False)
+    modes = [it.mode for it in session.log.iterations]
+    assert "eager" in modes[:30], modes  # the probe, 8 clean turns after the anchor, not 50
+
+
 def test_auto_probes_a_loop_that_does_not_tick_only_after_many_iterations():
     """A loop in code the cell did not compile (a library: no ticks) may be a setup loop (model.to(),
     an optimizer's first step over its parameters). auto co-executes it for CHOICE_UNTICKED periods

@@ -1763,7 +1763,9 @@ class CoExecutor:
         counts = [len(at) - bisect.bisect_right(at, first) for at in self._marks()]
         if 2 < periods and 1 in counts:
             return self._counted < STEPS_WAIT_MAX  # the next one decides (see _mark)
-        missing = counts[0] == 0 or not any(counts[1:])  # no backward, or no optimizer step
+        # no backward, or no step of an optimizer that has stepped (a loop updating its weights
+        # by hand has none: it is not waited for)
+        missing = counts[0] == 0 or (len(counts) > 1 and not any(counts[1:]))
         return (missing and self._counted < CHOICE_UNTICKED
                 and any(t < first for t in self._turn_at.values()))
 
