@@ -1009,6 +1009,31 @@ print(round(loss.item(), 5))
     assert "eager" in modes[:30], modes  # the probe, 8 clean turns after the anchor, not 50
 
 
+def test_an_inference_loop_after_a_setup_loop_is_probed_as_soon_as_any(monkeypatch):
+    """No backward, no optimizer: an evaluation loop. The setup loop before it ticked many times,
+    so it is not a loop around the evaluation's turns (an episode loop ticks once before its
+    steps): auto measures eager iterations as soon as anywhere."""
+    monkeypatch.setattr(coexec, "CHOICE_MIN_MS", 0.0)  # (the probe's due after its iteration count alone)
+    source = """
+import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+data = []
+for k in range(8):
+    data.append(torch.randn(64, 32))
+correct = 0
+with torch.no_grad():
+    for i in range(60):
+        correct += int((model(data[i % 8]).argmax(1) == i % 4).sum())
+print(correct)
+"""
+    printed, _ = run_eager(source)
+    out, _, session = run_terra(source, backend="auto")
+    assert out == printed
+    modes = [it.mode for it in session.log.iterations]
+    assert "eager" in modes[:30], modes  # the probe, 8 clean turns after the anchor, not 50
+
+
 def test_auto_probes_a_loop_that_does_not_tick_only_after_many_iterations():
     """A loop in code the cell did not compile (a library: no ticks) may be a setup loop (model.to(),
     an optimizer's first step over its parameters). auto co-executes it for CHOICE_UNTICKED periods

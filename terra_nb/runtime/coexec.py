@@ -296,6 +296,7 @@ class CoExecutor:
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_trains = False  # a backward ran in the anchor's first period
         self._turn_at: dict[int, int] = {}  # loop id -> the op count at its last tick, in this cell
+        self._turns: dict[int, int] = {}  # loop id -> its ticks in this cell
         # Op counts, in order (8 bytes each: a run of a million iterations keeps 8 MB): the
         # anchor's runs, every backward's (autograd.grad's too) and each optimizer's steps (a GAN's
         # critic steps several times per step of its generator). Never trimmed, since the rules
@@ -449,6 +450,7 @@ class CoExecutor:
         self.explicit_iterations = False
         self._cell_token = object()
         self._turn_at = {}
+        self._turns = {}
         self._reset_iteration(0, _perf())
         self._reset_choice()
 
@@ -1588,6 +1590,7 @@ class CoExecutor:
             ticks = self._ticks
             ticks[loop] = ticks.get(loop, 0) + 1
             self._turn_at[loop] = self.op_counter
+            self._turns[loop] = self._turns.get(loop, 0) + 1
             if self.mode == "eager" and self.baseline and _perf() - self.iter_start > self._eager_limit:
                 self._leave_eager()
             elif loop == self._anchor_loop and self._stretch and self.baseline > 1:
@@ -1753,9 +1756,9 @@ class CoExecutor:
         An episode loop around a loop of steps, whose backward comes after the steps, or a step
         loop around micro-batches whose optimizer step comes after them: the anchor's turns mostly
         ran no backward, or no optimizer step. After one, the next decides (it anchors where the
-        anchor ran again in between, see ``_mark``); before any, a loop that ticked before the
-        anchor's turns and not since may enclose them, and auto waits for its next turn, or
-        ``CHOICE_UNTICKED`` iterations. Eager iterations would hide them from the engine, and the
+        anchor ran again in between, see ``_mark``); before any, a loop that ticked once, before
+        the anchor's turns, may enclose them (a setup loop ticks many times), and auto waits for its
+        next turn, or ``CHOICE_UNTICKED`` iterations. Eager iterations would hide them from the engine, and the
         inner turns would stay the iterations.
         """
         first = self._anchor_first
@@ -1767,7 +1770,7 @@ class CoExecutor:
         # by hand has none: it is not waited for)
         missing = counts[0] == 0 or (len(counts) > 1 and not any(counts[1:]))
         return (missing and self._counted < CHOICE_UNTICKED
-                and any(t < first for t in self._turn_at.values()))
+                and any(t < first and self._turns[loop] == 1 for loop, t in self._turn_at.items()))
 
     def _marks(self) -> list:
         """The backwards' positions, then each optimizer's steps' (see ``_mark``)."""
