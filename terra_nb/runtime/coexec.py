@@ -1207,10 +1207,9 @@ class CoExecutor:
         """Send every call to the Python path (the C one takes none) while an interrupt waits,
         another thread holds the program (``_hold_program``), or the default dtype is not float32
         (the C path's keys do not hold it: see ``_grad_key``)."""
-        self._odd_dtype = _get_default_dtype() is not _FLOAT32
         native = getattr(self._mode_obj, "native", None)
         if native is not None:
-            native.interrupt = self._interrupted or self._held or self._odd_dtype
+            native.interrupt = self._interrupted or self._held or _get_default_dtype() is not _FLOAT32
 
     def _wait_held(self) -> None:
         with self._held_cv:
@@ -1763,7 +1762,7 @@ class CoExecutor:
         """
         first = self._anchor_first
         periods = len(self._anchor_hits) - 1
-        counts = [len(at) - bisect.bisect_right(at, first) for at in self._marks()]
+        counts = [_after(at, first) for at in self._marks()]
         if 2 < periods and 1 in counts:
             return self._counted < STEPS_WAIT_MAX  # the next one decides (see _mark)
         # no backward, or no step of an optimizer that has stepped (a loop updating its weights
@@ -1888,10 +1887,9 @@ class CoExecutor:
         if at and at[-1] == now_op:
             return
         at.append(now_op)
-        hits = self._anchor_hits
         if (len(at) > 1 and self.anchor is not None and self.cursor is not self.anchor
                 and self.cursor is not self.graph.root and not self.explicit_iterations
-                and len(hits) - bisect.bisect_right(hits, at[-2]) >= 2):
+                and _after(self._anchor_hits, at[-2]) >= 2):
             self._reanchor(self.cursor, at[-2], now_op)
 
     def _encloses_more_work(self, prev: int, now_op: int) -> bool:
@@ -1901,10 +1899,9 @@ class CoExecutor:
         way to the training loop, and so does an episode's loop of steps in reinforcement
         learning: the enclosing loop's turn ran a backward, but not one per turn of the inner loop.
         """
-        hits = self._anchor_hits
-        inner_passes = len(hits) - bisect.bisect_right(hits, prev)
+        inner_passes = _after(self._anchor_hits, prev)
         for at in self._marks():
-            if 0 < len(at) - bisect.bisect_right(at, prev) < inner_passes:
+            if 0 < _after(at, prev) < inner_passes:
                 return True
         return now_op - prev > 1.5 * inner_passes * max(self._anchor_period, 1) + 2
 
@@ -2177,6 +2174,11 @@ CHOICE_UNTICKED = 50
 # Turns of the anchor's loop that auto waits, after one backward, for the next (see
 # _may_be_steps_of_a_training_loop): a backward that never comes again does not stop its probes.
 STEPS_WAIT_MAX = 1000
+
+
+def _after(positions: array, op: int) -> int:
+    """How many of the ordered op counts ``positions`` come after ``op``."""
+    return len(positions) - bisect.bisect_right(positions, op)
 
 
 def _enough(samples: list, count: int) -> bool:
