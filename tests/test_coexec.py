@@ -29,6 +29,19 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "float_arguments_that_decide_shapes": """
+conv = nn.Conv2d(3, 4, 3, padding=1)
+copt = torch.optim.SGD(conv.parameters(), lr=0.05)
+for i in range(12):
+    s = random.choice([0.5, 1.0, 1.0, 1.5])  # a random rescale: its float decides the output shape
+    x = F.interpolate(torch.randn(2, 3, 8, 8), scale_factor=s, mode="bilinear", align_corners=False)
+    theta = torch.eye(2, 3).expand(2, 2, 3) + 0.05 * torch.randn(2, 2, 3)
+    x = F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=False), align_corners=False)
+    t = torch.arange(0.0, s * 2, 0.25)
+    loss = conv(x).pow(2).mean() + t.sum() * 0
+    copt.zero_grad(); loss.backward(); copt.step()
+    print(i, s, tuple(x.shape), len(t), round(loss.item(), 5))
+""",
     "shapes_from_tensor_values": """
 for i, (x, y) in enumerate(data):
     n = (y.sum() % 5) + 2

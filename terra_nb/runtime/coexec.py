@@ -65,6 +65,7 @@ from ..trace.ops import (
     build_out,
     feedable_ints,
     fill,
+    floats_decide_shape,
     generalize,
     interned_meta,
     literal_spec,
@@ -77,6 +78,7 @@ from ..trace.ops import (
     spec_ints,
     template,
     values_decide_shape,
+    with_floats,
 )
 from . import native
 from .backends import COMPILE_THREAD, CompiledBlock, check_backend, stays_eager
@@ -740,6 +742,8 @@ class CoExecutor:
         tensors: list = []
         scalars: list = []
         spec = scan(args, kwargs, tensors, scalars)
+        if scalars and floats_decide_shape(info.name):
+            spec = with_floats(spec, scalars)  # (the C path's spec has markers there: it hands these calls here)
         if not tensors and func in self.passthrough:
             return func(*args, **kwargs)
         frame = sys._getframe(3)
@@ -1536,8 +1540,11 @@ class CoExecutor:
         if len(self.graph.by_site.get((anchor.func, site), ())) < 2:
             return True
         tensors: list = []
-        spec: Any = scan(args, kwargs, tensors, [])
+        scalars: list = []
+        spec: Any = scan(args, kwargs, tensors, scalars)
         in_meta = _in_meta(tensors)
+        if scalars and floats_decide_shape(anchor.info.name):
+            spec = with_floats(spec, scalars)
         if anchor.info.kind == "feed":
             spec = "feed"
         elif anchor.mask:

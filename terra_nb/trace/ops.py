@@ -197,6 +197,39 @@ _INT_FEEDS.update(dict.fromkeys((
     "clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_"), None))
 
 
+# Ops whose output shape depends on the value of a Python float argument (``F.interpolate(x,
+# scale_factor=s)``, ``F.fractional_max_pool2d(x, 2, output_ratio=r)``, ``torch.arange(0, end,
+# 0.25)``): their floats are constants of the node, as ints are, not feeds. (A feed would answer a
+# new scale with the traced output's shape, and the program would read it.)
+_FLOAT_SHAPES = frozenset({"interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "arange", "range",
+                           "fractional_max_pool2d", "fractional_max_pool3d", "fractional_max_pool2d_with_indices",
+                           "fractional_max_pool3d_with_indices"})
+
+
+def floats_decide_shape(name: str) -> bool:
+    """Whether op ``name``'s output shape may depend on its Python floats' values."""
+    return name in _FLOAT_SHAPES or name.startswith(("upsample_", "_upsample_"))
+
+
+def with_floats(spec, scalars: list):
+    """``spec`` with each float marker replaced by its float (``scalars``: the call's ints and
+    floats, in scan order, as :func:`scan` collected them)."""
+    counter = [0]
+
+    def walk(item):
+        if type(item) is int:
+            counter[0] += 1
+            return item
+        if item is F:
+            counter[0] += 1
+            return scalars[counter[0] - 1]
+        if type(item) is tuple:
+            return tuple([walk(x) for x in item])
+        return item
+
+    return walk(spec)
+
+
 def feedable_ints(name: str, spec) -> frozenset:
     """The scan-order int positions of ``spec`` that may become feeds for op ``name``."""
     if name not in _INT_FEEDS:
