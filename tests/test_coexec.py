@@ -29,6 +29,18 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "int_arguments_that_decide_shapes": """
+emb = nn.Embedding(10, 3)
+eopt = torch.optim.SGD(emb.parameters(), lr=0.1)
+grid = torch.randn(4, 6)
+for i in range(16):
+    b = 4 if i < 8 else random.choice([2, 3, 5])  # the same size for the first iterations, then not
+    idx = torch.randint(0, 10, (b,))  # its bounds may vary freely; its size decides the shape
+    picked = grid.index_select(0 if i < 8 else i % 2, torch.tensor([0, 2, 3]))
+    loss = emb(idx).pow(2).sum() + picked.sum()
+    eopt.zero_grad(); loss.backward(); eopt.step()
+    print(i, b, tuple(idx.shape), tuple(picked.shape), round(loss.item(), 4))
+""",
     "float_arguments_that_decide_shapes": """
 conv = nn.Conv2d(3, 4, 3, padding=1)
 copt = torch.optim.SGD(conv.parameters(), lr=0.05)

@@ -183,9 +183,12 @@ def _walk_ints(spec, visit) -> None:
 
 # Ops whose output shape never depends on these int arguments' values: an int that varies there
 # (``xs[step]``, ``x.narrow(0, start, n)``'s start) can be a feed. Slice bounds never qualify:
-# a slice is clamped at the end of a dimension, so its length depends on them.
-_INT_FEEDS = {"__getitem__": None, "__setitem__": None, "select": frozenset({1}), "narrow": frozenset({1}),
-              "roll": None, "randint": None, "index_select": frozenset({0})}
+# a slice is clamped at the end of a dimension, so its length depends on them. None: every int;
+# _BOUNDS: the ints outside a list or tuple (``torch.randint(low, high, (n, m))``'s bounds, not
+# the size); a set: those scan-order positions.
+_BOUNDS = "bounds"
+_INT_FEEDS: dict = {"__getitem__": None, "__setitem__": None, "select": frozenset({1}), "narrow": frozenset({1}),
+                    "roll": None, "randint": _BOUNDS}
 # Elementwise arithmetic and comparisons with a Python int (``x * step``, ``idx + i * n``,
 # ``x.masked_fill(m, k)``): the int is a value only (the result's dtype follows its type, not its
 # value), so it is a feed, not a new node each time it changes.
@@ -238,13 +241,15 @@ def feedable_ints(name: str, spec) -> frozenset:
     free: list[int] = []
     counter = [0]
 
-    def walk(item, in_slice: bool) -> None:
+    def walk(item, fixed: bool) -> None:
         if type(item) is int:
-            if not in_slice and (allowed is None or counter[0] in allowed):
+            if not fixed and (allowed is None or allowed is _BOUNDS or counter[0] in allowed):
                 free.append(counter[0])
             counter[0] += 1
         elif type(item) is tuple:
-            inner = in_slice or (len(item) == 4 and item[0] == "slice")
+            # a slice is ("slice", start, stop, step); a list or tuple argument (is_list, items)
+            inner = fixed or (len(item) == 4 and item[0] == "slice") or (
+                allowed is _BOUNDS and len(item) == 2 and type(item[0]) is bool and type(item[1]) is tuple)
             for x in item:
                 walk(x, inner)
 
