@@ -64,7 +64,10 @@ class TerraMagics(Magics):
         device = self._device(args.device)
         shell = self.shell
         assert shell is not None, "%%terra runs inside IPython"
-        filename = shell.compile.cache(cell, shell.execution_count)
+        # IPython's own syntax in the cell (``%time``, ``!ls``, ``files = !ls``) becomes Python, as
+        # in a plain cell; each line stays on its line, so tracebacks point at the user's.
+        raw, cell = cell, shell.transform_cell(cell)
+        filename = shell.compile.cache(cell, shell.execution_count, raw_code=raw)
         cell_number = sess.cells + 1
         handle, listener = None, None
         if not args.quiet:

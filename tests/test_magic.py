@@ -132,6 +132,28 @@ def test_user_exception_shows_the_users_line_and_the_session_survives(ip):
     assert isinstance(ip.user_ns["ok"], float)
 
 
+def test_ipython_syntax_in_a_cell_runs_as_in_a_plain_cell(ip):
+    """Line magics and shell escapes inside a ``%%terra`` cell do what they do in a plain cell."""
+    cell = """
+seen = []
+for step in range(8):
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    if step == 5:
+        %time probe = model(x).sum()
+        !echo shell-$step
+    seen.append(round(loss.item(), 5))
+listed = !echo a b
+print(seen[-1], listed)
+"""
+    with capture_output() as out:
+        result = ip.run_cell("%%terra --no-widget\n" + cell)
+    assert result.error_in_exec is None and result.error_before_exec is None, out.stdout + out.stderr
+    assert "Wall time" in out.stdout and "shell-5" in out.stdout and "['a b']" in out.stdout
+    assert "probe" in ip.user_ns and len(ip.user_ns["seen"]) == 8
+    assert "coexec" in [it.mode for it in terra_nb.session().log.iterations]
+
+
 def test_unload_removes_the_magics(ip):
     ip.run_line_magic("unload_ext", "terra_nb")
     assert "terra" not in ip.magics_manager.magics["cell"]
