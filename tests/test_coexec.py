@@ -41,6 +41,16 @@ for i in range(16):
     eopt.zero_grad(); loss.backward(); eopt.step()
     print(i, b, tuple(idx.shape), tuple(picked.shape), round(loss.item(), 4))
 """,
+    "dlpack_export": """
+from torch.utils import dlpack
+for i, (x, y) in enumerate(data):
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    shared = torch.from_dlpack(dlpack.to_dlpack(out.detach() * 2))  # another library's view of it
+    other = dlpack.from_dlpack(torch.to_dlpack(out.detach() + 1))
+    print(i, round(shared.sum().item(), 4), round(other.max().item(), 4), np.from_dlpack(out.detach()).shape)
+""",
     "float_arguments_that_decide_shapes": """
 conv = nn.Conv2d(3, 4, 3, padding=1)
 copt = torch.optim.SGD(conv.parameters(), lr=0.05)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.utils.checkpoint
+import torch.utils.dlpack
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
@@ -542,21 +543,29 @@ class CoExecutor:
 
         patches.append((torch.Tensor, "as_subclass", raw_as_subclass))
         torch.Tensor.as_subclass = as_subclass  # type: ignore[method-assign, assignment]
+        def on_real_tensors(raw):
+            def wrapper(*args, **kwargs):
+                if threading.get_ident() == owner_thread and torch._C._is_torch_function_mode_enabled():
+                    self.materialize()
+                    args, kwargs = real((args, kwargs))
+                return raw(*args, **kwargs)
+            return wrapper
+
         # TorchScript functions and methods (torch.jit.script, torch.jit.trace) run their ops in
         # C++, past the mode: on a future, autograd recorded them against the wrapper, and the
         # gradient never reached the model (its .grad stayed None). They run on real tensors,
         # after the pending blocks (a scripted module reads its parameters itself).
         for script_type in (torch._C.ScriptFunction, torch._C.ScriptMethod):
-            raw_call = script_type.__call__
-
-            def script_call(fn, *args, __raw=raw_call, **kwargs):
-                if threading.get_ident() == owner_thread and torch._C._is_torch_function_mode_enabled():
-                    self.materialize()
-                    args, kwargs = real((args, kwargs))
-                return __raw(fn, *args, **kwargs)
-
-            patches.append((script_type, "__call__", raw_call))
-            script_type.__call__ = script_call  # type: ignore[method-assign, assignment]
+            patches.append((script_type, "__call__", script_type.__call__))
+            script_type.__call__ = on_real_tensors(script_type.__call__)  # type: ignore[method-assign]
+        # DLPack export reads a tensor's memory in C++, past the mode too: on a future it made a
+        # capsule around no memory, and the first read of what came out of it crashed the process.
+        for owner, name in ((torch._C, "_to_dlpack"), (torch._C, "_to_dlpack_versioned"),
+                            (torch.utils.dlpack, "to_dlpack"), (torch, "to_dlpack")):
+            raw = getattr(owner, name, None)
+            if raw is not None:
+                patches.append((owner, name, raw))
+                setattr(owner, name, on_real_tensors(raw))
         # A custom autograd Function's apply does not pass the mode: the ops of its forward (run
         # with grad off) were traced instead, and the replay lost the Function's backward. Through
         # the mode, each apply is one node, run as a whole.
