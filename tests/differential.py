@@ -60,6 +60,10 @@ def assert_same_state(expected: dict, actual: dict, exact: bool = True, rtol: fl
         if want is None or got is None:
             assert want is None and got is None, f"{key}: {want!r} vs {got!r}"
             continue
+        if want.is_nested or got.is_nested:  # (no shape: compare its components)
+            assert want.is_nested and got.is_nested, f"{key}: nested {want.is_nested} vs {got.is_nested}"
+            assert_same_state(dict(enumerate(want.unbind())), dict(enumerate(got.unbind())), exact, rtol)
+            continue
         assert want.shape == got.shape and want.dtype == got.dtype, f"{key}: {want.shape}/{want.dtype} vs {got.shape}/{got.dtype}"
         assert want.layout == got.layout, f"{key}: {want.layout} vs {got.layout}"
         if want.layout != torch.strided:

@@ -41,6 +41,16 @@ for i in range(16):
     eopt.zero_grad(); loss.backward(); eopt.step()
     print(i, b, tuple(idx.shape), tuple(picked.shape), round(loss.item(), 4))
 """,
+    "nested_tensors_of_the_program": """
+for i, (x, y) in enumerate(data):
+    out = model(x)
+    rows = [out[: 2 + i % 3], out[5:]]  # ragged: one nested tensor of two lengths
+    nt = torch.nested.nested_tensor([r.detach() for r in rows])
+    padded = nt.to_padded_tensor(0.0)
+    loss = F.cross_entropy(out, y) + padded.mean().detach() * 0
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, tuple(padded.shape), nt.is_nested, round(padded.sum().item(), 4))
+""",
     "dlpack_export": """
 from torch.utils import dlpack
 for i, (x, y) in enumerate(data):

@@ -697,7 +697,7 @@ class CoExecutor:
                             tm = t._tn_meta
                             if tm is not m and tm != m:
                                 break
-                        elif (t.shape, t.dtype, t.device, t.requires_grad) != m or type(t) not in PLAIN_TYPES:
+                        elif type(t) not in PLAIN_TYPES or plain_meta(t) != m:
                             break  # (a subclass of the program's: its metadata names its type)
                     else:
                         if node.kind in DEFERRED and not node.immediate:
@@ -1504,9 +1504,11 @@ class CoExecutor:
             # A tensor subclass of the program's (x.as_subclass(Tagged)): its __torch_function__
             # may do anything, and what eager returns is an instance of it, as a future is not.
             node.kind = "sync"
-        if node.kind in DEFERRED and any(t.layout is not _STRIDED for t in outs):
+        if node.kind in DEFERRED and (any(t.layout is not _STRIDED for t in outs)
+                                       or any(t.is_nested for t in itertools.chain(tensors, outs))):
             # A sparse result (an nn.Embedding(sparse=True)'s .grad): a future is a strided
-            # wrapper, and .is_sparse, or SparseAdam's check of it, would be answered wrong.
+            # wrapper, and .is_sparse, or SparseAdam's check of it, would be answered wrong. A
+            # nested tensor (torch.nested) has no shape a future could carry.
             node.kind = "sync"
         node.out_struct = struct
         node.out_meta = [meta_of(t) for t in outs]

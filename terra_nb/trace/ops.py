@@ -402,11 +402,24 @@ PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def plain_meta(t: Tensor) -> tuple:
-    """(shape, dtype, device, requires_grad) of a real tensor, and its type where not a plain one."""
+    """(shape, dtype, device, requires_grad) of a real tensor, and its type where not a plain one.
+
+    A nested tensor (``torch.nested``) has no shape: its metadata says "nested" in the fifth item
+    (its ops run for real: CoExecutor._new_node).
+    """
     cls = type(t)
+    try:
+        shape = t.shape
+    except RuntimeError:
+        if not t.is_nested:
+            raise
+        return (None, t.dtype, t.device, t.requires_grad, NESTED)
     if cls is Tensor or cls is torch.nn.Parameter:
-        return (t.shape, t.dtype, t.device, t.requires_grad)
-    return (t.shape, t.dtype, t.device, t.requires_grad, cls)
+        return (shape, t.dtype, t.device, t.requires_grad)
+    return (shape, t.dtype, t.device, t.requires_grad, cls)
+
+
+NESTED = "nested"
 
 
 def meta_of(t: Tensor) -> tuple:
