@@ -51,6 +51,17 @@ for i, (x, y) in enumerate(data):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, tuple(padded.shape), nt.is_nested, round(padded.sum().item(), 4))
 """,
+    "subclass_made_from_a_result": """
+class Tagged(torch.Tensor):
+    pass
+for i, (x, y) in enumerate(data):
+    out = model(x)
+    tagged = torch.Tensor._make_subclass(Tagged, out.detach())  # as a library's subclass is made
+    kept = nn.Buffer(out.detach() * 2)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, type(tagged).__name__, round(tagged.sum().item(), 4), round(kept.sum().item(), 4))
+""",
     "dlpack_export": """
 from torch.utils import dlpack
 for i, (x, y) in enumerate(data):

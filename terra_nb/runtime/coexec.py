@@ -543,6 +543,16 @@ class CoExecutor:
 
         patches.append((torch.Tensor, "as_subclass", raw_as_subclass))
         torch.Tensor.as_subclass = as_subclass  # type: ignore[method-assign, assignment]
+        # Tensor._make_subclass, which libraries call to make their subclass's instances, likewise.
+        raw_make_subclass = torch.Tensor._make_subclass
+
+        def make_subclass(cls, data, *args, **kwargs):
+            if type(data) is FutureTensor and threading.get_ident() == owner_thread:
+                data = data.value()
+            return raw_make_subclass(cls, data, *args, **kwargs)
+
+        patches.append((torch.Tensor, "_make_subclass", raw_make_subclass))
+        torch.Tensor._make_subclass = staticmethod(make_subclass)  # type: ignore[method-assign, assignment]
         def on_real_tensors(raw):
             def wrapper(*args, **kwargs):
                 if threading.get_ident() == owner_thread and torch._C._is_torch_function_mode_enabled():
