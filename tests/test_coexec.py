@@ -1385,6 +1385,24 @@ del head  # (a ScriptModule: state_of reads the optimizer's state of its paramet
         del linecache.cache["<eager>"]
 
 
+def test_a_first_cell_in_a_fresh_process_runs_before_dynamo_was_ever_imported():
+    """The engine's patches go in after Dynamo registered its stand-ins for the originals (it
+    checks their signatures: the first cell of a fresh process raised a TypeError)."""
+    import subprocess
+    import sys
+
+    program = """
+import sys, torch, terra_nb
+assert "torch._dynamo" not in sys.modules
+model = torch.nn.Linear(3, 1)
+cell = "for i in range(6):\\n    loss = model(torch.ones(2, 3)).sum()\\n    loss.backward()\\n    print(i, round(loss.item(), 4))\\n"
+terra_nb.Session(always_coexec=True).run_cell(cell, {"torch": torch, "model": model})
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].startswith("5 ")
+
+
 def test_a_call_that_bypasses_torchs_python_api_is_an_error_not_a_lost_gradient():
     """Below autograd, a future that requires grad cannot give autograd the graph that made its
     value: an error that says so, where the gradient would silently not have reached the model.

@@ -476,6 +476,9 @@ class CoExecutor:
         # The patches are process-wide; only the co-executing thread may act on them (Dynamo, in a
         # background compile thread, reads the RNG state: materialising from there stole blocks).
         owner_thread = threading.get_ident()
+        # Dynamo registers its stand-ins for torch functions when it is first imported: with the
+        # originals, not the wrappers below.
+        import torch._dynamo.eval_frame as eval_frame
 
         def syncing(original):
             restores = original.__name__ in ("set_rng_state", "manual_seed", "seed")
@@ -546,10 +549,10 @@ class CoExecutor:
         # Tensor._make_subclass, which libraries call to make their subclass's instances, likewise.
         raw_make_subclass = torch.Tensor._make_subclass
 
-        def make_subclass(cls, data, *args, **kwargs):
-            if type(data) is FutureTensor and threading.get_ident() == owner_thread:
-                data = data.value()
-            return raw_make_subclass(cls, data, *args, **kwargs)
+        def make_subclass(*args, **kwargs):  # (Dynamo's polyfill of it checks the signature)
+            if len(args) > 1 and type(args[1]) is FutureTensor and threading.get_ident() == owner_thread:
+                args = (args[0], args[1].value(), *args[2:])
+            return raw_make_subclass(*args, **kwargs)
 
         patches.append((torch.Tensor, "_make_subclass", raw_make_subclass))
         torch.Tensor._make_subclass = staticmethod(make_subclass)  # type: ignore[method-assign, assignment]
@@ -595,8 +598,6 @@ class CoExecutor:
         # crashed on the engine's state (an InternalTorchDynamoError). Dynamo's own "force_eager"
         # stance, for the program's thread while this mode is on top; the engine's compiled
         # blocks run with the mode off the stack and compile as before.
-        import torch._dynamo.eval_frame as eval_frame
-
         from_stance = getattr(eval_frame, "_callback_from_stance", None)  # (private: absent, not patched)
         if from_stance is not None:
             def callback_from_stance(callback):
