@@ -22,6 +22,7 @@ import linecache
 import os
 import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -135,10 +136,18 @@ class Session:
         old_argv, old_path0 = sys.argv, sys.path[0] if sys.path else None
         sys.argv = [path, *(argv or [])]
         sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-        namespace = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
+        # The script's namespace is the __main__ module while it runs, as under ``python path``:
+        # pickle finds the script's classes there (a DataLoader's spawned workers need them), and a
+        # spawned process runs the script, not terra-nb, as its main.
+        module = types.ModuleType("__main__")
+        module.__dict__.update(__file__=path, __builtins__=__builtins__)
+        old_main = sys.modules.get("__main__")
+        sys.modules["__main__"] = module
         try:
-            return self.run_cell(source, namespace, mode=mode, filename=os.path.abspath(path), baseline=baseline)
+            return self.run_cell(source, module.__dict__, mode=mode, filename=os.path.abspath(path), baseline=baseline)
         finally:
+            if old_main is not None:
+                sys.modules["__main__"] = old_main
             sys.argv = old_argv
             if sys.path and sys.path[0] != old_path0:
                 sys.path.pop(0)

@@ -69,6 +69,42 @@ def test_run_and_the_kernel_session_default_to_the_auto_backend(tmp_path):
     assert kernel.stdout.strip() == "auto", kernel.stderr
 
 
+SPAWNING = textwrap.dedent("""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class Pairs(Dataset):  # a class of the script's: a spawned worker finds it in the script
+        def __len__(self):
+            return 48
+
+        def __getitem__(self, i):
+            return torch.full((3,), float(i)), i % 2
+
+    if __name__ == "__main__":
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        batches = DataLoader(Pairs(), batch_size=8, num_workers=2, multiprocessing_context="spawn")
+        for epoch in range(2):
+            for x, y in batches:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(); loss.backward(); opt.step()
+            print(epoch, f"{loss.item():.6f}")
+""")
+
+
+@pytest.mark.slow
+def test_run_gives_spawned_workers_the_scripts_classes(tmp_path):
+    """A DataLoader's spawned workers (the default start method on macOS and Windows) unpickle the
+    script's own classes from ``__main__``, as under ``python script.py``."""
+    script = tmp_path / "spawning.py"
+    script.write_text(SPAWNING)
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    coexec = _cli("run", str(script), "--backend", "eager")
+    assert plain.returncode == coexec.returncode == 0, coexec.stderr[-2000:]
+    assert coexec.stdout == plain.stdout
+
+
 def test_run_reports_a_missing_script(tmp_path):
     result = _cli("run", str(tmp_path / "nope.py"))
     assert result.returncode == 2 and "no such script" in result.stderr
