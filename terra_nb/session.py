@@ -148,6 +148,8 @@ class Session:
         finally:
             if old_main is not None:
                 sys.modules["__main__"] = old_main
+            else:
+                sys.modules.pop("__main__", None)
             sys.argv = old_argv
             if sys.path and sys.path[0] != old_path0:
                 sys.path.pop(0)

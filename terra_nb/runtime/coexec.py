@@ -556,6 +556,7 @@ class CoExecutor:
 
         patches.append((torch.Tensor, "_make_subclass", raw_make_subclass))
         torch.Tensor._make_subclass = staticmethod(make_subclass)  # type: ignore[method-assign, assignment]
+
         def on_real_tensors(raw):
             def wrapper(*args, **kwargs):
                 if threading.get_ident() == owner_thread and torch._C._is_torch_function_mode_enabled():
