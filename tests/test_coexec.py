@@ -1385,6 +1385,13 @@ del head  # (a ScriptModule: state_of reads the optimizer's state of its paramet
         del linecache.cache["<eager>"]
 
 
+def test_the_graph_export_shows_a_nested_tensor_the_program_made():
+    session = check_program(PRELUDE + CASES["nested_tensors_of_the_program"])
+    graph = session.to_json()  # (a nested tensor's metadata has no shape)
+    assert any(node["op"].startswith("nested ") for node in graph["nodes"])
+    assert len(session.to_pandas("ops")) and session.to_dot() is not None
+
+
 def test_a_first_cell_in_a_fresh_process_runs_before_dynamo_was_ever_imported():
     """The engine's patches go in after Dynamo registered its stand-ins for the originals (it
     checks their signatures: the first cell of a fresh process raised a TypeError)."""

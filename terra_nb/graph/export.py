@@ -57,7 +57,8 @@ def graph_to_json(graph: TraceGraph, log=None) -> dict:
             if ext_id is None:
                 ext_id = externals[key] = f"s{len(externals)}"
                 shape, dtype = node.in_meta[slot][0], node.in_meta[slot][1]
-                nodes.append({"id": ext_id, "op": f"{tuple(shape)} {str(dtype).replace('torch.', '')}",
+                shown = "nested" if shape is None else tuple(shape)  # (a nested tensor has no shape)
+                nodes.append({"id": ext_id, "op": f"{shown} {str(dtype).replace('torch.', '')}",
                               "module": "", "location": "", "line": "", "block": None,
                               "kind": "feed" if varies else "state", "count": node.count,
                               "syncs": 0, "fallbacks": 0})
