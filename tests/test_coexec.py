@@ -62,6 +62,20 @@ for i, (x, y) in enumerate(data):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, type(tagged).__name__, round(tagged.sum().item(), 4), round(kept.sum().item(), 4))
 """,
+    "objects_made_anew_each_step": """
+import functools
+from torch.utils.checkpoint import checkpoint
+rng = np.random.default_rng(0)
+for i, (x, y) in enumerate(data):
+    x.requires_grad_(True)
+    # a partial made anew each step, and a numpy index array: keyed by identity or unhashable, each
+    # call was a new node, and the loop traced or fell back every iteration, never co-executed
+    h = checkpoint(functools.partial(model, ), x, use_reentrant=True)
+    picked = rng.permutation(8)[:5]
+    loss = F.cross_entropy(h[picked], y[picked])
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, picked.tolist(), round(loss.item(), 4))
+""",
     "dlpack_export": """
 from torch.utils import dlpack
 for i, (x, y) in enumerate(data):

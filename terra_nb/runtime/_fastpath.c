@@ -933,8 +933,11 @@ scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObje
     }
     if (PyFunction_Check(v))  /* a function, by its code (ops._scan) */
         return PyTuple_Pack(2, fp->marker_fn, PyFunction_GET_CODE(v));
-    if (PyDict_CheckExact(v) || PySet_CheckExact(v) || Py_TYPE(v) == (PyTypeObject *)fp->generator_type)
-        /* a mutable container or a torch.Generator, by its type (ops._scan) */
+    if (PyDict_CheckExact(v) || PySet_CheckExact(v) || Py_TYPE(v) == (PyTypeObject *)fp->generator_type
+            || Py_TYPE(v)->tp_hash == PyObject_HashNotImplemented)
+        /* a mutable container, a torch.Generator or an unhashable object (a numpy index array), by
+           its type (ops._scan; an object compared by identity it keys by type too, this path by
+           itself: never equal to the node's key, so Python takes that call) */
         return PyTuple_Pack(2, fp->marker_mut, (PyObject *)Py_TYPE(v));
     Py_INCREF(v);
     return v;

@@ -16,8 +16,9 @@ they run synchronously so that the shape Python sees is real.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from types import FunctionType
+from types import FunctionType, ModuleType
 
 import torch
 
@@ -157,6 +158,11 @@ def _scan(v, tensors: list, scalars: list):
         # A mutable container (``Tensor.__deepcopy__``'s memo) or a generator (a DataLoader's
         # RandomSampler makes one each epoch) is keyed by its type: a new one each call is one node,
         # which runs for real with it (no literal either).
+        return (MUT, cls)
+    if cls.__hash__ is None or (cls.__eq__ is object.__eq__ and not isinstance(v, _BY_IDENTITY)):
+        # So is any other object that is no value: a numpy index array (unhashable: ``x[idx]``), a
+        # functools.partial or a module made anew each call (``checkpoint(partial(block, m), x)``).
+        # Keyed by itself, each call was a new node, and the loop traced or fell back every turn.
         return (MUT, cls)
     return v
 
@@ -311,6 +317,9 @@ def fill(tmpl, tensors, scalars):
 
 _LITERALS = (type(None), bool, int, float, complex, str, torch.dtype, torch.device, torch.layout,
              torch.memory_format, type(Ellipsis), _Marker)
+# Objects compared by identity that a spec keeps as they are: literals, classes, modules, enums
+# (each one object for the program's life).
+_BY_IDENTITY = (*_LITERALS, type, ModuleType, enum.Enum)
 
 
 def literal_spec(spec) -> bool:
