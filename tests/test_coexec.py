@@ -826,6 +826,30 @@ print(total)
     assert len(session.executor.compiled) - before <= 4, len(session.executor.compiled) - before
 
 
+def test_a_step_count_used_as_a_value_is_a_feed_not_a_new_node_every_step():
+    """A Python int that changes every step where only its value matters (a diffusion sampler's
+    ``torch.full((b,), t)``, a bit mask, ``triu``'s diagonal) is an input of the block: a new node
+    and a new block each step grew the graph without end."""
+    loop = """
+for step in range(STEPS):
+    t = torch.full((2,), step, dtype=torch.long)
+    u = torch.full_like(t, step * 2).new_full((2,), step)
+    m = (t & 3) | (u >> 1) ^ (t << (step % 4)) | torch.where(t > 5, t, step)
+    mask = torch.triu(torch.ones(3, 3), step % 3 - 1).index_fill(0, torch.tensor([1]), step)
+    print(step, m.tolist(), mask.sum().item())
+"""
+    setup = "import torch\n"
+    sizes = []
+    for steps in (20, 40):
+        source = setup + loop.replace("STEPS", str(steps))
+        printed, _ = run_eager(source)
+        printed_t, _, session = run_terra(source)
+        assert printed_t == printed
+        assert "coexec" in [it.mode for it in session.log.iterations]
+        sizes.append((len(session.graph.nodes), len(session.executor.compiled)))
+    assert sizes[0] == sizes[1], sizes
+
+
 def test_shape_variants_share_their_generated_code():
     """Blocks that differ only in shapes (a data-dependent batch size) generate their code once."""
     session = check_program(PRELUDE + """

@@ -194,7 +194,12 @@ def _walk_ints(spec, visit) -> None:
 # the size); a set: those scan-order positions.
 _BOUNDS = "bounds"
 _INT_FEEDS: dict = {"__getitem__": None, "__setitem__": None, "select": frozenset({1}), "narrow": frozenset({1}),
-                    "roll": None, "randint": _BOUNDS}
+                    "roll": None, "randint": _BOUNDS,
+                    # a fill value (a sampler's ``torch.full((b,), t)``), a diagonal, an index_fill's
+                    # dim and value: the output has the input's shape, or the size's
+                    "full": _BOUNDS, "new_full": _BOUNDS, "full_like": None, "fill": None,
+                    "index_fill": None, "index_fill_": None, "tril": None, "triu": None, "tril_": None,
+                    "triu_": None, "where": None}
 # Elementwise arithmetic and comparisons with a Python int (``x * step``, ``idx + i * n``,
 # ``x.masked_fill(m, k)``): the int is a value only (the result's dtype follows its type, not its
 # value), so it is a feed, not a new node each time it changes.
@@ -203,7 +208,11 @@ _INT_FEEDS.update(dict.fromkeys((
     "__rsub__", "__rdiv__", "__rtruediv__", "__floordiv__", "__rfloordiv__", "__rpow__", "__rmod__",
     "add_", "sub_", "mul_", "div_", "floor_divide_", "remainder_", "fmod_", "pow_",
     "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_", "fill_",
-    "clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_"), None))
+    "clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_",
+    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_left_shift", "bitwise_right_shift",
+    "bitwise_and_", "bitwise_or_", "bitwise_xor_", "bitwise_left_shift_", "bitwise_right_shift_",
+    "__and__", "__or__", "__xor__", "__lshift__", "__rshift__", "__rand__", "__ror__", "__rxor__",
+    "__rlshift__", "__rrshift__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"), None))
 
 
 # Ops whose output shape depends on the value of a Python float argument (``F.interpolate(x,
