@@ -1381,6 +1381,9 @@ class CoExecutor:
         In the skeleton (``xs[step]`` first varying after an eager baseline) the op's rule alone
         decides; without it every new ``step`` made a shape variant and a new block.
         """
+        feedable = feedable_ints(op_info(func).name, spec)
+        if not feedable:  # (a slice's bounds, a size: no sibling can differ only where feeds may)
+            return None
         out_meta = [meta_of(t) for t in outs] if outs is not None else None
         ints = spec_ints(spec)
         for sibling in self.graph.by_site.get((func, site), ()):
@@ -1391,7 +1394,7 @@ class CoExecutor:
             if len(theirs) != len(ints):
                 continue
             differ = frozenset(i for i, (a, b) in enumerate(zip(ints, theirs)) if a != b)
-            if differ and differ <= feedable_ints(sibling.info.name, spec) \
+            if differ and differ <= feedable \
                     and generalize(spec, differ) == generalize(sibling.spec, differ):
                 self.flush()  # a pending block's ops recorded their floats without this int
                 self.graph.generalize_ints(func, site, differ)
