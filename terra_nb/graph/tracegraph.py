@@ -133,6 +133,8 @@ class TraceGraph:
         self.index: dict[tuple, Node] = {}
         self.by_site: dict[tuple, list[Node]] = {}
         self.int_masks: dict[tuple, frozenset] = {}
+        # sites whose nodes are keyed by their output shapes too (slice bounds made feeds)
+        self.shape_keyed: set[tuple] = set()
         self.version = 0
         self._tails: dict[tuple, tuple] = {}
         self.python_hooks = False  # the program registered an autograd hook (see CoExecutor._hooks_registered)
@@ -154,16 +156,23 @@ class TraceGraph:
         self.version += 1
         return node
 
-    def generalize_ints(self, func, site, positions: frozenset) -> None:
-        """Make the int slots at ``positions`` of every node at this site feeds, and re-key them."""
+    def generalize_ints(self, func, site, positions: frozenset, by_shape: bool = False) -> None:
+        """Make the int slots at ``positions`` of every node at this site feeds, and re-key them
+        (``by_shape``: with their output shapes too, from now on)."""
         from ..trace.ops import generalize
 
         mask = self.int_masks.get((func, site), frozenset()) | positions
         self.int_masks[(func, site)] = mask
+        if by_shape:
+            self.shape_keyed.add((func, site))
+        keyed = (func, site) in self.shape_keyed
         for node in self.by_site.get((func, site), []):
             self.index.pop(node.key, None)
             _f, _site, spec, in_meta, grad = node.key
-            node.key = (func, site, generalize(node.spec, mask), in_meta, grad)
+            kspec = generalize(node.spec, mask)
+            if keyed:
+                kspec = (kspec, tuple([meta[0] for meta in node.out_meta]))
+            node.key = (func, site, kspec, in_meta, grad)
             node.mask = mask
             self.index.setdefault(node.key, node)
             ints = [node.int_pos[i] for i in sorted(mask) if i < len(node.int_pos)]

@@ -76,6 +76,7 @@ from ..trace.ops import (
     out_tensors,
     plain_meta,
     scan,
+    slice_ints,
     spec_ints,
     template,
     values_decide_shape,
@@ -781,6 +782,8 @@ class CoExecutor:
             mask = self.graph.int_masks.get((func, site))
             if mask:
                 kspec = generalize(spec, mask)
+                if (func, site) in self.graph.shape_keyed:
+                    kspec = (kspec, _out_shapes(func, args, kwargs, tensors, scalars))
         if self.state is SKELETON:
             in_meta = _in_meta(tensors)
             try:
@@ -788,7 +791,7 @@ class CoExecutor:
             except TypeError:
                 node = None
             if node is None and scalars:
-                node = self._generalize(func, site, spec, in_meta, grad)
+                node = self._generalize(func, site, spec, in_meta, grad, call=(args, kwargs, tensors, scalars))
             if node is None:
                 node = self._synthesize_variant(func, info, site, kspec, in_meta, grad, args, kwargs, scalars, tensors)
             if node is None or (node.count < self.trace_iters and not node.synthesized):
@@ -1374,17 +1377,24 @@ class CoExecutor:
                 self._mark_local([t])
         self._forgotten = []
 
-    def _generalize(self, func, site, spec, in_meta, grad, struct=None, outs=None) -> Node | None:
+    def _generalize(self, func, site, spec, in_meta, grad, struct=None, outs=None, call=None) -> Node | None:
         """An int that differs from a sibling node's where the output cannot depend on it: a feed.
 
         Traced calls (``struct``, ``outs`` given) also check that the output matches the sibling's.
         In the skeleton (``xs[step]`` first varying after an eager baseline) the op's rule alone
-        decides; without it every new ``step`` made a shape variant and a new block.
+        decides; without it every new ``step`` made a shape variant and a new block. A window's
+        bounds (``data[i:i + n]``: ``ops.slice_ints``) become feeds where the output's shape is the
+        sibling's (on meta tensors in the skeleton: ``call`` is the call's arguments), and the
+        site's nodes are keyed by their output shapes from then on: a window clamped at the end of
+        its dimension is another node. Before, each new window was a variant, a node and a block.
         """
-        feedable = feedable_ints(op_info(func).name, spec)
-        if not feedable:  # (a slice's bounds, a size: no sibling can differ only where feeds may)
+        name = op_info(func).name
+        feedable, slices = feedable_ints(name, spec), slice_ints(name, spec)
+        if not feedable and not slices:  # (a size: no sibling can differ only where feeds may)
             return None
+        feedable = feedable | slices
         out_meta = [meta_of(t) for t in outs] if outs is not None else None
+        shapes = [meta[0] for meta in out_meta] if out_meta is not None else None
         ints = spec_ints(spec)
         for sibling in self.graph.by_site.get((func, site), ()):
             if sibling.in_meta != in_meta or sibling.grad != grad or sibling.kind not in DEFERRED or (
@@ -1396,8 +1406,14 @@ class CoExecutor:
             differ = frozenset(i for i, (a, b) in enumerate(zip(ints, theirs)) if a != b)
             if differ and differ <= feedable \
                     and generalize(spec, differ) == generalize(sibling.spec, differ):
+                by_shape = bool(differ & slices)
+                if by_shape:
+                    if shapes is None and call is not None:
+                        shapes = list(_out_shapes(func, *call) or ())
+                    if shapes != [meta[0] for meta in sibling.out_meta]:
+                        continue
                 self.flush()  # a pending block's ops recorded their floats without this int
-                self.graph.generalize_ints(func, site, differ)
+                self.graph.generalize_ints(func, site, differ, by_shape)
                 self.compiled.clear()  # blocks that baked the old ints are stale
                 return sibling
         return None
@@ -1411,12 +1427,14 @@ class CoExecutor:
         variants need no prediction.
         """
         sibling = None
-        shape_free = _without_ints(kspec)
+        keyed = (func, site) in self.graph.shape_keyed  # (its keys end with the output shapes)
+        shape_free = _without_ints(kspec[0] if keyed else kspec)
         length_free = None
         for candidate in self.graph.by_site.get((func, site), ()):
             if candidate.synthesized or info.prop is not None or candidate.grad != grad:
                 continue
-            if (len(candidate.in_meta) == len(in_meta) and _without_ints(candidate.key[2]) == shape_free
+            theirs = candidate.key[2][0] if keyed else candidate.key[2]
+            if (len(candidate.in_meta) == len(in_meta) and _without_ints(theirs) == shape_free
                     and all(a[1:] == b[1:] for a, b in zip(candidate.in_meta, in_meta))):
                 sibling = candidate
                 break
@@ -1425,7 +1443,7 @@ class CoExecutor:
             if length_free is None:
                 length_free = _without_lengths(shape_free)
             if (in_meta and candidate.in_meta and length_free != shape_free
-                    and _without_lengths(_without_ints(candidate.key[2])) == length_free
+                    and _without_lengths(_without_ints(theirs)) == length_free
                     and len({m[1:] for m in in_meta} | {m[1:] for m in candidate.in_meta}) == 1):
                 sibling = candidate
                 break
@@ -1486,9 +1504,11 @@ class CoExecutor:
     def _new_node(self, key, spec, func, info, args, kwargs, tensors, scalars, struct, outs, frame) -> Node:
         node = self.graph.add_node(key, func, info)
         _f, site, kspec, in_meta, grad = key
-        shape_free = _without_ints(kspec)
+        keyed = (func, site) in self.graph.shape_keyed  # (its keys end with the output shapes)
+        shape_free = _without_ints(kspec[0] if keyed else kspec)
         for sibling in self.graph.by_site.get((func, site), ()):  # a shape variant joins its sibling's family
-            if (sibling is not node and _without_ints(sibling.key[2]) == shape_free and sibling.grad == grad
+            if (sibling is not node and _without_ints(sibling.key[2][0] if keyed else sibling.key[2]) == shape_free
+                    and sibling.grad == grad
                     and len(sibling.in_meta) == len(in_meta)
                     and all(a[1:] == b[1:] for a, b in zip(sibling.in_meta, in_meta))):
                 node.family = sibling.family
@@ -1575,6 +1595,8 @@ class CoExecutor:
             spec = "feed"
         elif anchor.mask:
             spec = generalize(spec, anchor.mask)
+            if (anchor.func, site) in self.graph.shape_keyed:
+                spec = (spec, _out_shapes(anchor.func, args, kwargs, tensors, scalars))
         return (in_meta == anchor.in_meta and spec == anchor.key[2]
                 and anchor.grad is _grad_key())
 
@@ -2252,6 +2274,20 @@ class _Immediate:
         out = node.func(*fill(node.targs, tensors, scalars), **fill(node.tkwargs, tensors, scalars))
         struct = out_structure(out)
         return out_tensors(out, struct) if struct is not None else []
+
+
+def _out_shapes(func, args, kwargs, tensors: list, scalars: list) -> tuple | None:
+    """The shapes of what ``func`` returns for this call, from a run on meta tensors (None where
+    it cannot run there): a shape-keyed node's key (``TraceGraph.shape_keyed``)."""
+    try:
+        metas = [torch.empty(meta[0], dtype=meta[1], device="meta") for meta in _in_meta(tensors)]
+        targs, tkwargs = template(args, kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*fill(targs, metas, scalars), **fill(tkwargs, metas, scalars))
+        struct = out_structure(out)
+        return tuple([t.shape for t in out_tensors(out, struct)]) if struct is not None else None
+    except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+        return None
 
 
 def _without_ints(spec):

@@ -272,6 +272,29 @@ def feedable_ints(name: str, spec) -> frozenset:
     return frozenset(free)
 
 
+def slice_ints(name: str, spec) -> frozenset:
+    """The scan-order positions of the ints in ``spec``'s slices, for ``__getitem__`` (a window
+    ``data[i:i + n]``): feeds only where the node is keyed by its output shape too, since a slice
+    is clamped at the end of a dimension (CoExecutor._generalize)."""
+    if name != "__getitem__":
+        return frozenset()
+    found: list[int] = []
+    counter = [0]
+
+    def walk(item, in_slice: bool) -> None:
+        if type(item) is int:
+            if in_slice:
+                found.append(counter[0])
+            counter[0] += 1
+        elif type(item) is tuple:
+            inner = in_slice or (len(item) == 4 and item[0] == "slice")
+            for x in item:
+                walk(x, inner)
+
+    walk(spec, False)
+    return frozenset(found)
+
+
 def generalize(spec, positions: frozenset):
     """``spec`` with the ints at the given scan-order positions replaced by the marker ``G``."""
     counter = [0]
