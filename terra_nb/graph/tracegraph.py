@@ -156,6 +156,10 @@ class TraceGraph:
         self.version += 1
         return node
 
+    def unshaped(self, func, site, kspec):
+        """A node key's spec without the output shapes a shape-keyed site's keys end with."""
+        return kspec[0] if (func, site) in self.shape_keyed else kspec
+
     def generalize_ints(self, func, site, positions: frozenset, by_shape: bool = False) -> None:
         """Make the int slots at ``positions`` of every node at this site feeds, and re-key them
         (``by_shape``: with their output shapes too, from now on)."""

@@ -76,7 +76,6 @@ from ..trace.ops import (
     out_tensors,
     plain_meta,
     scan,
-    slice_ints,
     spec_ints,
     template,
     values_decide_shape,
@@ -1383,13 +1382,12 @@ class CoExecutor:
         Traced calls (``struct``, ``outs`` given) also check that the output matches the sibling's.
         In the skeleton (``xs[step]`` first varying after an eager baseline) the op's rule alone
         decides; without it every new ``step`` made a shape variant and a new block. A window's
-        bounds (``data[i:i + n]``: ``ops.slice_ints``) become feeds where the output's shape is the
+        bounds (``data[i:i + n]``: ``ops.feedable_ints``) become feeds where the output's shape is the
         sibling's (on meta tensors in the skeleton: ``call`` is the call's arguments), and the
         site's nodes are keyed by their output shapes from then on: a window clamped at the end of
         its dimension is another node. Before, each new window was a variant, a node and a block.
         """
-        name = op_info(func).name
-        feedable, slices = feedable_ints(name, spec), slice_ints(name, spec)
+        feedable, slices = feedable_ints(op_info(func).name, spec)
         if not feedable and not slices:  # (a size: no sibling can differ only where feeds may)
             return None
         feedable = feedable | slices
@@ -1427,13 +1425,13 @@ class CoExecutor:
         variants need no prediction.
         """
         sibling = None
-        keyed = (func, site) in self.graph.shape_keyed  # (its keys end with the output shapes)
-        shape_free = _without_ints(kspec[0] if keyed else kspec)
+        unshaped = self.graph.unshaped
+        shape_free = _without_ints(unshaped(func, site, kspec))
         length_free = None
         for candidate in self.graph.by_site.get((func, site), ()):
             if candidate.synthesized or info.prop is not None or candidate.grad != grad:
                 continue
-            theirs = candidate.key[2][0] if keyed else candidate.key[2]
+            theirs = unshaped(func, site, candidate.key[2])
             if (len(candidate.in_meta) == len(in_meta) and _without_ints(theirs) == shape_free
                     and all(a[1:] == b[1:] for a, b in zip(candidate.in_meta, in_meta))):
                 sibling = candidate
@@ -1455,17 +1453,10 @@ class CoExecutor:
         outs: list = []
         deferred = sibling.kind in DEFERRED
         if deferred and sibling.alias < 0 and sibling.out_struct is not NONE:  # an op returning its input needs no meta run
-            metas = [torch.empty(shape, dtype=dtype, device="meta").requires_grad_(rg) if rg and dtype.is_floating_point
-                     else torch.empty(shape, dtype=dtype, device="meta") for shape, dtype, _device, rg in in_meta]
-            previous = torch.is_grad_enabled()
             try:
-                torch._C._set_grad_enabled(grad[0])
-                with torch._C.DisableTorchFunctionSubclass():
-                    out = func(*fill(targs, metas, scalars), **fill(tkwargs, metas, scalars))
-            except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+                out = _run_on_meta(func, targs, tkwargs, in_meta, scalars, grad[0])
+            except _META_ERRORS:
                 return None  # no meta kernel, or the shapes do not fit: trace it instead
-            finally:
-                torch._C._set_grad_enabled(previous)
             struct = out_structure(out)
             if struct is None or (struct != sibling.out_struct and not _same_kind_of_sequence(struct, sibling.out_struct)):
                 return None
@@ -1504,10 +1495,10 @@ class CoExecutor:
     def _new_node(self, key, spec, func, info, args, kwargs, tensors, scalars, struct, outs, frame) -> Node:
         node = self.graph.add_node(key, func, info)
         _f, site, kspec, in_meta, grad = key
-        keyed = (func, site) in self.graph.shape_keyed  # (its keys end with the output shapes)
-        shape_free = _without_ints(kspec[0] if keyed else kspec)
+        unshaped = self.graph.unshaped
+        shape_free = _without_ints(unshaped(func, site, kspec))
         for sibling in self.graph.by_site.get((func, site), ()):  # a shape variant joins its sibling's family
-            if (sibling is not node and _without_ints(sibling.key[2][0] if keyed else sibling.key[2]) == shape_free
+            if (sibling is not node and _without_ints(unshaped(func, site, sibling.key[2])) == shape_free
                     and sibling.grad == grad
                     and len(sibling.in_meta) == len(in_meta)
                     and all(a[1:] == b[1:] for a, b in zip(sibling.in_meta, in_meta))):
@@ -2276,18 +2267,33 @@ class _Immediate:
         return out_tensors(out, struct) if struct is not None else []
 
 
+_META_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError)
+
+
+def _run_on_meta(func, targs, tkwargs, in_meta, scalars: list, grad_enabled: bool):
+    """``func`` called on meta tensors of ``in_meta`` (the call's template filled with them and its
+    scalars) under the given grad mode: the output's metadata with no data. Raises what it raises
+    (one of ``_META_ERRORS`` where there is no meta kernel or the shapes do not fit)."""
+    metas = [torch.empty(m[0], dtype=m[1], device="meta").requires_grad_(m[3]) if m[3] and m[1].is_floating_point
+             else torch.empty(m[0], dtype=m[1], device="meta") for m in in_meta]
+    previous = torch.is_grad_enabled()
+    try:
+        torch._C._set_grad_enabled(grad_enabled)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*fill(targs, metas, scalars), **fill(tkwargs, metas, scalars))
+    finally:
+        torch._C._set_grad_enabled(previous)
+
+
 def _out_shapes(func, args, kwargs, tensors: list, scalars: list) -> tuple | None:
     """The shapes of what ``func`` returns for this call, from a run on meta tensors (None where
     it cannot run there): a shape-keyed node's key (``TraceGraph.shape_keyed``)."""
     try:
-        metas = [torch.empty(meta[0], dtype=meta[1], device="meta") for meta in _in_meta(tensors)]
-        targs, tkwargs = template(args, kwargs)
-        with torch._C.DisableTorchFunctionSubclass():
-            out = func(*fill(targs, metas, scalars), **fill(tkwargs, metas, scalars))
-        struct = out_structure(out)
-        return tuple([t.shape for t in out_tensors(out, struct)]) if struct is not None else None
-    except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+        out = _run_on_meta(func, *template(args, kwargs), _in_meta(tensors), scalars, False)
+    except _META_ERRORS:
         return None
+    struct = out_structure(out)
+    return tuple([t.shape for t in out_tensors(out, struct)]) if struct is not None else None
 
 
 def _without_ints(spec):

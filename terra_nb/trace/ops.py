@@ -188,8 +188,9 @@ def _walk_ints(spec, visit) -> None:
 
 
 # Ops whose output shape never depends on these int arguments' values: an int that varies there
-# (``xs[step]``, ``x.narrow(0, start, n)``'s start) can be a feed. Slice bounds never qualify:
-# a slice is clamped at the end of a dimension, so its length depends on them. None: every int;
+# (``xs[step]``, ``x.narrow(0, start, n)``'s start) can be a feed. Slice bounds do not qualify
+# here: a slice is clamped at the end of a dimension, so its length depends on them (they are
+# feeds of a shape-keyed node: feedable_ints, CoExecutor._generalize). None: every int;
 # _BOUNDS: the ints outside a list or tuple (``torch.randint(low, high, (n, m))``'s bounds, not
 # the size); a set: those scan-order positions.
 _BOUNDS = "bounds"
@@ -248,51 +249,36 @@ def with_floats(spec, scalars: list):
     return walk(spec)
 
 
-def feedable_ints(name: str, spec) -> frozenset:
-    """The scan-order int positions of ``spec`` that may become feeds for op ``name``."""
-    if name not in _INT_FEEDS:
-        return frozenset()
-    allowed = _INT_FEEDS[name]
+def feedable_ints(name: str, spec) -> tuple[frozenset, frozenset]:
+    """The scan-order int positions of ``spec`` that may become feeds for op ``name``, and apart,
+    those of ``__getitem__``'s slice bounds (a window ``data[i:i + n]``): feeds only where the node
+    is keyed by its output shape too, since a slice is clamped at the end of a dimension
+    (CoExecutor._generalize)."""
+    allowed = _INT_FEEDS.get(name, ())
+    bounds_too = name == "__getitem__"
+    if allowed == () and not bounds_too:
+        return frozenset(), frozenset()
     free: list[int] = []
+    bounds: list[int] = []
     counter = [0]
 
-    def walk(item, fixed: bool) -> None:
+    def walk(item, fixed: bool, in_slice: bool) -> None:
         if type(item) is int:
-            if not fixed and (allowed is None or allowed is _BOUNDS or counter[0] in allowed):
+            if in_slice:
+                if bounds_too:
+                    bounds.append(counter[0])
+            elif not fixed and (allowed is None or allowed is _BOUNDS or counter[0] in allowed):
                 free.append(counter[0])
             counter[0] += 1
         elif type(item) is tuple:
             # a slice is ("slice", start, stop, step); a list or tuple argument (is_list, items)
-            inner = fixed or (len(item) == 4 and item[0] == "slice") or (
-                allowed is _BOUNDS and len(item) == 2 and type(item[0]) is bool and type(item[1]) is tuple)
-            for x in item:
-                walk(x, inner)
-
-    walk(spec, False)
-    return frozenset(free)
-
-
-def slice_ints(name: str, spec) -> frozenset:
-    """The scan-order positions of the ints in ``spec``'s slices, for ``__getitem__`` (a window
-    ``data[i:i + n]``): feeds only where the node is keyed by its output shape too, since a slice
-    is clamped at the end of a dimension (CoExecutor._generalize)."""
-    if name != "__getitem__":
-        return frozenset()
-    found: list[int] = []
-    counter = [0]
-
-    def walk(item, in_slice: bool) -> None:
-        if type(item) is int:
-            if in_slice:
-                found.append(counter[0])
-            counter[0] += 1
-        elif type(item) is tuple:
             inner = in_slice or (len(item) == 4 and item[0] == "slice")
+            seq = allowed is _BOUNDS and len(item) == 2 and type(item[0]) is bool and type(item[1]) is tuple
             for x in item:
-                walk(x, inner)
+                walk(x, fixed or seq, inner)
 
-    walk(spec, False)
-    return frozenset(found)
+    walk(spec, False, False)
+    return frozenset(free), frozenset(bounds)
 
 
 def generalize(spec, positions: frozenset):
