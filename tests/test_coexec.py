@@ -29,6 +29,36 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "index_errors_the_program_catches": """
+emb = nn.Embedding(10, 6)
+opt.add_param_group({"params": emb.parameters()})
+skipped = []
+for i in range(20):
+    ids = torch.randint(0, 10 + (i % 7 == 6) * 5, (8,))  # now and then an id past the table
+    try:
+        h = model(emb(ids))
+        y = torch.randint(0, 3 + (i % 5 == 4) * 3, (8,))  # now and then a class past the head
+        loss = F.cross_entropy(h, y)
+        picked = h[torch.tensor([0, 1, 2 + (i == 11) * 9])]
+    except (IndexError, RuntimeError) as err:
+        skipped.append((i, type(err).__name__))
+        continue
+    opt.zero_grad(); (loss + picked.mean()).backward(); opt.step()
+    print(i, round(loss.item(), 5))
+print(skipped)
+""",
+    "reading_until_an_index_error": """
+xs = torch.randn(30, 6)
+i, total = 0, 0.0
+while True:
+    try:
+        x = xs[i * 2]  # the index is a feed once it varies: past the end it must still raise here
+    except IndexError:
+        break
+    total += model(x).sum().item()
+    i += 1
+print(i, round(total, 4))
+""",
     "int_arguments_that_decide_shapes": """
 emb = nn.Embedding(10, 3)
 eopt = torch.optim.SGD(emb.parameters(), lr=0.1)

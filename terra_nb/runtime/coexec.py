@@ -790,7 +790,7 @@ class CoExecutor:
             except TypeError:
                 node = None
             if node is None and scalars:
-                node = self._generalize(func, site, spec, in_meta, grad, call=(args, kwargs, tensors, scalars))
+                node = self._generalize(func, site, spec, in_meta, grad, frame, call=(args, kwargs, tensors, scalars))
             if node is None:
                 node = self._synthesize_variant(func, info, site, kspec, in_meta, grad, args, kwargs, scalars, tensors)
             if node is None or (node.count < self.trace_iters and not node.synthesized):
@@ -1295,7 +1295,7 @@ class CoExecutor:
             return out  # an unhashable constant (a numpy array argument): runs eagerly, untracked
         outs = out_tensors(out, struct) if struct is not None else []
         if node is None and scalars:
-            node = self._generalize(func, site, spec, in_meta, grad, struct, outs)
+            node = self._generalize(func, site, spec, in_meta, grad, frame, struct, outs)
         if node is None:
             node = self._new_node(key, spec, func, info, args, kwargs, tensors, scalars, struct, outs, frame)
         elif struct != node.out_struct:
@@ -1376,7 +1376,7 @@ class CoExecutor:
                 self._mark_local([t])
         self._forgotten = []
 
-    def _generalize(self, func, site, spec, in_meta, grad, struct=None, outs=None, call=None) -> Node | None:
+    def _generalize(self, func, site, spec, in_meta, grad, frame, struct=None, outs=None, call=None) -> Node | None:
         """An int that differs from a sibling node's where the output cannot depend on it: a feed.
 
         Traced calls (``struct``, ``outs`` given) also check that the output matches the sibling's.
@@ -1386,8 +1386,12 @@ class CoExecutor:
         sibling's (on meta tensors in the skeleton: ``call`` is the call's arguments), and the
         site's nodes are keyed by their output shapes from then on: a window clamped at the end of
         its dimension is another node. Before, each new window was a variant, a node and a block.
+        An index that varies can be out of range: where the program catches that (``try: x = xs[i]
+        except IndexError: break``) the node runs for real from then on, so that the error is
+        raised at the call, as eager raises it.
         """
-        feedable, slices = feedable_ints(op_info(func).name, spec)
+        name = op_info(func).name
+        feedable, slices = feedable_ints(name, spec)
         if not feedable and not slices:  # (a size: no sibling can differ only where feeds may)
             return None
         feedable = feedable | slices
@@ -1395,7 +1399,7 @@ class CoExecutor:
         shapes = [meta[0] for meta in out_meta] if out_meta is not None else None
         ints = spec_ints(spec)
         for sibling in self.graph.by_site.get((func, site), ()):
-            if sibling.in_meta != in_meta or sibling.grad != grad or sibling.kind not in DEFERRED or (
+            if sibling.in_meta != in_meta or sibling.grad != grad or sibling.kind not in _GENERALIZED or (
                     out_meta is not None and (sibling.out_struct != struct or sibling.out_meta != out_meta)):
                 continue
             theirs = spec_ints(sibling.spec)
@@ -1411,6 +1415,8 @@ class CoExecutor:
                     if shapes != [meta[0] for meta in sibling.out_meta]:
                         continue
                 self.flush()  # a pending block's ops recorded their floats without this int
+                if name in _INDEX_INTS and differ - slices and sibling.kind != "sync" and caught_here(frame, self.roots):
+                    sibling.kind = "sync"
                 self.graph.generalize_ints(func, site, differ, by_shape)
                 self.compiled.clear()  # blocks that baked the old ints are stale
                 return sibling
@@ -1515,7 +1521,7 @@ class CoExecutor:
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
         elif (info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec)
-              or (info.name in _RAISES_ON_VALUES and caught_here(frame, self.roots))
+              or (_may_raise_on_values(info, tensors) and caught_here(frame, self.roots))
               or _under_saved_hooks(grad)):
             node.kind = "sync"
         elif struct is NONE:
@@ -2150,7 +2156,23 @@ _RAISES_ON_VALUES = frozenset({
     "linalg_cholesky", "cholesky", "linalg_inv", "inverse", "linalg_solve", "linalg_eigh", "linalg_eigvalsh",
     "linalg_eig", "linalg_eigvals", "linalg_svd", "linalg_svdvals", "linalg_lu_factor", "linalg_lu",
     "linalg_lstsq", "linalg_matrix_power", "linalg_tensorinv", "linalg_tensorsolve", "linalg_ldl_factor",
+    # an index out of range (a class id past the embedding's rows or the loss's classes)
+    "embedding", "embedding_bag", "cross_entropy", "nll_loss", "multi_margin_loss", "one_hot", "gather", "take",
+    "take_along_dim", "index_select", "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce",
+    "scatter_reduce_", "index_add", "index_add_", "index_copy", "index_copy_", "index_fill", "index_fill_",
+    "index_put", "index_put_", "index_reduce", "index_reduce_", "put", "put_", "bincount",
+    # a probability outside [0, 1], a distribution of no mass, a negative deviation
+    "multinomial", "bernoulli", "bernoulli_", "binary_cross_entropy", "normal", "poisson",
 })
+# Indexing raises on the values of a tensor among its indices (``out[idx]``, ``x[idx] = v``).
+_INDEXING = frozenset({"__getitem__", "__setitem__"})
+# Ops whose int feeds index a dimension (``xs[i]``, ``x.select(0, i)``): a new one may be out of range.
+_INDEX_INTS = frozenset({"__getitem__", "__setitem__", "select", "narrow"})
+_GENERALIZED = DEFERRED | {"sync"}  # (a sync node runs for real: any int it is called with)
+
+
+def _may_raise_on_values(info: OpInfo, tensors: list) -> bool:
+    return info.name in _RAISES_ON_VALUES or (info.name in _INDEXING and len(tensors) > 1)
 # Calls that register Python code for backward to run: tensor hooks, and the Functions that module
 # backward hooks (register_full_backward_hook) and reentrant checkpoints put into the forward.
 _HOOK_OPS = frozenset({"register_hook", "register_post_accumulate_grad_hook"})
