@@ -84,6 +84,9 @@ def _run(args) -> int:
         session.run_path(args.script, script_args, baseline=args.baseline)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:  # as Python ends a script that raises: its traceback, status 1
+        _print_script_error(exc, os.path.abspath(args.script))
+        status = 1
     finally:
         sys.stdout.flush()
         _report(session, quiet=args.quiet)
@@ -91,6 +94,18 @@ def _run(args) -> int:
             for path in session.export(args.export):
                 print(f"terra-nb: wrote {path}", file=sys.stderr)
     return status
+
+
+def _print_script_error(exc: BaseException, script: str) -> None:
+    """Print the traceback Python prints for an exception the script raised: from the script's
+    first frame down, with no frame of the engine's (a block's error is raised from the op's line)."""
+    import traceback
+
+    from .trace.location import drop_engine_frames
+
+    drop_engine_frames(exc, start=script)
+    sys.stdout.flush()
+    traceback.print_exception(exc)
 
 
 def _report(session, quiet: bool) -> None:

@@ -23,6 +23,7 @@ from IPython.display import display
 from .runtime.backends import BACKENDS
 from .session import session
 from .table import IterationTable
+from .trace.location import drop_engine_frames
 
 _LINE_COMMANDS = ("status", "graph", "table", "export PATH", "reset", "backend NAME")
 
@@ -80,6 +81,9 @@ class TerraMagics(Magics):
         try:
             with device:
                 report = sess.run_cell(cell, shell.user_ns, filename=filename, baseline=args.baseline)
+        except Exception as exc:
+            drop_engine_frames(exc)  # the cell's traceback, as a plain cell's would read
+            raise
         finally:
             sess.executor.always_coexec = always_coexec
             if listener is not None:

@@ -7,6 +7,7 @@ co-executed iterations in the event log (a run where everything fell back proves
 import contextlib
 import io
 import re
+import traceback
 
 import pytest
 import torch
@@ -725,6 +726,28 @@ for i in range(8):
     assert any("embedding" in note and "out = emb(idx).sum()" in note for note in notes), notes
     assert session.log.of_kind("error"), "the block error is in the event log"
     assert any(it.mode == "coexec" for it in session.log.iterations)
+    # the traceback ends at the op's line, as eager's does
+    last = traceback.extract_tb(info.value.__traceback__)[-1]
+    assert last.filename.startswith("<terra-cell") and last.line == "out = emb(idx).sum()", last
+    assert last.name == "<module>"
+
+
+def test_an_error_inside_a_block_ends_the_traceback_at_the_ops_line_in_its_function():
+    body = """
+emb = nn.Embedding(10, 4)
+def step(idx):
+    h = emb(idx)
+    return h.sum()
+for i in range(8):
+    loss = step(torch.tensor([1, 2, 3 if i < 6 else 30]))
+    loss.backward()
+    print(i, round(loss.item(), 4))
+"""
+    with pytest.raises(IndexError) as info:
+        run_terra(PRELUDE + body)
+    entries = traceback.extract_tb(info.value.__traceback__)
+    assert entries[-1].name == "step" and entries[-1].line == "h = emb(idx)", entries[-1]
+    assert [e.line for e in entries if e.filename.startswith("<terra-cell")][0] == "print(i, round(loss.item(), 4))"
 
 
 def test_futures_survive_the_cell_and_behave_as_tensors():

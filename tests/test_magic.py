@@ -132,6 +132,24 @@ def test_user_exception_shows_the_users_line_and_the_session_survives(ip):
     assert isinstance(ip.user_ns["ok"], float)
 
 
+def test_an_error_a_block_raises_shows_the_ops_line_last(ip):
+    """An index out of range in a deferred op: the traceback the notebook shows ends at that op's
+    line (where eager's ends), and shows no frame of the engine's."""
+    cell = ("emb = torch.nn.Embedding(10, 4)\n"
+            "for i in range(12):\n"
+            "    loss = emb(torch.tensor([1, 2, 3 if i < 10 else 30])).sum()\n"
+            "    loss.backward()\n"
+            "    print(i, round(loss.item(), 4))\n")
+    with capture_output() as out:
+        result = ip.run_cell("%%terra --no-widget --always-coexec\n" + cell)
+    assert isinstance(result.error_in_exec, IndexError)
+    text = out.stdout + out.stderr
+    assert "index out of range" in text
+    for engine_file in ("coexec.py", "location.py", "session.py", "future.py"):
+        assert engine_file not in text, f"{engine_file} in the traceback"
+    assert text.rindex("emb(torch.tensor([1, 2, 3 if i < 10 else 30])).sum()") > text.rindex("loss.item()")
+
+
 def test_ipython_syntax_in_a_cell_runs_as_in_a_plain_cell(ip):
     """Line magics and shell escapes inside a ``%%terra`` cell do what they do in a plain cell."""
     cell = """

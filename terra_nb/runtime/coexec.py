@@ -1150,6 +1150,7 @@ class CoExecutor:
 
     def sync(self) -> None:
         """Wait for the GraphRunner; re-raise here what a block raised."""
+        __tracebackhide__ = True
         if self.runner.wait() is not None:
             self.raise_block_error()
 
@@ -1161,6 +1162,7 @@ class CoExecutor:
         another torch-function mode or inference mode is active: the block must see the state
         the GraphRunner's thread has.)
         """
+        __tracebackhide__ = True
         if self._held and _get_ident() == self._owner:
             self._wait_held()
         if self.block.ops and not _len_mode_stack() and not _is_inference():
@@ -1244,6 +1246,7 @@ class CoExecutor:
                 self._held_cv.wait()
 
     def raise_block_error(self) -> None:
+        __tracebackhide__ = True
         error = self.runner.take_error()
         if error is None:
             return
@@ -1256,6 +1259,8 @@ class CoExecutor:
         self.log.add(Event("error", self.cell, self.iter_index, f"{type(exc).__name__}: {exc}",
                            str(error.node.line) if error.node is not None and error.node.line else ""))
         exc._tn_logged = True  # type: ignore[attr-defined]
+        if error.node is not None and error.node.line is not None:
+            error.node.line.raise_here(exc)
         raise exc.with_traceback(None)
 
     def _fallback(self, reason: str, frame, func, info, args, kwargs, tensors, scalars, spec, kspec, site, grad):

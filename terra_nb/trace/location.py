@@ -27,7 +27,7 @@ import linecache
 import os
 import types
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -189,9 +189,47 @@ class SourceLine:
     filename: str
     lineno: int
     text: str
+    function: str = field(default="", compare=False)  # the name of the code it is in
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.lineno}"
+
+    def raise_here(self, exc: BaseException):
+        """Raise ``exc`` with a traceback that ends at this line, in a frame named as its
+        function was: what eager's traceback ends with when the op at this line raises. (The
+        frame is a stand-in, made from a code object whose only instruction at this line raises.)"""
+        __tracebackhide__ = True
+        # the statement spans the line's own columns, so that no caret marks a part of it
+        line = linecache.getline(self.filename, self.lineno).rstrip()
+        stripped = line.lstrip()
+        name = "_" * max(len(stripped) - len("raise "), 1)
+        indent = line[:len(line) - len(stripped)] if self.lineno > 1 else ""
+        opener = "if 1:\n" if indent else ""  # (an indented line has one before it)
+        source = "\n" * (max(self.lineno, 1) - 1 - bool(opener)) + f"{opener}{indent}raise {name}"
+        code = compile(source, self.filename, "exec").replace(co_name=self.function or "<module>")
+        exec(code, {name: exc.with_traceback(None), "__name__": "__terra_nb__"})
+
+
+def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
+    """Rewrite the tracebacks of ``exc`` and of the exceptions chained to it without this
+    package's frames (the engine's: the program's traceback is what eager's would be), and,
+    given ``start`` (a script's path), without the frames before the first of that file."""
+    seen: set[int] = set()
+    chained: BaseException | None = exc
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        kept: list[tuple[types.FrameType, int, int]] = []
+        tb = chained.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if (kept or start is None or filename == start) and not filename.startswith(_PACKAGE_DIR + os.sep):
+                kept.append((tb.tb_frame, tb.tb_lasti, tb.tb_lineno))
+            tb = tb.tb_next
+        rebuilt = None
+        for frame, lasti, lineno in reversed(kept):
+            rebuilt = types.TracebackType(rebuilt, frame, lasti, lineno)
+        chained.__traceback__ = rebuilt
+        chained = chained.__cause__ or chained.__context__
 
 
 def is_library_file(filename: str) -> bool:
@@ -204,7 +242,7 @@ def user_line(frame: types.FrameType | None) -> SourceLine | None:
         filename = frame.f_code.co_filename
         if not is_library_file(filename) and not filename.startswith("<frozen"):
             lineno = frame.f_lineno or 0
-            return SourceLine(filename, lineno, linecache.getline(filename, lineno).strip())
+            return SourceLine(filename, lineno, linecache.getline(filename, lineno).strip(), frame.f_code.co_name)
         frame = frame.f_back
     return None
 
