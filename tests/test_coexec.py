@@ -1693,6 +1693,25 @@ def test_a_narrow_win_of_co_execution_is_measured_again_soon():
     assert reasons[1].endswith(f"measured again in {coexec.CHOICE_KEEP} iterations")
 
 
+def test_numpy_scalars_are_feeds_as_pythons_are():
+    """A weight read from a float32 array, an index from a permutation (numpy scalars, not Python's)
+    new each step: feeds, as Python's floats and ints are. Keyed by value, every step fell back."""
+    source = PRELUDE + """
+weights = np.linspace(0.5, 1.5, 40, dtype=np.float32)
+perm = np.random.permutation(40)
+xs = torch.randn(40, 6)
+for i in range(40):
+    x, y = data[i % 12]
+    w, j = weights[i], perm[i]  # np.float32, np.int64
+    loss = F.cross_entropy(model(x + xs[j]), y) * w + np.float32(0.01) * (y.float().mean() + np.int64(i))
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, round(loss.item(), 5))
+"""
+    session = check_program(source)
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("coexec") >= 30, modes
+
+
 def test_python_ints_in_arithmetic_are_feeds():
     """``x * i``, ``arange(n) + i * n``: a new int each iteration is a feed of one node, not a new
     node per iteration (the graph grew by one node per op and iteration)."""

@@ -89,6 +89,7 @@ typedef struct {
     PyObject *executor;      /* the CoExecutor */
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
     PyObject *node_type, *block_type, *future_type, *tensor_type, *info_type, *generator_type;
+    PyObject *numpy_scalars;  /* ops.NUMPY_SCALARS: numpy's scalar types -> int or float */
     PyObject *parameter_type;  /* nn.Parameter: with Tensor, the types whose metadata is 4 items */
     PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind, *fetch_kind;  /* the constants the Python path compares */
     PyObject *grad_table[2][2];
@@ -931,6 +932,26 @@ scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObje
         Py_INCREF(fp->marker_f);
         return fp->marker_f;
     }
+    if (v != Py_None && !PyBool_Check(v) && PyDict_GET_SIZE(fp->numpy_scalars)) {
+        /* a numpy scalar: a float feed (the object itself) or an int, as Python's (ops._scan) */
+        PyObject *kind = PyDict_GetItemWithError(fp->numpy_scalars, (PyObject *)Py_TYPE(v));
+        if (kind == (PyObject *)&PyFloat_Type) {
+            if (PyList_Append(scalars, v) < 0)
+                return NULL;
+            Py_INCREF(fp->marker_f);
+            return fp->marker_f;
+        }
+        if (kind == (PyObject *)&PyLong_Type) {
+            PyObject *i = PyNumber_Index(v);
+            if (i == NULL || PyList_Append(scalars, i) < 0) {
+                Py_XDECREF(i);
+                return NULL;
+            }
+            return i;
+        }
+        if (kind == NULL && PyErr_Occurred())
+            return NULL;
+    }
     if (PyFunction_Check(v))  /* a function, by its code (ops._scan) */
         return PyTuple_Pack(2, fp->marker_fn, PyFunction_GET_CODE(v));
     if (PyDict_CheckExact(v) || PySet_CheckExact(v) || Py_TYPE(v) == (PyTypeObject *)fp->generator_type
@@ -1618,6 +1639,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->tensor_type);
     Py_CLEAR(fp->info_type);
     Py_CLEAR(fp->generator_type);
+    Py_CLEAR(fp->numpy_scalars);
     Py_CLEAR(fp->parameter_type);
     Py_CLEAR(fp->skeleton);
     Py_CLEAR(fp->auto_);
@@ -1685,6 +1707,12 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(future_type, "FutureTensor");
     TAKE(info_type, "OpInfo");
     TAKE(generator_type, "Generator");
+    TAKE(numpy_scalars, "NUMPY_SCALARS");
+    if (!PyDict_Check(fp->numpy_scalars)) {
+        PyErr_SetString(PyExc_TypeError, "FastPath needs NUMPY_SCALARS as a dict");
+        Py_DECREF(fp);
+        return NULL;
+    }
     TAKE(tensor_type, "Tensor");
     TAKE(parameter_type, "Parameter");
     TAKE(skeleton, "SKELETON");

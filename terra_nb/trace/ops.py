@@ -149,6 +149,18 @@ def _scan(v, tensors: list, scalars: list):
     if isinstance(v, float) and not isinstance(v, bool):
         scalars.append(v)
         return F
+    numpy_kind = NUMPY_SCALARS.get(cls)
+    if numpy_kind is not None:
+        # A numpy scalar (``lr * np.float32(s)``, ``xs[perm[i]]``): torch takes it as it takes
+        # Python's, so it is a feed or an int as Python's is. Keyed by value, each new value was a
+        # new node, and a loop drawing one per step fell back every step. (A float feed is passed
+        # on as the object itself.)
+        if numpy_kind is int:
+            v = int(v)
+            scalars.append(v)
+            return v
+        scalars.append(v)
+        return F
     if cls is FunctionType:
         # A function is keyed by its code: ``x.register_hook(lambda g: ...)`` in a loop passes a new
         # function object each time, and is one node. Such a constant is no literal
@@ -166,6 +178,15 @@ def _scan(v, tensors: list, scalars: list):
         return (MUT, cls)
     return v
 
+
+try:
+    import numpy as _np
+except ImportError:  # (torch runs without numpy)
+    NUMPY_SCALARS: dict = {}
+else:  # numpy's float64 is a float already; its bool_ is not taken as Python's bool is
+    NUMPY_SCALARS = {**dict.fromkeys((_np.int8, _np.int16, _np.int32, _np.int64, _np.uint8, _np.uint16,
+                                       _np.uint32, _np.uint64), int),
+                      **dict.fromkeys((_np.float16, _np.float32), float)}
 
 FN = _Marker("FN")  # a function constant in a spec: (FN, its code)
 MUT = _Marker("MUT")  # a dict, set or torch.Generator constant in a spec: (MUT, its type)
@@ -305,7 +326,7 @@ def template(args: tuple, kwargs: dict | None) -> tuple[tuple, dict]:
             counters[0] += 1
             return Slot(True, counters[0] - 1)
         cls = type(v)
-        if cls is int or cls is float or (isinstance(v, float) and not isinstance(v, bool)):
+        if cls is int or cls is float or (isinstance(v, float) and not isinstance(v, bool)) or cls in NUMPY_SCALARS:
             counters[1] += 1
             return Slot(False, counters[1] - 1)
         if cls is list or cls is tuple:
