@@ -933,10 +933,13 @@ scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObje
         return fp->marker_f;
     }
     if (v != Py_None && !PyBool_Check(v) && PyDict_GET_SIZE(fp->numpy_scalars)) {
-        /* a numpy scalar: a float feed (the object itself) or an int, as Python's (ops._scan) */
+        /* a numpy scalar: a float feed or an int, as Python's (ops._scan) */
         PyObject *kind = PyDict_GetItemWithError(fp->numpy_scalars, (PyObject *)Py_TYPE(v));
         if (kind == (PyObject *)&PyFloat_Type) {
-            if (PyList_Append(scalars, v) < 0)
+            PyObject *f = PyNumber_Float(v);
+            int failed = f == NULL || PyList_Append(scalars, f) < 0;
+            Py_XDECREF(f);
+            if (failed)
                 return NULL;
             Py_INCREF(fp->marker_f);
             return fp->marker_f;

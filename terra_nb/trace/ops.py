@@ -153,14 +153,10 @@ def _scan(v, tensors: list, scalars: list):
     if numpy_kind is not None:
         # A numpy scalar (``lr * np.float32(s)``, ``xs[perm[i]]``): torch takes it as it takes
         # Python's, so it is a feed or an int as Python's is. Keyed by value, each new value was a
-        # new node, and a loop drawing one per step fell back every step. (A float feed is passed
-        # on as the object itself.)
-        if numpy_kind is int:
-            v = int(v)
-            scalars.append(v)
-            return v
+        # new node, and a loop drawing one per step fell back every step.
+        v = numpy_kind(v)
         scalars.append(v)
-        return F
+        return v if numpy_kind is int else F
     if cls is FunctionType:
         # A function is keyed by its code: ``x.register_hook(lambda g: ...)`` in a loop passes a new
         # function object each time, and is one node. Such a constant is no literal
