@@ -1693,6 +1693,23 @@ def test_a_narrow_win_of_co_execution_is_measured_again_soon():
     assert reasons[1].endswith(f"measured again in {coexec.CHOICE_KEEP} iterations")
 
 
+def test_a_random_factory_of_a_new_size_each_step_does_not_fall_back():
+    """``torch.randn(n, 6)`` with ``n`` new each step (a batch of variable size drawn from a
+    generator): the variant's shape comes from a run on the meta device, which draws nothing, so
+    the stream stays eager's. Before, a random op's variant was traced: a fallback each new size."""
+    source = PRELUDE + """
+for i in range(30):
+    n = 2 + (i * 5) % 7
+    noise = torch.randn(n, 6)
+    loss = model(noise).pow(2).mean() + torch.zeros(n).sum() + torch.rand(n).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, round(loss.item(), 5))
+"""
+    session = check_program(source)
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("fallback") <= 2, modes
+
+
 def test_numpy_scalars_are_feeds_as_pythons_are():
     """A weight read from a float32 array, an index from a permutation (numpy scalars, not Python's)
     new each step: feeds, as Python's floats and ints are. Keyed by value, every step fell back."""

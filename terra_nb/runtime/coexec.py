@@ -1457,9 +1457,7 @@ class CoExecutor:
                     and len({m[1:] for m in in_meta} | {m[1:] for m in candidate.in_meta}) == 1):
                 sibling = candidate
                 break
-        if sibling is None or sibling.random:
-            # (a random op with no tensor input, torch.randn(n, m), would run for real here and
-            # draw from the generator: the block's draw would then be the next one)
+        if sibling is None:
             return None
         targs, tkwargs = template(args, kwargs)
         outs: list = []
@@ -2304,6 +2302,10 @@ def _run_on_meta(func, targs, tkwargs, in_meta, scalars: list, grad_enabled: boo
     (one of ``_META_ERRORS`` where there is no meta kernel or the shapes do not fit)."""
     metas = [torch.empty(m[0], dtype=m[1], device="meta").requires_grad_(m[3]) if m[3] and m[1].is_floating_point
              else torch.empty(m[0], dtype=m[1], device="meta") for m in in_meta]
+    if not in_meta:
+        # a factory (torch.randn(n, m), torch.zeros(n)): made on the meta device too, or it would
+        # run for real here, and a random one would draw from the generator ahead of the block
+        tkwargs = {**tkwargs, "device": "meta"}
     previous = torch.is_grad_enabled()
     try:
         torch._C._set_grad_enabled(grad_enabled)
