@@ -1710,6 +1710,31 @@ for i in range(30):
     assert modes.count("fallback") <= 2, modes
 
 
+def test_sizes_read_from_tensors_are_sizes_as_tuples_are():
+    """``torch.zeros(h.shape)``, ``h.new_ones(h.size())``, ``x.reshape(y.shape)`` with a batch size
+    new each step: a ``torch.Size`` is scanned as the tuple of ints it is, so its variants are
+    derived. Kept whole as a constant, each new size was traced (a fallback per size), and a
+    block holding such a call was built from a template that disagreed with its spec (a crash)."""
+    source = PRELUDE + """
+lin = nn.Linear(6, 6)
+opt.add_param_group({"params": lin.parameters()})
+for i in range(30):
+    b = 3 + (i * 7) % 6
+    x = torch.randn(b, 6)
+    h = lin(x)
+    z = torch.zeros(h.shape)
+    m = h.new_ones(h.size())
+    e = torch.randn(x.size()) * 0.1
+    r = (h + e).reshape(x.shape).view(h.size(0), -1)
+    loss = ((r - z) * m).pow(2).mean() + torch.empty(x.shape).fill_(0.5).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, round(loss.item(), 5))
+"""
+    session = check_program(source)
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("fallback") <= 2, modes
+
+
 def test_numpy_scalars_are_feeds_as_pythons_are():
     """A weight read from a float32 array, an index from a permutation (numpy scalars, not Python's)
     new each step: feeds, as Python's floats and ints are. Keyed by value, every step fell back."""

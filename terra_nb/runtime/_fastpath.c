@@ -90,6 +90,7 @@ typedef struct {
     PyObject *slow;          /* the Python __torch_function__ path, bound to the mode */
     PyObject *node_type, *block_type, *future_type, *tensor_type, *info_type, *generator_type;
     PyObject *numpy_scalars;  /* ops.NUMPY_SCALARS: numpy's scalar types -> int or float */
+    PyObject *size_type;     /* torch.Size: scanned as a tuple */
     PyObject *parameter_type;  /* nn.Parameter: with Tensor, the types whose metadata is 4 items */
     PyObject *skeleton, *auto_, *eager_, *op_kind, *effect_kind, *fetch_kind;  /* the constants the Python path compares */
     PyObject *grad_table[2][2];
@@ -907,7 +908,7 @@ scan_value(FastPath *fp, PyObject *v, PyObject **tensors, Py_ssize_t *nt, PyObje
         Py_INCREF(v);
         return v;
     }
-    if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+    if (PyList_CheckExact(v) || PyTuple_CheckExact(v) || Py_TYPE(v) == (PyTypeObject *)fp->size_type) {
         PyObject *inner = scan_seq(fp, v, tensors, nt, scalars, over);
         if (inner == NULL)
             return NULL;
@@ -1643,6 +1644,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->info_type);
     Py_CLEAR(fp->generator_type);
     Py_CLEAR(fp->numpy_scalars);
+    Py_CLEAR(fp->size_type);
     Py_CLEAR(fp->parameter_type);
     Py_CLEAR(fp->skeleton);
     Py_CLEAR(fp->auto_);
@@ -1711,6 +1713,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(info_type, "OpInfo");
     TAKE(generator_type, "Generator");
     TAKE(numpy_scalars, "NUMPY_SCALARS");
+    TAKE(size_type, "Size");
     if (!PyDict_Check(fp->numpy_scalars)) {
         PyErr_SetString(PyExc_TypeError, "FastPath needs NUMPY_SCALARS as a dict");
         Py_DECREF(fp);

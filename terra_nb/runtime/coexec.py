@@ -232,7 +232,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
     if module is None:
         return None
     constants = {
-        "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "Generator": torch.Generator, "NUMPY_SCALARS": NUMPY_SCALARS, "FutureTensor": FutureTensor, "Tensor": Tensor, "Parameter": torch.nn.Parameter,
+        "Node": Node, "PendingBlock": PendingBlock, "OpInfo": OpInfo, "Generator": torch.Generator, "NUMPY_SCALARS": NUMPY_SCALARS, "Size": torch.Size, "FutureTensor": FutureTensor, "Tensor": Tensor, "Parameter": torch.nn.Parameter,
         "SKELETON": SKELETON, "auto": "auto", "eager": "eager", "op": "op", "effect": "effect", "fetch": "fetch",
         "grad00": _GRAD[False][False], "grad01": _GRAD[False][True],
         "grad10": _GRAD[True][False], "grad11": _GRAD[True][True],

@@ -142,7 +142,7 @@ def _scan(v, tensors: list, scalars: list):
     if cls is float:
         scalars.append(v)
         return F
-    if cls is list or cls is tuple:
+    if cls is list or cls is tuple or cls is torch.Size:  # (a size read from a tensor: its ints are sizes)
         return (cls is list, _scan_seq(v, tensors, scalars))
     if cls is slice:
         return ("slice", _scan(v.start, tensors, scalars), _scan(v.stop, tensors, scalars), _scan(v.step, tensors, scalars))
@@ -327,6 +327,8 @@ def template(args: tuple, kwargs: dict | None) -> tuple[tuple, dict]:
             return Slot(False, counters[1] - 1)
         if cls is list or cls is tuple:
             return cls(walk(x) for x in v)
+        if cls is torch.Size:  # (its slots are no ints: a tuple, which torch takes alike)
+            return tuple(walk(x) for x in v)
         if cls is slice:
             return slice(walk(v.start), walk(v.stop), walk(v.step))
         return v
