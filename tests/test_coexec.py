@@ -1440,6 +1440,31 @@ for it in range(8):
     assert len(rows) == 8, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
 
 
+@pytest.mark.parametrize("always", [True, False])
+def test_batches_of_a_new_length_each_turn_are_one_row_each(always):
+    """Sequences of a random length, the turn's first op a shape variant: when the anchor's shape
+    did not come back, a variant of its op where it would run starts the turn. Anchored to one
+    shape, the anchor went idle, another took over, and the first came back as if it enclosed
+    the loop: the 30 turns merged into two rows."""
+    source = PRELUDE + """
+lin = nn.Linear(6, 6)
+opt.add_param_group({"params": lin.parameters()})
+for i in range(30):
+    n = random.randint(3, 8)
+    x = F.pad(torch.randn(2, n, 6), [0, 0, 0, 8 - n])
+    loss = lin(x).pow(2).mean() + torch.linspace(0, 1, steps=n + 2).sum() * 0.01
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, n, round(loss.item(), 5))
+"""
+    printed, namespace = run_eager(source)
+    session = terra_nb.Session(always_coexec=always)
+    printed_t, namespace_t, _ = run_terra(source, session=session)
+    assert printed_t == printed
+    assert_same_state(state_of(namespace), state_of(namespace_t))
+    rows = session.log.iterations
+    assert len(rows) == 30, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+
+
 def test_an_epoch_of_many_batches_that_each_train_keeps_batch_iterations():
     """An epoch loop with an op of its own around more batches than any window of recent
     positions would hold: each batch runs a backward, so the batches stay the iterations."""

@@ -399,7 +399,9 @@ advance(FastPath *fp, PyObject *node, PyObject *anchor)
             goto error;
         }
         int boundary = node == anchor || PyObject_IsTrue(explicit_) || NODE(fp, node, N_cell_mark) != token
-            || now_op > limit || node_int(NODE(fp, node, N_seen_at)) < first;
+            || now_op > limit || node_int(NODE(fp, node, N_seen_at)) < first
+            || (Py_TYPE(anchor) == (PyTypeObject *)fp->node_type  /* a variant of the anchor's op */
+                && node_int(NODE(fp, node, N_family)) == node_int(NODE(fp, anchor, N_family)));
         Py_DECREF(explicit_);
         Py_DECREF(token);
         if (boundary) {

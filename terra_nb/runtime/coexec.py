@@ -306,6 +306,7 @@ class CoExecutor:
         # critic steps several times per step of its generator). Never trimmed, since the rules
         # count them since a node's previous run, which may be an epoch of many turns ago.
         self._anchor_hits = array("q")
+        self._turn_ends: set = set()  # the nodes the anchor has run right after (see _advance)
         self._backward_at = array("q")
         self._steps_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> array
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
@@ -914,8 +915,10 @@ class CoExecutor:
             self.graph.step(cursor, node)
         self.cursor = node
         self.op_counter = now_op = self.op_counter + 1
-        if node is self.anchor or self.explicit_iterations or node.cell_mark is not self._cell_token \
-                or now_op > self._anchor_limit or node.seen_at < self._anchor_first:
+        anchor = self.anchor
+        if node is anchor or self.explicit_iterations or node.cell_mark is not self._cell_token \
+                or now_op > self._anchor_limit or node.seen_at < self._anchor_first \
+                or (anchor is not None and node.family == anchor.family):
             self.cursor = cursor
             self.op_counter -= 1
             self._advance(node, stepped=True)
@@ -1868,11 +1871,22 @@ class CoExecutor:
     # -- iterations ----------------------------------------------------------------------------
 
     def _advance(self, node: Node, stepped: bool = False) -> None:
+        before = self.cursor
         if self.state is SKELETON and not stepped:
-            self.graph.step(self.cursor, node)
+            self.graph.step(before, node)
         self.cursor = node
         self.op_counter = now_op = self.op_counter + 1
-        if node is self.anchor:
+        anchor = self.anchor
+        if node is not anchor and anchor is not None and node.family == anchor.family \
+                and (before in self._turn_ends or before in anchor.pred):
+            # A shape variant of the anchor's op, right after an op the anchor (or a variant
+            # that was the anchor) ran right after
+            # (a batch of a new length, the turn's first op): the turn starts here. Anchored to one
+            # shape, a loop whose shapes vary each turn lost its anchor and merged its turns into
+            # one row. (A layer of another width at the anchor's line, the optimizer's update of
+            # a parameter of another shape, runs after other nodes than the anchor does.)
+            self.anchor = anchor = node
+        if node is anchor:
             self._anchor_period = now_op - self._anchor_last
             self._anchor_last = now_op
             self._anchor_limit = now_op + 10 * self._anchor_period + 10
@@ -1905,6 +1919,8 @@ class CoExecutor:
                 if not self.iter_index:
                     self.iter_index = 1
         node.seen_at = now_op
+        if node is self.anchor:
+            self._turn_ends.add(before)
         if node.barrier:
             self._note_backward()
 
@@ -1998,6 +2014,7 @@ class CoExecutor:
         self._anchor_last = now_op
         self._anchor_period = now_op - prev
         self._anchor_hits = array("q", (prev, now_op))
+        self._turn_ends = set(node.pred)
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
         self._anchor_trains = any(at and at[-1] > prev for at in self._marks())  # see tick
         self._reset_iteration(2 if earlier else self.iter_index + 1, now)
