@@ -55,8 +55,8 @@ from ..trace.location import (
 from ..trace.ops import (
     FN,
     MUT,
-    NUMPY_SCALARS,
     NONE,
+    NUMPY_SCALARS,
     PLAIN_TYPES,
     TENSOR,
     F,
