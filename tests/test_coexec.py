@@ -1465,6 +1465,29 @@ for i in range(30):
     assert len(rows) == 30, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
 
 
+def test_auto_counts_a_row_per_turn_of_new_lengths_in_its_eager_iterations():
+    """auto measures eager iterations, then runs eagerly (a loop of tiny ops): there the rows end
+    where a call of the anchor's op starts the turn, a variant that has been the anchor or a shape
+    never seen. Only the anchor's own shape counted before: turns merged, eager's time per row
+    was that of several turns, and the stretch ran as many turns more."""
+    source = PRELUDE + """
+for i in range(80):
+    n = random.randint(3, 8)
+    x = F.pad(torch.randn(2, n, 6), [0, 0, 0, 8 - n])
+    loss = model(x).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    if i % 10 == 0:
+        print(i, n, round(loss.item(), 5))
+"""
+    printed, namespace = run_eager(source)
+    printed_t, namespace_t, session = run_terra(source, session=terra_nb.Session(backend="auto"))
+    assert printed_t == printed
+    assert_same_state(state_of(namespace), state_of(namespace_t))
+    modes = [it.mode for it in session.log.iterations]
+    assert "eager" in modes, modes
+    assert len(modes) >= 72, modes  # (the first traced turns may merge: see ARCHITECTURE.md)
+
+
 def test_an_epoch_of_many_batches_that_each_train_keeps_batch_iterations():
     """An epoch loop with an op of its own around more batches than any window of recent
     positions would hold: each batch runs a backward, so the batches stay the iterations."""

@@ -307,6 +307,7 @@ class CoExecutor:
         # count them since a node's previous run, which may be an epoch of many turns ago.
         self._anchor_hits = array("q")
         self._turn_ends: set = set()  # the nodes the anchor has run right after (see _advance)
+        self._turn_starts: set = set()  # the anchor and the variants of its op that took its place
         self._backward_at = array("q")
         self._steps_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> array
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
@@ -451,6 +452,7 @@ class CoExecutor:
     def begin_cell(self, cell: int) -> None:
         self.cell = cell
         self.anchor = None
+        self._turn_ends, self._turn_starts = set(), set()
         self._anchor_limit = -1
         self.explicit_iterations = False
         self._cell_token = object()
@@ -1601,8 +1603,16 @@ class CoExecutor:
             spec = generalize(spec, anchor.mask)
             if (anchor.func, site) in self.graph.shape_keyed:
                 spec = (spec, _out_shapes(anchor.func, args, kwargs, tensors, scalars))
-        return (in_meta == anchor.in_meta and spec == anchor.key[2]
-                and anchor.grad is _grad_key())
+        grad = _grad_key()
+        if in_meta == anchor.in_meta and spec == anchor.key[2] and anchor.grad is grad:
+            return True
+        # Another shape (a batch of a new length): a variant of the anchor's op that has been the
+        # anchor (see _advance), or a shape no node has where every node at the site is a variant
+        # of the anchor's op. (A layer of another width at the anchor's line never was the anchor.)
+        node = self.graph.index.get((anchor.func, site, spec, in_meta, grad))
+        if node is not None:
+            return node in self._turn_starts
+        return all(n.family == anchor.family for n in self.graph.by_site[(anchor.func, site)])
 
     def _eager_boundary(self) -> None:
         """The anchor ran eagerly: one baseline iteration ends; after the last, co-execution resumes."""
@@ -1886,6 +1896,7 @@ class CoExecutor:
             # one row. (A layer of another width at the anchor's line, the optimizer's update of
             # a parameter of another shape, runs after other nodes than the anchor does.)
             self.anchor = anchor = node
+            self._turn_starts.add(node)
         if node is anchor:
             self._anchor_period = now_op - self._anchor_last
             self._anchor_last = now_op
@@ -2015,6 +2026,7 @@ class CoExecutor:
         self._anchor_period = now_op - prev
         self._anchor_hits = array("q", (prev, now_op))
         self._turn_ends = set(node.pred)
+        self._turn_starts = {node}
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
         self._anchor_trains = any(at and at[-1] > prev for at in self._marks())  # see tick
         self._reset_iteration(2 if earlier else self.iter_index + 1, now)
