@@ -1741,6 +1741,32 @@ def test_a_narrow_win_of_co_execution_is_measured_again_soon():
     assert reasons[1].endswith(f"measured again in {coexec.CHOICE_KEEP} iterations")
 
 
+def test_a_buffer_written_in_a_time_loop_requires_grad_as_in_eager():
+    """``out[:, t] = h`` makes ``out`` require grad (``h`` does): a write that returns None changes
+    its target's metadata, so it runs for real and the future takes the new ``requires_grad``.
+    Deferred, ``out.requires_grad`` read False, and the next write matched the node of a target
+    that does not require grad: every iteration fell back. (Only the program's thread runs CPU
+    blocks here: on the GraphRunner's, the cell's gradient, a sum over the time steps, may differ
+    in the last bits, README "Limits".)"""
+    session = check_program(PRELUDE + """
+cell = nn.GRUCell(6, 8)
+opt.add_param_group({"params": cell.parameters()})
+for i, (x, y) in enumerate(data):
+    out = torch.zeros(8, 5, 8)
+    h = torch.zeros(8, 8)
+    for t in range(5):
+        h = cell(x * (t + 1), h)
+        out[:, t] = h  # out requires grad from here on, as eager's does
+        if t == 0:
+            flags = (out.requires_grad, out.is_leaf, out.mul(1).requires_grad)
+    loss = F.cross_entropy(model(out.mean(1)[:, :6]), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, flags, out.requires_grad, round(loss.item(), 5))
+""")
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("coexec") >= 8, modes
+
+
 def test_a_random_factory_of_a_new_size_each_step_does_not_fall_back():
     """``torch.randn(n, 6)`` with ``n`` new each step (a batch of variable size drawn from a
     generator): the variant's shape comes from a run on the meta device, which draws nothing, so

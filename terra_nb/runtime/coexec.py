@@ -997,6 +997,8 @@ class CoExecutor:
             node.kind = "fetch"  # its output kind depends on state: always run it for real
         elif node.alias >= 0 and has_future and type(tensors[node.alias]) is FutureTensor:
             out = self._follow_in_place(tensors[node.alias], out)
+        elif info.name == "__setitem__" and type(tensors[0]) is FutureTensor:
+            self._follow_in_place(tensors[0], tensors[0]._tn_val)  # (see _new_node)
         if node.kind == "feed":
             out = _snapshot(out)
         if struct is not None:
@@ -1563,6 +1565,11 @@ class CoExecutor:
                 # It changes its input's metadata in place (x.requires_grad_(), x.unsqueeze_(0)): a
                 # future keeps the metadata it was made with, so the op runs for real, on the value.
                 node.kind = "sync"
+        elif info.name == "__setitem__" and node.kind in DEFERRED and meta_of(tensors[0]) != in_meta[0]:
+            # ``out[:, t] = h`` with ``h`` requiring grad makes ``out`` require grad: the same, for
+            # an op that returns None. Deferred, ``out.requires_grad`` still read False, and the
+            # next write matched the node of a target that does not require grad (a fallback).
+            node.kind = "sync"
         node.targs, node.tkwargs = template(args, kwargs)
         node.module = module_path(frame)
         node.line = user_line(frame)
