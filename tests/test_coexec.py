@@ -30,6 +30,17 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "requires_grad_set_on_an_input_each_step": """
+for i, (x, y) in enumerate(data):
+    x = x * 1.0  # a result of the engine's
+    x.requires_grad = True  # a setter: it returns None, and changes the tensor's requires_grad
+    flag = x.requires_grad
+    h = model[0](x)
+    h.retain_grad()
+    loss = F.cross_entropy(model[2](h.relu()), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, flag, x.is_leaf, round(x.grad.abs().sum().item(), 5), round(h.grad.abs().sum().item(), 5))
+""",
     "index_errors_the_program_catches": """
 emb = nn.Embedding(10, 6)
 opt.add_param_group({"params": emb.parameters()})

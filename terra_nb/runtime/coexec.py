@@ -997,7 +997,7 @@ class CoExecutor:
             node.kind = "fetch"  # its output kind depends on state: always run it for real
         elif node.alias >= 0 and has_future and type(tensors[node.alias]) is FutureTensor:
             out = self._follow_in_place(tensors[node.alias], out)
-        elif info.name == "__setitem__" and type(tensors[0]) is FutureTensor:
+        elif _writes_into(info) and tensors and type(tensors[0]) is FutureTensor:
             self._follow_in_place(tensors[0], tensors[0]._tn_val)  # (see _new_node)
         if node.kind == "feed":
             out = _snapshot(out)
@@ -1565,10 +1565,11 @@ class CoExecutor:
                 # It changes its input's metadata in place (x.requires_grad_(), x.unsqueeze_(0)): a
                 # future keeps the metadata it was made with, so the op runs for real, on the value.
                 node.kind = "sync"
-        elif info.name == "__setitem__" and node.kind in DEFERRED and meta_of(tensors[0]) != in_meta[0]:
-            # ``out[:, t] = h`` with ``h`` requiring grad makes ``out`` require grad: the same, for
-            # an op that returns None. Deferred, ``out.requires_grad`` still read False, and the
-            # next write matched the node of a target that does not require grad (a fallback).
+        elif _writes_into(info) and tensors and node.kind in DEFERRED and meta_of(tensors[0]) != in_meta[0]:
+            # ``out[:, t] = h`` with ``h`` requiring grad makes ``out`` require grad, and so does
+            # ``x.requires_grad = True``: the same, for a call that returns None. Deferred,
+            # ``out.requires_grad`` still read False, and the next write matched the node of a
+            # target that does not require grad (a fallback every iteration).
             node.kind = "sync"
         node.targs, node.tkwargs = template(args, kwargs)
         node.module = module_path(frame)
@@ -2183,6 +2184,12 @@ _IMMEDIATE_OPS = frozenset({
     "__add__", "__sub__", "__mul__", "__truediv__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__",
     "_foreach_add_", "_foreach_add", "_foreach_sub_", "_foreach_mul_", "copy_", "fill_", "zero_",
 })
+
+
+def _writes_into(info: OpInfo) -> bool:
+    """Whether the call writes into its first argument and returns None: ``x[i] = v``, a
+    property's setter (``x.requires_grad = True``, ``x.data = y``)."""
+    return info.name == "__setitem__" or info.setter
 
 
 def _is_small_cpu(t) -> bool:
