@@ -1345,8 +1345,7 @@ for i, (x, y) in enumerate(data):
     opt2.step()
     print(i, round(loss.item(), 5))
 """
-    session = check_program(source)
-    modes = [it.mode for it in session.log.iterations]
+    modes = _modes_same_as_eager(source)
     assert len(modes) >= 8 and modes.count("coexec") >= 6, modes
 
 
@@ -1752,6 +1751,11 @@ def test_a_narrow_win_of_co_execution_is_measured_again_soon():
     assert reasons[1].endswith(f"measured again in {coexec.CHOICE_KEEP} iterations")
 
 
+def _modes_same_as_eager(source: str) -> list[str]:
+    """Check ``source`` against eager (check_program); the modes of its iterations."""
+    return [it.mode for it in check_program(source).log.iterations]
+
+
 def test_a_buffer_written_in_a_time_loop_requires_grad_as_in_eager():
     """``out[:, t] = h`` makes ``out`` require grad (``h`` does): a write that returns None changes
     its target's metadata, so it runs for real and the future takes the new ``requires_grad``.
@@ -1759,7 +1763,7 @@ def test_a_buffer_written_in_a_time_loop_requires_grad_as_in_eager():
     that does not require grad: every iteration fell back. (Only the program's thread runs CPU
     blocks here: on the GraphRunner's, the cell's gradient, a sum over the time steps, may differ
     in the last bits, README "Limits".)"""
-    session = check_program(PRELUDE + """
+    modes = _modes_same_as_eager(PRELUDE + """
 cell = nn.GRUCell(6, 8)
 opt.add_param_group({"params": cell.parameters()})
 for i, (x, y) in enumerate(data):
@@ -1774,7 +1778,6 @@ for i, (x, y) in enumerate(data):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, flags, out.requires_grad, round(loss.item(), 5))
 """)
-    modes = [it.mode for it in session.log.iterations]
     assert modes.count("coexec") >= 8, modes
 
 
@@ -1790,8 +1793,7 @@ for i in range(30):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, round(loss.item(), 5))
 """
-    session = check_program(source)
-    modes = [it.mode for it in session.log.iterations]
+    modes = _modes_same_as_eager(source)
     assert modes.count("fallback") <= 2, modes
 
 
@@ -1815,8 +1817,7 @@ for i in range(30):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, round(loss.item(), 5))
 """
-    session = check_program(source)
-    modes = [it.mode for it in session.log.iterations]
+    modes = _modes_same_as_eager(source)
     assert modes.count("fallback") <= 2, modes
 
 
@@ -1834,8 +1835,7 @@ for i in range(40):
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, round(loss.item(), 5))
 """
-    session = check_program(source)
-    modes = [it.mode for it in session.log.iterations]
+    modes = _modes_same_as_eager(source)
     assert modes.count("coexec") >= 30, modes
 
 
