@@ -30,6 +30,20 @@ data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
 
 CASES = {
+    "data_of_another_shape_or_dtype_set_on_results": """
+for i, (x, y) in enumerate(data):
+    w = model[0](x).detach()
+    w.data = torch.arange(6.0) * i  # another shape: the future takes it
+    v = model[0](x).detach()
+    v.data = v.data.double()  # another dtype
+    u = (v * 2 + 1).sum()
+    r = model(x).detach()
+    r.resize_(10, 3)  # more elements than it was made with (two new rows)
+    r[8:] = 1.0
+    loss = F.cross_entropy(model(x), y) + w.sum() * 0
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, w.shape, w.sum().item(), v.dtype, u.dtype, round(u.item(), 4), r.shape, r.t().contiguous().shape, r[9].sum().item())
+""",
     "requires_grad_set_on_an_input_each_step": """
 for i, (x, y) in enumerate(data):
     x = x * 1.0  # a result of the engine's

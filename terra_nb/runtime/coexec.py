@@ -1043,26 +1043,39 @@ class CoExecutor:
         ``h.detach_()``, ``h.unsqueeze_(0)``): the future is still what the program holds, so it
         takes the value's new ``requires_grad``, shape and strides, and the op returns it, as
         eager returns its input. (It leaves its node's ring, a fresh future in its place: a
-        recycled future keeps its metadata.) A view the wrapper cannot take (more elements than
-        it was made with: ``resize_``) leaves the future as it was: the op returns the value."""
+        recycled future keeps its metadata.) Where the wrapper cannot take the value's shape as a
+        view of itself (more elements: ``resize_``, ``x.data = y`` of another size) or the value
+        has another dtype (``x.data = y.double()``), the future takes the metadata of a new
+        wrapper made for it (``Tensor.data``'s setter, which swaps a tensor's metadata for
+        another's of the same kind)."""
         value = fut._tn_val
         meta = fut._tn_meta
-        if out is not value or value is None or value.dtype != meta[1] or value.device != meta[2]:
+        if out is not value or value is None:
             return out
-        if value.shape == meta[0] and value.requires_grad == meta[3]:
+        if value.shape == meta[0] and value.requires_grad == meta[3] and value.dtype == meta[1] \
+                and value.device == meta[2]:
             return fut
         if fut._tn_pooled:
             self._leave_ring(fut)
         with torch._C.DisableTorchFunctionSubclass():
-            if value.shape != meta[0]:
-                try:
-                    with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
-                        torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
-                except RuntimeError:  # out of the wrapper's bounds
-                    return out
+            if value.shape != meta[0] or value.dtype != meta[1] or value.device != meta[2]:
+                viewed = value.dtype == meta[1] and value.device == meta[2]
+                if viewed:
+                    try:
+                        with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
+                            torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+                    except RuntimeError:  # out of the wrapper's bounds
+                        viewed = False
+                if not viewed:
+                    other = FutureTensor((value.shape, value.dtype, value.device, False), fut._tn_src, None)
+                    with torch._C.DisableTorchFunction():
+                        torch._C.TensorBase.data.__set__(fut, other)  # type: ignore[attr-defined]
+                        if value.dim() and value.stride() != fut.stride():
+                            with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
+                                torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
             if value.requires_grad != meta[3]:
                 torch._C.TensorBase.requires_grad_(fut, value.requires_grad)
-        fut._tn_meta = interned_meta((value.shape, meta[1], meta[2], value.requires_grad))
+        fut._tn_meta = interned_meta((value.shape, value.dtype, value.device, value.requires_grad))
         return fut
 
     def _leave_ring(self, fut: FutureTensor) -> None:
