@@ -10,6 +10,22 @@ import torch
 
 import terra_nb
 
+# A loop whose 11th step indexes past an embedding's rows, in a function it calls: an error that a
+# block raises when co-executed (its traceback must end at ``h = emb(idx)``, in ``step``).
+INDEX_ERROR_IN_A_FUNCTION = """import torch
+
+emb = torch.nn.Embedding(10, 4)
+
+def step(idx):
+    h = emb(idx)
+    return h.sum()
+
+for i in range(12):
+    loss = step(torch.tensor([1, 2, 3 if i < 10 else 30]))
+    loss.backward()
+    print(i, round(loss.item(), 4))
+"""
+
 
 def run_eager(source: str) -> tuple[str, dict]:
     namespace: dict = {"__name__": "__main__"}

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from differential import INDEX_ERROR_IN_A_FUNCTION
+
 SCRIPT = textwrap.dedent("""
     import random, sys
     import numpy as np
@@ -105,36 +107,21 @@ def test_run_gives_spawned_workers_the_scripts_classes(tmp_path):
     assert coexec.stdout == plain.stdout
 
 
-FAILING = textwrap.dedent("""
-    import torch
-
-    emb = torch.nn.Embedding(10, 4)
-
-    def step(idx):
-        h = emb(idx)
-        return h.sum()
-
-    for i in range(12):
-        loss = step(torch.tensor([1, 2, 3 if i < 10 else 30]))
-        loss.backward()
-        print(i, round(loss.item(), 4))
-""")
-
-
 def test_a_scripts_error_shows_the_scripts_frames_as_python_does(tmp_path):
     """An index out of range in iteration 10, raised inside a block: the traceback names the
     script's lines, down to the op's own, and no frame of the engine's; the exit status is Python's."""
     script = tmp_path / "failing.py"
-    script.write_text(FAILING)
+    script.write_text(INDEX_ERROR_IN_A_FUNCTION)
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     coexec = _cli("run", str(script), "--backend", "eager", "--always-coexec")
     assert plain.returncode == coexec.returncode == 1
     assert "coexec" in coexec.stderr, "the error was raised by a block"
     shown = [line for line in coexec.stderr.splitlines() if line.startswith("  File ")]
     assert shown and all(str(script) in line for line in shown), coexec.stderr
-    assert shown[-1].endswith("line 7, in step"), shown
+    line = INDEX_ERROR_IN_A_FUNCTION.splitlines().index("    h = emb(idx)") + 1
+    assert shown[-1].endswith(f"line {line}, in step"), shown
     assert "IndexError: index out of range in self" in coexec.stderr
-    assert 'File "' + str(script) + '", line 7, in step' in plain.stderr
+    assert f'File "{script}", line {line}, in step' in plain.stderr
 
 
 def test_run_reports_a_missing_script(tmp_path):

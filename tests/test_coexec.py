@@ -15,7 +15,15 @@ import torch
 import terra_nb
 from terra_nb.runtime import coexec
 
-from differential import assert_same_state, check_cells, check_program, run_eager, run_terra, state_of
+from differential import (
+    INDEX_ERROR_IN_A_FUNCTION,
+    assert_same_state,
+    check_cells,
+    check_program,
+    run_eager,
+    run_terra,
+    state_of,
+)
 
 PRELUDE = """
 import math, random, statistics
@@ -758,18 +766,8 @@ for i in range(8):
 
 
 def test_an_error_inside_a_block_ends_the_traceback_at_the_ops_line_in_its_function():
-    body = """
-emb = nn.Embedding(10, 4)
-def step(idx):
-    h = emb(idx)
-    return h.sum()
-for i in range(8):
-    loss = step(torch.tensor([1, 2, 3 if i < 6 else 30]))
-    loss.backward()
-    print(i, round(loss.item(), 4))
-"""
     with pytest.raises(IndexError) as info:
-        run_terra(PRELUDE + body)
+        run_terra(INDEX_ERROR_IN_A_FUNCTION)
     entries = traceback.extract_tb(info.value.__traceback__)
     assert entries[-1].name == "step" and entries[-1].line == "h = emb(idx)", entries[-1]
     assert [e.line for e in entries if e.filename.startswith("<terra-cell")][0] == "print(i, round(loss.item(), 4))"

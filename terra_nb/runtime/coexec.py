@@ -1062,8 +1062,7 @@ class CoExecutor:
                 viewed = value.dtype == meta[1] and value.device == meta[2]
                 if viewed:
                     try:
-                        with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
-                            torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+                        _restride(fut, value)
                     except RuntimeError:  # out of the wrapper's bounds
                         viewed = False
                 if not viewed:
@@ -1071,8 +1070,7 @@ class CoExecutor:
                     with torch._C.DisableTorchFunction():
                         torch._C.TensorBase.data.__set__(fut, other)  # type: ignore[attr-defined]
                         if value.dim() and value.stride() != fut.stride():
-                            with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
-                                torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+                            _restride(fut, value)
             if value.requires_grad != meta[3]:
                 torch._C.TensorBase.requires_grad_(fut, value.requires_grad)
         fut._tn_meta = interned_meta((value.shape, value.dtype, value.device, value.requires_grad))
@@ -1910,12 +1908,12 @@ class CoExecutor:
         anchor = self.anchor
         if node is not anchor and anchor is not None and node.family == anchor.family \
                 and (before in self._turn_ends or before in anchor.pred):
-            # A shape variant of the anchor's op, right after an op the anchor (or a variant
-            # that was the anchor) ran right after
-            # (a batch of a new length, the turn's first op): the turn starts here. Anchored to one
-            # shape, a loop whose shapes vary each turn lost its anchor and merged its turns into
-            # one row. (A layer of another width at the anchor's line, the optimizer's update of
-            # a parameter of another shape, runs after other nodes than the anchor does.)
+            # A shape variant of the anchor's op, right after an op the anchor (or a variant that
+            # was the anchor) ran right after (a batch of a new length, the turn's first op): the
+            # turn starts here. Anchored to one shape, a loop whose shapes vary each turn lost its
+            # anchor and merged its turns into one row. (A layer of another width at the anchor's
+            # line, the optimizer's update of a parameter of another shape, runs after other nodes
+            # than the anchor does.)
             self.anchor = anchor = node
             self._turn_starts.add(node)
         if node is anchor:
@@ -2199,6 +2197,13 @@ _IMMEDIATE_OPS = frozenset({
 })
 
 
+def _restride(fut: FutureTensor, value: torch.Tensor) -> None:
+    """Give the wrapper ``fut`` the shape and strides of ``value`` (a view of itself, below the
+    Python key: RuntimeError where they need more elements than it has)."""
+    with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
+        torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+
+
 def _writes_into(info: OpInfo) -> bool:
     """Whether the call writes into its first argument and returns None: ``x[i] = v``, a
     property's setter (``x.requires_grad = True``, ``x.data = y``)."""
@@ -2233,6 +2238,8 @@ _GENERALIZED = DEFERRED | {"sync"}  # (a sync node runs for real: any int it is 
 
 def _may_raise_on_values(info: OpInfo, tensors: list) -> bool:
     return info.name in _RAISES_ON_VALUES or (info.name in _INDEXING and len(tensors) > 1)
+
+
 # Calls that register Python code for backward to run: tensor hooks, and the Functions that module
 # backward hooks (register_full_backward_hook) and reentrant checkpoints put into the forward.
 _HOOK_OPS = frozenset({"register_hook", "register_post_accumulate_grad_hook"})
