@@ -1809,6 +1809,29 @@ for i in range(30):
     assert modes.count("fallback") <= 2, modes
 
 
+def test_a_gru_on_packed_sequences_of_new_lengths_does_not_fall_back_each_step():
+    """``pack_padded_sequence`` of lengths drawn each step, into a GRU: the GRU reads its packed
+    input's ``batch_sizes`` on the host, which a meta tensor has no values for, so its variant for a
+    new total length could not be derived (a fallback in most steps: 12 of 20). The meta run is
+    retried with the call's own integer tensors."""
+    source = PRELUDE + """
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
+emb, rnn, head = nn.Embedding(20, 8), nn.GRU(8, 16, batch_first=True), nn.Linear(16, 2)
+opt.add_param_group({"params": [*emb.parameters(), *rnn.parameters(), *head.parameters()]})
+for i in range(24):
+    lens = [random.randint(2, 7) for _ in range(4)]
+    x = pad_sequence([torch.randint(1, 20, (n,)) for n in lens], batch_first=True)
+    packed = pack_padded_sequence(emb(x), torch.tensor(lens), batch_first=True, enforce_sorted=False)
+    out, h = rnn(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True)
+    loss = F.cross_entropy(head(h[-1]), torch.randint(0, 2, (4,))) + out.mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, tuple(out.shape), round(loss.item(), 5))
+"""
+    modes = _modes_same_as_eager(source)
+    assert modes.count("fallback") <= 4, modes
+
+
 def test_sizes_read_from_tensors_are_sizes_as_tuples_are():
     """``torch.zeros(h.shape)``, ``h.new_ones(h.size())``, ``x.reshape(y.shape)`` with a batch size
     new each step: a ``torch.Size`` is scanned as the tuple of ints it is, so its variants are

@@ -1484,7 +1484,15 @@ class CoExecutor:
             try:
                 out = _run_on_meta(func, targs, tkwargs, in_meta, scalars, grad[0])
             except _META_ERRORS:
-                return None  # no meta kernel, or the shapes do not fit: trace it instead
+                # An op that reads an index tensor's values on the host (a packed sequence's
+                # batch_sizes, for a GRU): once more with the call's own integer tensors
+                real = _host_ints(tensors)
+                if real is None:
+                    return None
+                try:
+                    out = _run_on_meta(func, targs, tkwargs, in_meta, scalars, grad[0], real)
+                except _META_ERRORS:
+                    return None  # no meta kernel, or the shapes do not fit: trace it instead
             struct = out_structure(out)
             if struct is None or (struct != sibling.out_struct and not _same_kind_of_sequence(struct, sibling.out_struct)):
                 return None
@@ -2359,12 +2367,16 @@ class _Immediate:
 _META_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError)
 
 
-def _run_on_meta(func, targs, tkwargs, in_meta, scalars: list, grad_enabled: bool):
+def _run_on_meta(func, targs, tkwargs, in_meta, scalars: list, grad_enabled: bool, real: dict | None = None):
     """``func`` called on meta tensors of ``in_meta`` (the call's template filled with them and its
-    scalars) under the given grad mode: the output's metadata with no data. Raises what it raises
-    (one of ``_META_ERRORS`` where there is no meta kernel or the shapes do not fit)."""
+    scalars) under the given grad mode: the output's metadata with no data. ``real``: tensors passed
+    as they are, by position (see ``_host_ints``). Raises what it raises (one of ``_META_ERRORS``
+    where there is no meta kernel or the shapes do not fit)."""
     metas = [torch.empty(m[0], dtype=m[1], device="meta").requires_grad_(m[3]) if m[3] and m[1].is_floating_point
              else torch.empty(m[0], dtype=m[1], device="meta") for m in in_meta]
+    if real:
+        for i, t in real.items():
+            metas[i] = t
     if not in_meta:
         # a factory (torch.randn(n, m), torch.zeros(n)): made on the meta device too, or it would
         # run for real here, and a random one would draw from the generator ahead of the block
@@ -2376,6 +2388,16 @@ def _run_on_meta(func, targs, tkwargs, in_meta, scalars: list, grad_enabled: boo
             return func(*fill(targs, metas, scalars), **fill(tkwargs, metas, scalars))
     finally:
         torch._C._set_grad_enabled(previous)
+
+
+def _host_ints(tensors: list) -> dict | None:
+    """The call's real integer tensors on the CPU, by position (None where there are none): what a
+    meta run may read values from. Only where the op was deferred before with inputs of these
+    kinds, so its outputs' shapes follow from its inputs' shapes (a value-dependent one is sync)."""
+    real = {i: t for i, t in enumerate(tensors)
+            if type(t) is not FutureTensor and t.device.type == "cpu" and not t.dtype.is_floating_point
+            and not t.dtype.is_complex and t.dtype is not torch.bool}
+    return real or None
 
 
 def _out_shapes(func, args, kwargs, tensors: list, scalars: list) -> tuple | None:
