@@ -1462,6 +1462,41 @@ for it in range(8):
     assert len(rows) == 8, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
 
 
+@pytest.mark.parametrize("every", ["generator", "accumulation"])
+def test_a_step_taken_every_few_turns_of_the_loop_keeps_a_row_per_turn(every):
+    """The generator steps on every third turn (``if it % 3 == 0``), or gradients accumulate over
+    four turns before the optimizer steps: the loop's turns are still the iterations. Its second
+    step, after the anchor ran three times, took the anchor as if a loop enclosed the turns, and
+    three turns made one row (a loop that ticks once between the steps is what encloses them)."""
+    body = {"generator": """
+G = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6))
+D = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+gopt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.9))
+dopt = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.9))
+for it in range(21):
+    real = data[it % 12][0]
+    dloss = D(G(torch.randn(8, 4)).detach()).mean() - D(real).mean()
+    dopt.zero_grad(); dloss.backward(); dopt.step()
+    if it % 3 == 0:
+        gloss = -D(G(torch.randn(8, 4))).mean()
+        gopt.zero_grad(); gloss.backward(); gopt.step()
+        print(it, round(dloss.item(), 4), round(gloss.item(), 4))
+""", "accumulation": """
+for i in range(24):
+    x, y = data[i % 12]
+    loss = F.cross_entropy(model(x), y) / 4
+    loss.backward()
+    if (i + 1) % 4 == 0:
+        opt.step()
+        opt.zero_grad()
+        print(i, round(loss.item(), 4))
+"""}[every]
+    session = check_program(PRELUDE + body)
+    rows = session.log.iterations
+    assert len(rows) >= 20, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert [it.mode for it in rows[-6:]] == ["coexec"] * 6, [it.mode for it in rows]
+
+
 @pytest.mark.parametrize("always", [True, False])
 def test_batches_of_a_new_length_each_turn_are_one_row_each(always):
     """Sequences of a random length, the turn's first op a shape variant: when the anchor's shape

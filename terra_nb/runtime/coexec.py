@@ -310,6 +310,7 @@ class CoExecutor:
         self._turn_starts: set = set()  # the anchor and the variants of its op that took its place
         self._backward_at = array("q")
         self._steps_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> array
+        self._mark_turns: dict[int, list] = {}  # id of one of those arrays -> (cell, loops' ticks) at its last marks
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
@@ -1997,10 +1998,37 @@ class CoExecutor:
         if at and at[-1] == now_op:
             return
         at.append(now_op)
+        turns = self._mark_turns.setdefault(id(at), [])
+        turns.append((self._cell_token, dict(self._turns)))
+        del turns[:-3]
         if (len(at) > 1 and self.anchor is not None and self.cursor is not self.anchor
                 and self.cursor is not self.graph.root and not self.explicit_iterations
-                and _after(self._anchor_hits, at[-2]) >= 2):
+                and _after(self._anchor_hits, at[-2]) >= 2 and not self._marks_within_turns(turns)):
             self._reanchor(self.cursor, at[-2], now_op)
+
+    def _marks_within_turns(self, turns: list) -> bool:
+        """Whether the last marks of one kind (``turns``: the loops' ticks at each) came in turns of
+        the anchor's loop, several turns apart, with no loop around them: a loop of the cell ticks
+        once per turn of the anchor (``_anchor_confirmed``), and no other loop of the cell ticked
+        exactly once between the last two marks (nor between the two before, where there were
+        two). ``if it % 3 == 0:`` a generator's step, gradients accumulated over four turns before
+        the optimizer steps: the turns stay the iterations. A loop of micro-batches inside the
+        loop of steps, an episode's steps: the loop of steps, or of episodes, ticks once between
+        the marks, and anchors (an epoch loop ticks once between two of them only now and then)."""
+        if not self._anchor_confirmed():
+            return False
+        token = self._cell_token
+        mine = [ticks for cell, ticks in turns if cell is token]
+        if len(mine) < 2:
+            return False
+
+        def once(before: dict, after: dict) -> set:
+            return {loop for loop, n in after.items() if n - before.get(loop, 0) == 1}
+
+        around = once(mine[-2], mine[-1]) - {self._anchor_loop}
+        if len(mine) > 2:
+            around &= once(mine[-3], mine[-2])
+        return not around
 
     def _encloses_more_work(self, prev: int, now_op: int) -> bool:
         """Whether a loop around the anchor's does real work of its own (backward, an optimizer).
