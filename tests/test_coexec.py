@@ -1497,6 +1497,27 @@ for i in range(24):
     assert [it.mode for it in rows[-6:]] == ["coexec"] * 6, [it.mode for it in rows]
 
 
+def test_a_model_switched_to_double_halfway_keeps_a_row_per_turn():
+    """``model.double()`` halfway through the loop: every op after it is a new node, the anchor
+    (the float32 batch) never runs again, and the 12 turns after merged into one or two rows
+    until the anchor's idleness re-anchored. The anchor's op at its site, of another dtype, as the
+    first op of a turn of the anchor's loop, anchors (the float64 batch), keeping the rows."""
+    source = PRELUDE + """
+dtype = torch.float32
+for it in range(24):
+    if it == 12:
+        model.double(); dtype = torch.float64
+    x = torch.randn(6, 6, dtype=dtype)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(it, loss.dtype, round(loss.item(), 5))
+"""
+    session = check_program(source)
+    rows = session.log.iterations
+    assert len(rows) >= 21, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert [it.mode for it in rows[-6:]] == ["coexec"] * 6, [it.mode for it in rows]
+
+
 @pytest.mark.parametrize("always", [True, False])
 def test_batches_of_a_new_length_each_turn_are_one_row_each(always):
     """Sequences of a random length, the turn's first op a shape variant: when the anchor's shape

@@ -1915,14 +1915,16 @@ class CoExecutor:
         self.cursor = node
         self.op_counter = now_op = self.op_counter + 1
         anchor = self.anchor
-        if node is not anchor and anchor is not None and node.family == anchor.family \
-                and (before in self._turn_ends or before in anchor.pred):
+        if node is not anchor and anchor is not None and (
+                node.family == anchor.family and (before in self._turn_ends or before in anchor.pred)
+                or node.func is anchor.func and node.site == anchor.site and self._first_of_a_turn(now_op)):
             # A shape variant of the anchor's op, right after an op the anchor (or a variant that
             # was the anchor) ran right after (a batch of a new length, the turn's first op): the
             # turn starts here. Anchored to one shape, a loop whose shapes vary each turn lost its
             # anchor and merged its turns into one row. (A layer of another width at the anchor's
             # line, the optimizer's update of a parameter of another shape, runs after other nodes
-            # than the anchor does.)
+            # than the anchor does.) Or the anchor's op, at its site, of another kind (a batch of
+            # another dtype after model.double()), as the first op of a turn of the anchor's loop.
             self.anchor = anchor = node
             self._turn_starts.add(node)
         if node is anchor:
@@ -1962,6 +1964,13 @@ class CoExecutor:
             self._turn_ends.add(before)
         if node.barrier:
             self._note_backward()
+
+    def _first_of_a_turn(self, now_op: int) -> bool:
+        """Whether the op counted ``now_op`` is the first of a turn of the anchor's loop (it ticks once
+        per iteration: ``_anchor_confirmed``), in a turn the anchor has not run in."""
+        loop = self._anchor_loop
+        return (loop >= 0 and self._turn_at.get(loop) == now_op - 1 and self._anchor_last < now_op - 1
+                and self._anchor_confirmed())
 
     def _in_loop_header(self) -> bool:
         """Whether the op being recorded runs for the iterator of a loop of the cell's (or script's)
