@@ -132,6 +132,7 @@ class TraceGraph:
         self.nodes: list[Node] = [self.root]
         self.index: dict[tuple, Node] = {}
         self.by_site: dict[tuple, list[Node]] = {}
+        self._shaped: dict[tuple, list] = {}  # (func, site) -> [nodes indexed, {output shapes: nodes}]
         self.int_masks: dict[tuple, frozenset] = {}
         # sites whose nodes are keyed by their output shapes too (slice bounds made feeds)
         self.shape_keyed: set[tuple] = set()
@@ -155,6 +156,21 @@ class TraceGraph:
         self.by_site.setdefault((func, site), []).append(node)
         self.version += 1
         return node
+
+    def shaped(self, func, site, shapes) -> list[Node]:
+        """The nodes at a site whose outputs have these shapes: where a site holds a node per step
+        (``data[:step]``), a lookup by shape, not a walk through every step's node. (The index
+        takes in the site's new nodes as it is asked; a node's output metadata is set when it is
+        made.)"""
+        nodes = self.by_site.get((func, site), ())
+        entry = self._shaped.get((func, site))
+        if entry is None:
+            entry = self._shaped[(func, site)] = [0, {}]
+        index = entry[1]
+        for node in nodes[entry[0]:]:
+            index.setdefault(tuple([meta[0] for meta in node.out_meta]), []).append(node)
+        entry[0] = len(nodes)
+        return index.get(tuple(shapes), [])
 
     def unshaped(self, func, site, kspec):
         """A node key's spec without the output shapes a shape-keyed site's keys end with."""
@@ -207,6 +223,7 @@ class TraceGraph:
 
     def retire(self, nodes: list[Node]) -> None:
         """Forget nodes that can no longer run (their cell was edited): no lookup finds them again."""
+        self._shaped.clear()
         for node in nodes:
             if self.index.get(node.key) is node:
                 del self.index[node.key]

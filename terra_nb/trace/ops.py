@@ -266,11 +266,19 @@ def with_floats(spec, scalars: list):
     return walk(spec)
 
 
+# Ops whose ints outside a list are bounds that decide the output's length only through their
+# difference (``torch.arange(t, t + n)``, a position offset that moves every step): feeds where the
+# node is keyed by its output shape, as a window's bounds are.
+_SHAPED_INT_FEEDS = frozenset({"arange", "range"})
+
+
 def feedable_ints(name: str, spec) -> tuple[frozenset, frozenset]:
     """The scan-order int positions of ``spec`` that may become feeds for op ``name``, and apart,
-    those of ``__getitem__``'s slice bounds (a window ``data[i:i + n]``): feeds only where the node
-    is keyed by its output shape too, since a slice is clamped at the end of a dimension
-    (CoExecutor._generalize)."""
+    those of ``__getitem__``'s slice bounds (a window ``data[i:i + n]``) and of ``arange``'s:
+    feeds only where the node is keyed by its output shape too, since a slice is clamped at the
+    end of a dimension and an arange's length follows from its bounds (CoExecutor._generalize)."""
+    if name in _SHAPED_INT_FEEDS:
+        return frozenset(), frozenset(i for i, v in enumerate(_top_level_ints(spec)) if v)
     allowed = _INT_FEEDS.get(name, ())
     bounds_too = name == "__getitem__"
     if allowed == () and not bounds_too:
@@ -296,6 +304,22 @@ def feedable_ints(name: str, spec) -> tuple[frozenset, frozenset]:
 
     walk(spec, False, False)
     return frozenset(free), frozenset(bounds)
+
+
+def _top_level_ints(spec) -> list[bool]:
+    """For each int of ``spec`` in scan order: whether it is outside any list or tuple argument."""
+    flags: list[bool] = []
+
+    def walk(item, top: bool) -> None:
+        if type(item) is int:
+            flags.append(top)
+        elif type(item) is tuple:
+            inner = not (len(item) == 2 and type(item[0]) is bool and type(item[1]) is tuple)
+            for x in item:
+                walk(x, top and inner)
+
+    walk(spec, True)
+    return flags
 
 
 def generalize(spec, positions: frozenset):
