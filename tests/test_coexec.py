@@ -1555,6 +1555,36 @@ for it in range(24):
     assert [it.mode for it in rows[-6:]] == ["coexec"] * 6, [it.mode for it in rows]
 
 
+def test_a_sequence_that_grows_each_turn_through_twin_layers_is_a_row_per_turn():
+    """Generation: the sequence grows by a token each turn, so every op has a new shape each turn
+    and none recurs from one turn to the next; two layers of one class share their sites, so an op
+    recurs inside a turn, anchored, and never ran again. Every few turns another such op took
+    over, and the turns merged into one row until the window (the last 16 tokens) stopped
+    growing; auto saw no iteration to measure meanwhile (a model like this one, generating 300
+    tokens with a window of 512, co-executed every turn, at 9x eager's time)."""
+    source = PRELUDE + """
+class Twin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm, self.qkv = nn.LayerNorm(8), nn.Linear(8, 24)
+    def forward(self, x):
+        q, k, v = [t.view(1, -1, 2, 4).transpose(1, 2) for t in self.qkv(self.norm(x)).split(8, dim=2)]
+        return x + F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape)
+emb, body, head = nn.Embedding(10, 8), nn.Sequential(Twin(), Twin()), nn.Linear(8, 10)
+seq = torch.zeros(1, 1, dtype=torch.long)
+with torch.no_grad():
+    for _ in range(30):
+        h = body(emb(seq[:, -16:]))
+        nxt = torch.multinomial(F.softmax(head(h[:, -1]), dim=-1), 1)
+        seq = torch.cat([seq, nxt], dim=1)
+print(seq.tolist())
+"""
+    session = check_program(source)
+    rows = session.log.iterations
+    assert len(rows) >= 26, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert [it.mode for it in rows[-6:-1]] == ["coexec"] * 5, [it.mode for it in rows]
+
+
 @pytest.mark.parametrize("always", [True, False])
 def test_batches_of_a_new_length_each_turn_are_one_row_each(always):
     """Sequences of a random length, the turn's first op a shape variant: when the anchor's shape

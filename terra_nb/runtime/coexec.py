@@ -336,6 +336,12 @@ class CoExecutor:
         self._held_cv = threading.Condition()
         self._elsewhere = threading.Lock()
         self._tick_reanchors = 0
+        self._anchored_at = -1  # the op count at the last re-anchoring
+        self._ticks_at_anchor: dict[int, int] = {}  # _turn_at then
+        self._restless: dict[int, int] = {}  # loop id -> its last turns in a row that re-anchored inside
+        self._turn_loop = -1  # a loop whose turns are the iterations, by its ticks (see tick)
+        self._turn_loop_next = -1  # a loop whose next turn's first op anchors (see tick)
+        self._turn_first = 0  # the op count of that loop's last turn's first op
         self._eager_limit = 0.0  # seconds an eager iteration may last before the anchor is given up
         self._unhooked_at = 0  # the mode stack's depth below our mode, when it was taken off
         self._native = _native_path(self, None)  # the C take_run, where built
@@ -459,6 +465,8 @@ class CoExecutor:
         self._cell_token = object()
         self._turn_at = {}
         self._turns = {}
+        self._restless = {}
+        self._turn_loop = self._turn_loop_next = -1
         self._reset_iteration(0, _perf())
         self._reset_choice()
 
@@ -1695,7 +1703,10 @@ class CoExecutor:
         if self._hooked:
             ticks = self._ticks
             ticks[loop] = ticks.get(loop, 0) + 1
+            last_tick = self._turn_at.get(loop, -1)
             self._turn_at[loop] = self.op_counter
+            if self._anchor_loop < 0 and self._turn_loop < 0 and last_tick >= 0 and not self.explicit_iterations:
+                self._note_restless(loop, last_tick)
             self._turns[loop] = self._turns.get(loop, 0) + 1
             if self.mode == "eager" and self.baseline and _perf() - self.iter_start > self._eager_limit:
                 self._leave_eager()
@@ -1726,6 +1737,29 @@ class CoExecutor:
         self.baseline -= 1
         if self.baseline <= 1:
             self._hook()
+
+    def _note_restless(self, loop: int, last_tick: int) -> None:
+        """A turn of ``loop`` ended with no loop known to tick once per iteration: where the anchor
+        ran in none of its last two turns, or was set inside them, the turns are the iterations,
+        and the next turn's first op anchors (``_advance``).
+
+        A generation loop whose sequence grows by a token each turn: every op is of a new shape
+        each turn, so no op recurs from one turn to the next; two blocks of one model share their
+        sites, so an op recurs inside a turn, anchors, and never runs again. Every few turns the
+        idle anchor gave way to another such op, the turns merged into one row, and auto never
+        saw an iteration to measure.
+        """
+        # (an anchor set from two runs of its op inside one turn of the loop: ``prev`` after the
+        # loop's tick before them. An episode's anchor, set at its backward, spans the steps' turns.)
+        inside = self._anchor_first > self._ticks_at_anchor.get(loop, -1)
+        if self.anchor is None or inside and (self._anchor_last <= last_tick or self._anchored_at > last_tick + 1):
+            restless = self._restless[loop] = self._restless.get(loop, 0) + 1
+            if restless >= 2:
+                self._turn_loop_next = loop
+                self._turn_first = last_tick + 1  # (the op count of the last turn's first op)
+                self._restless[loop] = 0
+        else:
+            self._restless[loop] = 0
 
     def _leave_eager(self) -> None:
         """Eager iterations were due (a baseline, auto's probe), but the anchor has not come back for
@@ -1925,7 +1959,15 @@ class CoExecutor:
         self.cursor = node
         self.op_counter = now_op = self.op_counter + 1
         anchor = self.anchor
-        if node is not anchor and anchor is not None and (
+        turn = node is not anchor and self._turn_loop_next >= 0 \
+            and self._turn_at.get(self._turn_loop_next) == now_op - 1
+        if turn:
+            # the first op of a turn of a loop whose turns are the iterations (see _note_restless)
+            loop, self._turn_loop_next = self._turn_loop_next, -1
+            self._reanchor(node, self._turn_first, now_op)
+            self._turn_loop = loop
+            node.cell_mark = self._cell_token
+        elif node is not anchor and anchor is not None and (
                 node.family == anchor.family and (before in self._turn_ends or before in anchor.pred)
                 or node.func is anchor.func and node.site == anchor.site and self._first_of_a_turn(now_op)):
             # A shape variant of the anchor's op, right after an op the anchor (or a variant that
@@ -1937,7 +1979,9 @@ class CoExecutor:
             # another dtype after model.double()), as the first op of a turn of the anchor's loop.
             self.anchor = anchor = node
             self._turn_starts.add(node)
-        if node is anchor:
+        if turn:
+            pass
+        elif node is anchor:
             self._anchor_period = now_op - self._anchor_last
             self._anchor_last = now_op
             self._anchor_limit = now_op + 10 * self._anchor_period + 10
@@ -1979,8 +2023,9 @@ class CoExecutor:
         """Whether the op counted ``now_op`` is the first of a turn of the anchor's loop (it ticks once
         per iteration: ``_anchor_confirmed``), in a turn the anchor has not run in."""
         loop = self._anchor_loop
-        return (loop >= 0 and self._turn_at.get(loop) == now_op - 1 and self._anchor_last < now_op - 1
-                and self._anchor_confirmed())
+        if loop < 0 or not self._anchor_confirmed():
+            loop = self._turn_loop  # (the turns are the iterations by the loop's ticks: see _note_restless)
+        return loop >= 0 and self._turn_at.get(loop) == now_op - 1 and self._anchor_last < now_op - 1
 
     def _in_loop_header(self) -> bool:
         """Whether the op being recorded runs for the iterator of a loop of the cell's (or script's)
@@ -2095,6 +2140,9 @@ class CoExecutor:
         if any(it.mode == "eager" for it in earlier):
             self.baseline = self._baseline_asked  # it ran in a loop that turned out not to be the cell's
         self.anchor = node
+        self._anchored_at = now_op
+        self._ticks_at_anchor = dict(self._turn_at)
+        self._turn_loop = self._turn_loop_next = -1
         self._anchor_first = prev
         self._anchor_last = now_op
         self._anchor_period = now_op - prev
