@@ -1499,7 +1499,7 @@ for it in range(8):
     assert len(rows) == 8, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
 
 
-@pytest.mark.parametrize("every", ["generator", "accumulation"])
+@pytest.mark.parametrize("every", ["generator", "accumulation", "accumulation_in_epochs"])
 def test_a_step_taken_every_few_turns_of_the_loop_keeps_a_row_per_turn(every):
     """The generator steps on every third turn (``if it % 3 == 0``), or gradients accumulate over
     four turns before the optimizer steps: the loop's turns are still the iterations. Its second
@@ -1527,11 +1527,51 @@ for i in range(24):
         opt.step()
         opt.zero_grad()
         print(i, round(loss.item(), 4))
+""", "accumulation_in_epochs": """
+for epoch in range(3):
+    for i in range(8):
+        x, y = data[i]
+        loss = F.cross_entropy(model(x), y) / 4
+        loss.backward()
+        if (i + 1) % 4 == 0:
+            opt.step()
+            opt.zero_grad()
+    print(epoch, round(loss.item(), 4))
 """}[every]
     session = check_program(PRELUDE + body)
     rows = session.log.iterations
     assert len(rows) >= 20, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
     assert [it.mode for it in rows[-6:]] == ["coexec"] * 6, [it.mode for it in rows]
+
+
+def test_episodes_whose_update_comes_every_fourth_are_a_row_per_update():
+    """A policy stepped in each episode's loop, updated once every four episodes: the update's
+    marks come after more steps than the episode loop turned, so that loop encloses them, and a
+    row is an update's four episodes (not an environment step: a step taken every few turns of
+    the anchor's own loop keeps its turns, as the test above)."""
+    source = PRELUDE + """
+policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+popt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+logps, rets = [], []
+for episode in range(24):
+    state, rewards = torch.randn(4), []
+    for t in range(8):
+        dist = torch.distributions.Categorical(logits=policy(state))
+        a = dist.sample()
+        logps.append(dist.log_prob(a))
+        rewards.append(1.0 if a.item() == 0 else 0.0)
+        state = state + 0.1 * torch.randn(4)
+    rets += [sum(rewards[i:]) for i in range(8)]
+    if episode % 4 == 3:
+        loss = -(torch.stack(logps) * torch.tensor(rets)).mean()
+        popt.zero_grad(); loss.backward(); popt.step()
+        logps, rets = [], []
+        print(episode, round(loss.item(), 4))
+"""
+    session = check_program(source)
+    rows = session.log.iterations
+    assert len(rows) <= 8, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert "coexec" in [it.mode for it in rows]
 
 
 def test_a_model_switched_to_double_halfway_keeps_a_row_per_turn():

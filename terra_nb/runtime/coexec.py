@@ -337,6 +337,7 @@ class CoExecutor:
         self._elsewhere = threading.Lock()
         self._tick_reanchors = 0
         self._anchored_at = -1  # the op count at the last re-anchoring
+        self._anchor_runs = 0  # the anchors' runs, all told (see _marks_within_turns)
         self._ticks_at_anchor: dict[int, int] = {}  # _turn_at then
         self._restless: dict[int, int] = {}  # loop id -> its last turns in a row that re-anchored inside
         self._turn_loop = -1  # a loop whose turns are the iterations, by its ticks (see tick)
@@ -1982,6 +1983,7 @@ class CoExecutor:
         if turn:
             pass
         elif node is anchor:
+            self._anchor_runs += 1
             self._anchor_period = now_op - self._anchor_last
             self._anchor_last = now_op
             self._anchor_limit = now_op + 10 * self._anchor_period + 10
@@ -2063,7 +2065,7 @@ class CoExecutor:
             return
         at.append(now_op)
         turns = self._mark_turns.setdefault(id(at), [])
-        turns.append((self._cell_token, dict(self._turns)))
+        turns.append((self._cell_token, dict(self._turns), self._anchor_runs))
         del turns[:-3]
         if (len(at) > 1 and self.anchor is not None and self.cursor is not self.anchor
                 and self.cursor is not self.graph.root and not self.explicit_iterations
@@ -2071,27 +2073,30 @@ class CoExecutor:
             self._reanchor(self.cursor, at[-2], now_op)
 
     def _marks_within_turns(self, turns: list) -> bool:
-        """Whether the last marks of one kind (``turns``: the loops' ticks at each) came in turns of
-        the anchor's loop, several turns apart, with no loop around them: a loop of the cell ticks
-        once per turn of the anchor (``_anchor_confirmed``), and no other loop of the cell ticked
-        exactly once between the last two marks (nor between the two before, where there were
-        two). ``if it % 3 == 0:`` a generator's step, gradients accumulated over four turns before
-        the optimizer steps: the turns stay the iterations. A loop of micro-batches inside the
-        loop of steps, an episode's steps: the loop of steps, or of episodes, ticks once between
-        the marks, and anchors (an epoch loop ticks once between two of them only now and then)."""
+        """Whether the last marks of one kind (``turns``: the loops' ticks and the anchor's runs at
+        each) came in turns of the anchor's loop, several turns apart, with no loop around them: a
+        loop of the cell ticks once per turn of the anchor (``_anchor_confirmed``), and no other
+        loop of the cell ticked between the last two marks fewer times than the anchor ran, but
+        at least once (nor between the two before, where there were two). ``if it % 3 == 0:`` a
+        generator's step, gradients accumulated over four turns before the optimizer steps: the
+        turns stay the iterations. A loop of micro-batches inside the loop of steps, an episode's
+        steps, episodes whose update comes every fourth: the loop of steps, or of episodes,
+        ticks between the marks, fewer times than the anchor ran, and anchors (an epoch loop
+        ticks between two of them only now and then; a time loop inside a turn, more often)."""
         if not self._anchor_confirmed():
             return False
         token = self._cell_token
-        mine = [ticks for cell, ticks in turns if cell is token]
+        mine = [(ticks, runs) for cell, ticks, runs in turns if cell is token]
         if len(mine) < 2:
             return False
 
-        def once(before: dict, after: dict) -> set:
-            return {loop for loop, n in after.items() if n - before.get(loop, 0) == 1}
+        def enclosing(before: tuple, after: tuple) -> set:
+            runs = after[1] - before[1]
+            return {loop for loop, n in after[0].items() if 0 < n - before[0].get(loop, 0) < runs}
 
-        around = once(mine[-2], mine[-1]) - {self._anchor_loop}
+        around = enclosing(mine[-2], mine[-1]) - {self._anchor_loop}
         if len(mine) > 2:
-            around &= once(mine[-3], mine[-2])
+            around &= enclosing(mine[-3], mine[-2])
         return not around
 
     def _encloses_more_work(self, prev: int, now_op: int) -> bool:
