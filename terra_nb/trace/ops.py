@@ -242,6 +242,60 @@ _FLOAT_SHAPES = frozenset({"interpolate", "upsample", "upsample_nearest", "upsam
                            "fractional_max_pool3d_with_indices"})
 
 
+# Ops whose one tensor input's shape is their output's (activations, normalisations over a dim,
+# casts): a shape variant's output shape needs no run on meta tensors (see ``rule_shapes``).
+_SAME_SHAPE = frozenset({
+    "relu", "relu_", "gelu", "silu", "mish", "tanh", "sigmoid", "elu", "selu", "celu", "leaky_relu", "hardtanh",
+    "hardswish", "hardsigmoid", "softplus", "softsign", "logsigmoid", "relu6", "glu_", "exp", "log", "log1p",
+    "expm1", "sqrt", "rsqrt", "abs", "neg", "__neg__", "sin", "cos", "square", "reciprocal", "sign", "floor",
+    "ceil", "round", "trunc", "erf", "clone", "contiguous", "detach", "float", "double", "half", "bfloat16",
+    "long", "int", "bool", "to", "softmax", "log_softmax", "dropout", "alpha_dropout", "feature_alpha_dropout",
+    "dropout1d", "dropout2d", "dropout3d", "normalize", "cumsum", "cumprod", "nan_to_num", "clamp", "clip",
+    "clamp_min", "clamp_max", "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like",
+})
+# Elementwise ops of several tensors: their output has the inputs' broadcast shape.
+_BROADCAST = frozenset({
+    "add", "sub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod", "pow", "rsub", "maximum",
+    "minimum", "atan2", "hypot", "where", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or",
+    "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor",
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+    "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pow__", "__rpow__", "__eq__", "__ne__",
+    "__lt__", "__le__", "__gt__", "__ge__", "__and__", "__or__", "__xor__", "__rand__", "__ror__", "__rxor__",
+})
+
+
+def rule_shapes(name: str, shapes: list) -> list | None:
+    """The output shape of op ``name`` on tensors of these input ``shapes`` (in scan order) by the
+    op's own rule, for the few ops where it is simple and common, or None (then a run on meta
+    tensors decides). None too where the shapes do not fit the op (it would raise): that run
+    raises then, and the call is traced, so that eager's error comes at its line."""
+    if name in _SAME_SHAPE:
+        return [shapes[0]] if len(shapes) == 1 else None
+    if name in _BROADCAST:
+        if not shapes:
+            return None
+        try:
+            return [tuple(torch.broadcast_shapes(*shapes))]
+        except RuntimeError:
+            return None
+    if name == "linear" and len(shapes) in (2, 3):
+        x, w = shapes[0], shapes[1]
+        if len(w) == 2 and len(x) >= 1 and x[-1] == w[1] and (len(shapes) == 2 or tuple(shapes[2]) == (w[0],)):
+            return [(*x[:-1], w[0])]
+        return None
+    if name == "grid_sample" and len(shapes) == 2:
+        x, grid = shapes
+        if len(x) in (4, 5) and len(grid) == len(x) and grid[0] == x[0] and grid[-1] == len(x) - 2:
+            return [(x[0], x[1], *grid[1:-1])]
+        return None
+    if name in ("layer_norm", "rms_norm") and len(shapes) in (2, 3):
+        x, w = shapes[0], shapes[1]
+        if 0 < len(w) <= len(x) and tuple(x[len(x) - len(w):]) == tuple(w) and all(tuple(b) == tuple(w) for b in shapes[2:]):
+            return [x]
+        return None
+    return None
+
+
 def floats_decide_shape(name: str) -> bool:
     """Whether op ``name``'s output shape may depend on its Python floats' values."""
     return name in _FLOAT_SHAPES or name.startswith(("upsample_", "_upsample_"))
