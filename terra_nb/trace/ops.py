@@ -264,6 +264,10 @@ _BROADCAST = frozenset({
 })
 
 
+_POINTWISE_LOSSES = frozenset({"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+                               "binary_cross_entropy_with_logits", "soft_margin_loss"})
+
+
 def rule_shapes(name: str, shapes: list) -> list | None:
     """The output shape of op ``name`` on tensors of these input ``shapes`` (in scan order) by the
     op's own rule, for the few ops where it is simple and common, or None (then a run on meta
@@ -282,6 +286,21 @@ def rule_shapes(name: str, shapes: list) -> list | None:
         x, w = shapes[0], shapes[1]
         if len(w) == 2 and len(x) >= 1 and x[-1] == w[1] and (len(shapes) == 2 or tuple(shapes[2]) == (w[0],)):
             return [(*x[:-1], w[0])]
+        return None
+    if name in _POINTWISE_LOSSES and len(shapes) == 2:
+        # reduced to a scalar (a sibling reduced with "none" has another shape: the rule is checked
+        # on it, and fails there)
+        try:
+            torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            return None
+        return [()]
+    if name in ("cross_entropy", "nll_loss") and len(shapes) in (2, 3):
+        x, t = tuple(shapes[0]), tuple(shapes[1])
+        classes = x[1] if len(x) > 1 else (x[0] if x else None)
+        fits = (len(t) == len(x) - 1 and x[:1] + x[2:] == t) or x == t
+        if fits and all(tuple(w) == (classes,) for w in shapes[2:]):
+            return [()]
         return None
     if name == "grid_sample" and len(shapes) == 2:
         x, grid = shapes
