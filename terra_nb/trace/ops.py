@@ -246,7 +246,7 @@ _FLOAT_SHAPES = frozenset({"interpolate", "upsample", "upsample_nearest", "upsam
 # casts): a shape variant's output shape needs no run on meta tensors (see ``rule_shapes``).
 _SAME_SHAPE = frozenset({
     "relu", "relu_", "gelu", "silu", "mish", "tanh", "sigmoid", "elu", "selu", "celu", "leaky_relu", "hardtanh",
-    "hardswish", "hardsigmoid", "softplus", "softsign", "logsigmoid", "relu6", "glu_", "exp", "log", "log1p",
+    "hardswish", "hardsigmoid", "softplus", "softsign", "logsigmoid", "relu6", "exp", "log", "log1p",
     "expm1", "sqrt", "rsqrt", "abs", "neg", "__neg__", "sin", "cos", "square", "reciprocal", "sign", "floor",
     "ceil", "round", "trunc", "erf", "clone", "contiguous", "detach", "float", "double", "half", "bfloat16",
     "long", "int", "bool", "to", "softmax", "log_softmax", "dropout", "alpha_dropout", "feature_alpha_dropout",
