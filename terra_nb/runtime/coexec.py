@@ -311,7 +311,7 @@ class CoExecutor:
         self._turn_starts: set = set()  # the anchor and the variants of its op that took its place
         self._backward_at = array("q")
         self._steps_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> array
-        self._mark_turns: dict[int, list] = {}  # id of one of those arrays -> (cell, loops' ticks) at its last marks
+        self._mark_turns: dict[int, list] = {}  # id of one of those arrays -> (cell, loops' ticks, anchor runs) at its last marks
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
         self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
@@ -339,8 +339,8 @@ class CoExecutor:
         self._tick_reanchors = 0
         self._anchored_at = -1  # the op count at the last re-anchoring
         self._anchor_runs = 0  # the anchors' runs, all told (see _marks_within_turns)
-        self._ticks_at_anchor: dict[int, int] = {}  # _turn_at then
-        self._restless: dict[int, int] = {}  # loop id -> its last turns in a row that re-anchored inside
+        self._ticks_at_anchor: dict[int, int] = {}  # _turn_at when the anchor was set
+        self._restless: dict[int, int] = {}  # loop id -> its last turns in a row with no anchor that lasts (_note_restless)
         self._turn_loop = -1  # a loop whose turns are the iterations, by its ticks (see tick)
         self._turn_loop_next = -1  # a loop whose next turn's first op anchors (see tick)
         self._turn_first = 0  # the op count of that loop's last turn's first op
@@ -1504,8 +1504,9 @@ class CoExecutor:
         ruled = None
         if deferred and sibling.alias < 0 and sibling.out_struct is TENSOR:
             # The op's own shape rule, where it has one and it holds for the sibling (whose shapes
-            # are eager's): a run on meta tensors takes 0.1-3 ms of Python decompositions for an
-            # op (layer_norm 1.4, scaled_dot_product_attention 3), each new shape of each op.
+            # are eager's): a run on meta tensors takes 0.1-19 ms of Python decompositions for an
+            # op (layer_norm 1.4, scaled_dot_product_attention 3, grid_sample 19), each new shape
+            # of each op.
             ruled = rule_shapes(info.name, [m[0] for m in in_meta])
             if ruled is not None and rule_shapes(info.name, [m[0] for m in sibling.in_meta]) != [
                     tuple(m[0]) for m in sibling.out_meta]:
