@@ -7,6 +7,7 @@ co-executed iterations in the event log (a run where everything fell back proves
 import contextlib
 import io
 import re
+import textwrap
 import traceback
 
 import pytest
@@ -929,12 +930,9 @@ for step in range(STEPS):
     assert sizes[0] == sizes[1], sizes
 
 
-def test_a_sliding_window_is_one_node_whose_bounds_are_feeds(monkeypatch):
-    """``data[i:i + 4]``: the window's bounds are feeds of one node, keyed by its output shape
-    (the last windows, clamped at the end of the data, are shorter: another node). Before, each
-    new window was a variant, a node and a block; and looking for a sibling to generalize into a
-    feed compared every earlier window, work that grew with the step (6.8 ms a step after 1000
-    steps, 16 after 4000). Counted, not timed."""
+def _count_spec_ints(monkeypatch):
+    """Count the calls of ``coexec.spec_ints``: the work of comparing a call's ints with the nodes
+    at its site."""
     import collections
 
     calls = collections.Counter()
@@ -945,6 +943,27 @@ def test_a_sliding_window_is_one_node_whose_bounds_are_feeds(monkeypatch):
         return original(spec)
 
     monkeypatch.setattr(coexec, "spec_ints", counting)
+    return calls
+
+
+def _same_as_eager_at(source, lengths, calls):
+    """Run ``source`` with each of ``lengths`` for its ``STEPS``, eagerly and co-executed, the count
+    in ``calls`` cleared before each; assert the same output; yield (steps, session)."""
+    for steps in lengths:
+        calls.clear()
+        printed, _ = run_eager(source.replace("STEPS", str(steps)))
+        printed_t, _, session = run_terra(source.replace("STEPS", str(steps)))
+        assert printed_t == printed
+        yield steps, session
+
+
+def test_a_sliding_window_is_one_node_whose_bounds_are_feeds(monkeypatch):
+    """``data[i:i + 4]``: the window's bounds are feeds of one node, keyed by its output shape
+    (the last windows, clamped at the end of the data, are shorter: another node). Before, each
+    new window was a variant, a node and a block; and looking for a sibling to generalize into a
+    feed compared every earlier window, work that grew with the step (6.8 ms a step after 1000
+    steps, 16 after 4000). Counted, not timed."""
+    calls = _count_spec_ints(monkeypatch)
     source = """
 import torch
 torch.manual_seed(0)
@@ -960,11 +979,7 @@ for i in range(STEPS):
 print(w.sum().item())
 """
     nodes = []
-    for steps in (100, 200):
-        calls.clear()
-        printed, _ = run_eager(source.replace("STEPS", str(steps)))
-        printed_t, _, session = run_terra(source.replace("STEPS", str(steps)))
-        assert printed_t == printed
+    for steps, session in _same_as_eager_at(source, (100, 200), calls):
         assert [it.mode for it in session.log.iterations].count("coexec") > steps - 10
         assert calls["spec_ints"] < 4 * steps, calls  # (about steps * steps / 2 before)
         nodes.append(len(session.graph.nodes))
@@ -976,16 +991,7 @@ def test_a_prefix_that_grows_each_step_is_looked_up_by_its_shape(monkeypatch):
     far): a new shape each step, so a new node each step, but finding none to make the step a feed
     of no longer compares every earlier step's node (30 s over 1500 steps; the nodes at a site are
     looked up by their output shapes). Counted, not timed."""
-    import collections
-
-    calls = collections.Counter()
-    original = coexec.spec_ints
-
-    def counting(spec):
-        calls["spec_ints"] += 1
-        return original(spec)
-
-    monkeypatch.setattr(coexec, "spec_ints", counting)
+    calls = _count_spec_ints(monkeypatch)
     source = """
 import torch
 data = torch.arange(STEPS + 1.0)
@@ -995,11 +1001,7 @@ for step in range(1, STEPS):
         print(step, total.item())
 """
     counts = []
-    for steps in (100, 200):
-        calls.clear()
-        printed, _ = run_eager(source.replace("STEPS", str(steps)))
-        printed_t, _, session = run_terra(source.replace("STEPS", str(steps)))
-        assert printed_t == printed
+    for _steps, session in _same_as_eager_at(source, (100, 200), calls):
         assert "coexec" in [it.mode for it in session.log.iterations]
         counts.append(calls["spec_ints"])
     assert counts[1] < 2.5 * counts[0], counts  # twice the steps, twice the work (four times before)
@@ -1422,6 +1424,17 @@ print(int(correct), round(loss.item(), 5))
     assert len(rows) >= 12 + 50  # then the evaluation's
 
 
+# an episode's ten steps of a policy (``policy``, ``state``, ``logps`` and ``rewards`` set before)
+POLICY_STEPS = """
+    for t in range(10):
+        dist = torch.distributions.Categorical(logits=policy(state))
+        a = dist.sample()
+        logps.append(dist.log_prob(a))
+        rewards.append(1.0 if a.item() == 0 else 0.0)
+        state = state + 0.1 * torch.randn(4)
+"""
+
+
 def test_an_episode_of_steps_with_one_backward_is_one_iteration():
     """Reinforcement learning: each episode steps a policy in a loop, then runs one backward and
     the optimizer. The steps outnumber the episode's own ops, but the episode is the iteration:
@@ -1431,14 +1444,7 @@ policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 popt = torch.optim.Adam(policy.parameters(), lr=1e-2)
 for episode in range(12):
     state = torch.randn(4)
-    logps, rewards = [], []
-    for t in range(10):
-        dist = torch.distributions.Categorical(logits=policy(state))
-        a = dist.sample()
-        logps.append(dist.log_prob(a))
-        rewards.append(1.0 if a.item() == 0 else 0.0)
-        state = state + 0.1 * torch.randn(4)
-    returns = torch.tensor(rewards).flip(0).cumsum(0).flip(0)
+    logps, rewards = [], []""" + POLICY_STEPS + """    returns = torch.tensor(rewards).flip(0).cumsum(0).flip(0)
     loss = -(torch.stack(logps) * returns).sum()
     popt.zero_grad()
     loss.backward()
@@ -1499,6 +1505,17 @@ for it in range(8):
     assert len(rows) == 8, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
 
 
+# the body of a loop over batches that accumulates gradients over four of them
+ACCUMULATE = """
+    x, y = data[i % 12]
+    loss = F.cross_entropy(model(x), y) / 4
+    loss.backward()
+    if (i + 1) % 4 == 0:
+        opt.step()
+        opt.zero_grad()
+"""
+
+
 @pytest.mark.parametrize("every", ["generator", "accumulation", "accumulation_in_epochs"])
 def test_a_step_taken_every_few_turns_of_the_loop_keeps_a_row_per_turn(every):
     """The generator steps on every third turn (``if it % 3 == 0``), or gradients accumulate over
@@ -1518,26 +1535,9 @@ for it in range(21):
         gloss = -D(G(torch.randn(8, 4))).mean()
         gopt.zero_grad(); gloss.backward(); gopt.step()
         print(it, round(dloss.item(), 4), round(gloss.item(), 4))
-""", "accumulation": """
-for i in range(24):
-    x, y = data[i % 12]
-    loss = F.cross_entropy(model(x), y) / 4
-    loss.backward()
-    if (i + 1) % 4 == 0:
-        opt.step()
-        opt.zero_grad()
-        print(i, round(loss.item(), 4))
-""", "accumulation_in_epochs": """
-for epoch in range(3):
-    for i in range(8):
-        x, y = data[i]
-        loss = F.cross_entropy(model(x), y) / 4
-        loss.backward()
-        if (i + 1) % 4 == 0:
-            opt.step()
-            opt.zero_grad()
-    print(epoch, round(loss.item(), 4))
-"""}[every]
+""", "accumulation": "\nfor i in range(24):" + ACCUMULATE + "        print(i, round(loss.item(), 4))\n",
+            "accumulation_in_epochs": "\nfor epoch in range(3):\n    for i in range(8):" + textwrap.indent(ACCUMULATE, "    ")
+            + "    print(epoch, round(loss.item(), 4))\n"}[every]
     session = check_program(PRELUDE + body)
     rows = session.log.iterations
     assert len(rows) >= 20, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
@@ -1554,14 +1554,7 @@ policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 popt = torch.optim.Adam(policy.parameters(), lr=1e-2)
 logps, rets = [], []
 for episode in range(24):
-    state, rewards = torch.randn(4), []
-    for t in range(8):
-        dist = torch.distributions.Categorical(logits=policy(state))
-        a = dist.sample()
-        logps.append(dist.log_prob(a))
-        rewards.append(1.0 if a.item() == 0 else 0.0)
-        state = state + 0.1 * torch.randn(4)
-    rets += [sum(rewards[i:]) for i in range(8)]
+    state, rewards = torch.randn(4), []""" + POLICY_STEPS + """    rets += [sum(rewards[i:]) for i in range(10)]
     if episode % 4 == 3:
         loss = -(torch.stack(logps) * torch.tensor(rets)).mean()
         popt.zero_grad(); loss.backward(); popt.step()
