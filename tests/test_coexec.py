@@ -1990,7 +1990,7 @@ for i in range(24):
 
 def test_shape_variants_of_common_ops_follow_the_ops_rules_without_meta_runs(monkeypatch):
     """Sequences of a new length each step through LayerNorm, Linear, GELU, softmax, a residual
-    add, grid_sample and two losses: each op's variant takes its output shape from the op's own rule (checked
+    add, grid_sample, two losses, cat and stack (of a list as long as the sequence): each op's variant takes its output shape from the op's own rule (checked
     on the traced sibling), not from a run on meta tensors (0.1-3 ms of Python each, per op and
     new shape: a generation loop co-executed at 30 ms a token, 13 now). A length that does not fit
     a layer still raises at its call, inside the program's ``try``, as eager raises."""
@@ -2017,13 +2017,14 @@ for i in range(24):
     img = F.grid_sample(h[:, None], torch.rand(2, n, 3, 2) * 2 - 1, align_corners=False)
     loss = h.softmax(-1).pow(2).mean() + img.mean() + F.mse_loss(h, x)
     loss = loss + F.cross_entropy(h.flatten(0, 1), torch.randint(0, 6, (2 * n,)))
+    loss = loss + torch.cat([h, x], dim=-1).mean() + torch.stack([h[:, j] for j in range(n)], 1).std()
     opt.zero_grad(); loss.backward(); opt.step()
     print(i, n, tuple(img.shape), round(loss.item(), 5))
 """
     modes = _modes_same_as_eager(source)
     assert modes.count("coexec") >= 15, modes
     ruled = {"layer_norm", "linear", "gelu", "add", "__add__", "softmax", "pow", "grid_sample", "mse_loss",
-             "cross_entropy"}
+             "cross_entropy", "cat", "stack"}
     assert not ruled & set(calls), calls
 
 

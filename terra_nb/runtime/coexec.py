@@ -1507,10 +1507,13 @@ class CoExecutor:
             # are eager's): a run on meta tensors takes 0.1-19 ms of Python decompositions for an
             # op (layer_norm 1.4, scaled_dot_product_attention 3, grid_sample 19), each new shape
             # of each op.
-            ruled = rule_shapes(info.name, [m[0] for m in in_meta])
-            if ruled is not None and rule_shapes(info.name, [m[0] for m in sibling.in_meta]) != [
-                    tuple(m[0]) for m in sibling.out_meta]:
-                ruled = None
+            if func in _JOINS:  # (its rule reads the call's dim, exactly: no sibling's call to check it on)
+                ruled = rule_shapes(info.name, [m[0] for m in in_meta], args, kwargs)
+            else:
+                ruled = rule_shapes(info.name, [m[0] for m in in_meta])
+                if ruled is not None and rule_shapes(info.name, [m[0] for m in sibling.in_meta]) != [
+                        tuple(m[0]) for m in sibling.out_meta]:
+                    ruled = None
         if ruled is not None:
             struct = sibling.out_struct
         elif deferred and sibling.alias < 0 and sibling.out_struct is not NONE:  # an op returning its input needs no meta run
@@ -2480,6 +2483,7 @@ class _Immediate:
 
 
 _META_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError)
+_JOINS = frozenset({torch.cat, torch.concat, torch.concatenate, torch.stack})
 
 
 def _run_on_meta(func, targs, tkwargs, in_meta, scalars: list, grad_enabled: bool, real: dict | None = None):

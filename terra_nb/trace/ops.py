@@ -268,11 +268,14 @@ _POINTWISE_LOSSES = frozenset({"mse_loss", "l1_loss", "smooth_l1_loss", "huber_l
                                "binary_cross_entropy_with_logits", "soft_margin_loss"})
 
 
-def rule_shapes(name: str, shapes: list) -> list | None:
+def rule_shapes(name: str, shapes: list, args: tuple = (), kwargs: dict | None = None) -> list | None:
     """The output shape of op ``name`` on tensors of these input ``shapes`` (in scan order) by the
     op's own rule, for the few ops where it is simple and common, or None (then a run on meta
     tensors decides). None too where the shapes do not fit the op (it would raise): that run
-    raises then, and the call is traced, so that eager's error comes at its line."""
+    raises then, and the call is traced, so that eager's error comes at its line. (``args`` and
+    ``kwargs``: the call's, where the rule needs an int of it, ``torch.cat``'s dim.)"""
+    if name in ("cat", "concat", "concatenate", "stack"):
+        return _joined(name == "stack", shapes, args, kwargs or {})
     if name in _SAME_SHAPE:
         return [shapes[0]] if len(shapes) == 1 else None
     if name in _BROADCAST:
@@ -313,6 +316,27 @@ def rule_shapes(name: str, shapes: list) -> list | None:
             return [x]
         return None
     return None
+
+
+def _joined(stacked: bool, shapes: list, args: tuple, kwargs: dict) -> list | None:
+    """``torch.cat`` (``torch.stack`` where ``stacked``) of tensors of these shapes, by the dim of the
+    call (``(tensors, dim)``, the dim as an int, or the default 0)."""
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    rest = len(args) > 2 or set(kwargs) - {"dim"}
+    if type(dim) is not int or rest or not shapes or len(args) < 1 or len(args[0]) != len(shapes):
+        return None
+    first = tuple(shapes[0])
+    rank = len(first) + (1 if stacked else 0)
+    if not -rank <= dim < rank or not first:
+        return None
+    dim %= rank
+    if stacked:
+        if any(tuple(s) != first for s in shapes):
+            return None
+        return [(*first[:dim], len(shapes), *first[dim:])]
+    if any(len(s) != len(first) or tuple(s[:dim]) + tuple(s[dim + 1:]) != first[:dim] + first[dim + 1:] for s in shapes):
+        return None  # (a legacy empty 1-D tensor among them too: the meta run decides)
+    return [(*first[:dim], sum(s[dim] for s in shapes), *first[dim + 1:])]
 
 
 def floats_decide_shape(name: str) -> bool:
