@@ -1502,7 +1502,11 @@ class CoExecutor:
         outs: list = []
         deferred = sibling.kind in DEFERRED
         ruled = None
-        if deferred and sibling.alias < 0 and sibling.out_struct is TENSOR:
+        if deferred and sibling.alias < 0 and sibling.out_struct is TENSOR and in_meta and sibling.in_meta \
+                and len(in_meta[0][0]) == len(sibling.in_meta[0][0]) and (func in _JOINS or (
+                    len(in_meta) == len(sibling.in_meta)
+                    and all(len(a[0]) == len(b[0]) for a, b in zip(in_meta, sibling.in_meta)))):
+            # (inputs of the sibling's ranks: a dim the sibling's call was given is in range here)
             # The op's own shape rule, where it has one and it holds for the sibling (whose shapes
             # are eager's): a run on meta tensors takes 0.1-19 ms of Python decompositions for an
             # op (layer_norm 1.4, scaled_dot_product_attention 3, grid_sample 19), each new shape
