@@ -337,7 +337,6 @@ class CoExecutor:
         self._held_cv = threading.Condition()
         self._elsewhere = threading.Lock()
         self._tick_reanchors = 0
-        self._anchored_at = -1  # the op count at the last re-anchoring
         self._anchor_runs = 0  # the anchors' runs, all told (see _marks_within_turns)
         self._ticks_at_anchor: dict[int, int] = {}  # _turn_at when the anchor was set
         self._restless: dict[int, int] = {}  # loop id -> its last turns in a row with no anchor that lasts (_note_restless)
@@ -1775,7 +1774,8 @@ class CoExecutor:
         # (an anchor set from two runs of its op inside one turn of the loop: ``prev`` after the
         # loop's tick before them. An episode's anchor, set at its backward, spans the steps' turns.)
         inside = self._anchor_first > self._ticks_at_anchor.get(loop, -1)
-        if self.anchor is None or inside and (self._anchor_last <= last_tick or self._anchored_at > last_tick + 1):
+        anchored_at = self._anchor_hits[1] if len(self._anchor_hits) > 1 else -1  # (the last _reanchor's op count)
+        if self.anchor is None or inside and (self._anchor_last <= last_tick or anchored_at > last_tick + 1):
             restless = self._restless[loop] = self._restless.get(loop, 0) + 1
             if restless >= 2:
                 self._turn_loop_next = loop
@@ -1989,7 +1989,6 @@ class CoExecutor:
             loop, self._turn_loop_next = self._turn_loop_next, -1
             self._reanchor(node, self._turn_first, now_op)
             self._turn_loop = loop
-            node.cell_mark = self._cell_token
         elif node is not anchor and anchor is not None and (
                 node.family == anchor.family and (before in self._turn_ends or before in anchor.pred)
                 or node.func is anchor.func and node.site == anchor.site and self._first_of_a_turn(now_op)):
@@ -2003,7 +2002,7 @@ class CoExecutor:
             self.anchor = anchor = node
             self._turn_starts.add(node)
         if turn:
-            pass
+            node.cell_mark = self._cell_token
         elif node is anchor:
             self._anchor_runs += 1
             self._anchor_period = now_op - self._anchor_last
@@ -2167,7 +2166,6 @@ class CoExecutor:
         if any(it.mode == "eager" for it in earlier):
             self.baseline = self._baseline_asked  # it ran in a loop that turned out not to be the cell's
         self.anchor = node
-        self._anchored_at = now_op
         self._ticks_at_anchor = dict(self._turn_at)
         self._turn_loop = self._turn_loop_next = -1
         self._anchor_first = prev

@@ -279,12 +279,8 @@ def rule_shapes(name: str, shapes: list, args: tuple = (), kwargs: dict | None =
     if name in _SAME_SHAPE:
         return [shapes[0]] if len(shapes) == 1 else None
     if name in _BROADCAST:
-        if not shapes:
-            return None
-        try:
-            return [tuple(torch.broadcast_shapes(*shapes))]
-        except RuntimeError:
-            return None
+        shape = _broadcast(shapes)
+        return None if shape is None else [shape]
     if name == "linear" and len(shapes) in (2, 3):
         x, w = shapes[0], shapes[1]
         if len(w) == 2 and len(x) >= 1 and x[-1] == w[1] and (len(shapes) == 2 or tuple(shapes[2]) == (w[0],)):
@@ -293,11 +289,7 @@ def rule_shapes(name: str, shapes: list, args: tuple = (), kwargs: dict | None =
     if name in _POINTWISE_LOSSES and len(shapes) == 2:
         # reduced to a scalar (a sibling reduced with "none" has another shape: the rule is checked
         # on it, and fails there)
-        try:
-            torch.broadcast_shapes(*shapes)
-        except RuntimeError:
-            return None
-        return [()]
+        return None if _broadcast(shapes) is None else [()]
     if name in ("cross_entropy", "nll_loss") and len(shapes) in (2, 3):
         x, t = tuple(shapes[0]), tuple(shapes[1])
         classes = x[1] if len(x) > 1 else (x[0] if x else None)
@@ -316,6 +308,16 @@ def rule_shapes(name: str, shapes: list, args: tuple = (), kwargs: dict | None =
             return [x]
         return None
     return None
+
+
+def _broadcast(shapes: list) -> tuple | None:
+    """The broadcast shape of these shapes, or None where they do not broadcast (or there are none)."""
+    if not shapes:
+        return None
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        return None
 
 
 def _joined(stacked: bool, shapes: list, args: tuple, kwargs: dict) -> list | None:
@@ -374,9 +376,8 @@ def feedable_ints(name: str, spec) -> tuple[frozenset, frozenset]:
     those of ``__getitem__``'s slice bounds (a window ``data[i:i + n]``) and of ``arange``'s:
     feeds only where the node is keyed by its output shape too, since a slice is clamped at the
     end of a dimension and an arange's length follows from its bounds (CoExecutor._generalize)."""
-    if name in _SHAPED_INT_FEEDS:
-        return frozenset(), frozenset(i for i, v in enumerate(_top_level_ints(spec)) if v)
-    allowed = _INT_FEEDS.get(name, ())
+    shaped = name in _SHAPED_INT_FEEDS  # (its bounds as randint's are: the ints outside a list)
+    allowed = _BOUNDS if shaped else _INT_FEEDS.get(name, ())
     bounds_too = name == "__getitem__"
     if allowed == () and not bounds_too:
         return frozenset(), frozenset()
@@ -400,23 +401,7 @@ def feedable_ints(name: str, spec) -> tuple[frozenset, frozenset]:
                 walk(x, fixed or seq, inner)
 
     walk(spec, False, False)
-    return frozenset(free), frozenset(bounds)
-
-
-def _top_level_ints(spec) -> list[bool]:
-    """For each int of ``spec`` in scan order: whether it is outside any list or tuple argument."""
-    flags: list[bool] = []
-
-    def walk(item, top: bool) -> None:
-        if type(item) is int:
-            flags.append(top)
-        elif type(item) is tuple:
-            inner = not (len(item) == 2 and type(item[0]) is bool and type(item[1]) is tuple)
-            for x in item:
-                walk(x, top and inner)
-
-    walk(spec, True)
-    return flags
+    return (frozenset(), frozenset(free)) if shaped else (frozenset(free), frozenset(bounds))
 
 
 def generalize(spec, positions: frozenset):
