@@ -1988,6 +1988,33 @@ for i in range(24):
     assert modes.count("fallback") <= 4, modes
 
 
+def test_losses_without_meta_kernels_over_new_lengths_do_not_fall_back_each_step():
+    """CTC over sequences and targets of lengths drawn each step, and a Gaussian NLL over a batch of
+    a size drawn each step: ``ctc_loss`` has no meta kernel and ``gaussian_nll_loss`` reads its
+    variance's values (``.item()``) on the way, so a new length's variant could not be derived on
+    meta tensors, and nearly every step fell back (13 of 16 for the CTC). Both reduce to a scalar:
+    their variants follow that rule."""
+    source = PRELUDE + """
+rnn, head = nn.GRU(5, 7), nn.Linear(7, 6)
+ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+opt.add_param_group({"params": [*rnn.parameters(), *head.parameters()]})
+for i in range(20):
+    T = random.randint(8, 12)
+    out, _ = rnn(torch.randn(T, 3, 5))
+    logp = head(out).log_softmax(-1)
+    lengths = torch.tensor([random.randint(1, 4) for _ in range(3)])
+    targets = torch.randint(1, 6, (int(lengths.sum()),))
+    loss = ctc(logp, targets, torch.full((3,), T), lengths)
+    n = random.randint(4, 9)
+    mean = model(torch.randn(n, 6))
+    loss = loss + F.gaussian_nll_loss(mean, torch.randn(n, 3), torch.ones(n, 3) * 0.5)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, T, n, round(loss.item(), 5))
+"""
+    modes = _modes_same_as_eager(source)
+    assert modes.count("coexec") >= 12, modes
+
+
 def test_shape_variants_of_common_ops_follow_the_ops_rules_without_meta_runs(monkeypatch):
     """Sequences of a new length each step through LayerNorm, Linear, GELU, softmax, a residual
     add, grid_sample, two losses, cat and stack (of a list as long as the sequence): each op's variant takes its output shape from the op's own rule (checked

@@ -297,6 +297,21 @@ def rule_shapes(name: str, shapes: list, args: tuple = (), kwargs: dict | None =
         if fits and all(tuple(w) == (classes,) for w in shapes[2:]):
             return [()]
         return None
+    if name == "ctc_loss" and 2 <= len(shapes) <= 4:
+        # (log_probs (T, B, C), targets (B, S) or all in one (sum,), lengths (B,)); unbatched: (T, C),
+        # (S,), 0-d lengths. Reduced to a scalar (a sibling with "none" has another shape: the rule
+        # is checked on it). Its lengths may be ints: fewer shapes then.
+        lp, targets, lengths = tuple(shapes[0]), tuple(shapes[1]), [tuple(s) for s in shapes[2:]]
+        batch = lp[1:2] if len(lp) == 3 else ()
+        if len(lp) in (2, 3) and (len(targets) == 1 or targets[:1] == batch != ()) and all(n == batch for n in lengths):
+            return [()]
+        return None
+    if name == "gaussian_nll_loss" and len(shapes) == 3:
+        # (input, target, var): var as input, or one dim fewer, or its last dim 1; reduced to a scalar
+        x, var = tuple(shapes[0]), tuple(shapes[2])
+        if _broadcast(shapes[:2]) == x and var in (x, x[:-1], (*x[:-1], 1)):
+            return [()]
+        return None
     if name == "grid_sample" and len(shapes) == 2:
         x, grid = shapes
         if len(x) in (4, 5) and len(grid) == len(x) and grid[0] == x[0] and grid[-1] == len(x) - 2:
