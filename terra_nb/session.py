@@ -17,7 +17,9 @@ Example::
 from __future__ import annotations
 
 import ast
+import asyncio
 import functools
+import inspect
 import linecache
 import os
 import sys
@@ -85,10 +87,12 @@ class Session:
         self.executor.compiled.clear()
 
     def run_cell(self, source: str, namespace: dict | None = None, mode: str = "auto",
-                 filename: str | None = None, baseline: int = 0) -> CellReport:
+                 filename: str | None = None, baseline: int = 0, top_level_await: bool = True) -> CellReport:
         """Run ``source`` in ``namespace`` under co-execution (``mode``: auto, trace or eager).
 
         ``baseline`` iterations run eagerly first: the table's speedups are against their median.
+        ``await`` at the cell's top level runs as in a plain IPython cell (``top_level_await``;
+        a script's, as ``python`` does, is a SyntaxError).
 
         The value of a final expression, as in a notebook cell, is returned as ``report.value``.
         Exceptions propagate as eager execution would raise them, after every operation that
@@ -102,7 +106,7 @@ class Session:
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         elif filename not in linecache.cache and not os.path.exists(filename):
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        body, last = _split_last_expression(source, filename)
+        body, last = _split_last_expression(source, filename, top_level_await)
         namespace = namespace if namespace is not None else {"__name__": "__main__"}
         executor = self.executor
         namespace[loops.TICK] = executor.tick  # the cell's loops call it (trace/loops.py)
@@ -110,9 +114,9 @@ class Session:
         value = None
         try:
             with executor.active(body, mode, baseline):
-                exec(body, namespace)
+                _finish(eval(body, namespace))  # (exec's, but a cell with top-level await gives its coroutine)
                 if last is not None:
-                    value = eval(last, namespace)
+                    value = _finish(eval(last, namespace))
         except BaseException as exc:
             from .runtime.events import Event
             from .trace.location import SourceLine
@@ -144,7 +148,8 @@ class Session:
         old_main = sys.modules.get("__main__")
         sys.modules["__main__"] = module
         try:
-            return self.run_cell(source, module.__dict__, mode=mode, filename=os.path.abspath(path), baseline=baseline)
+            return self.run_cell(source, module.__dict__, mode=mode, filename=os.path.abspath(path), baseline=baseline,
+                                 top_level_await=False)
         finally:
             if old_main is not None:
                 sys.modules["__main__"] = old_main
@@ -330,15 +335,41 @@ def _user_frame_line(tb, filename: str) -> int | None:
     return line
 
 
-def _split_last_expression(source: str, filename: str):
+def _split_last_expression(source: str, filename: str, top_level_await: bool):
+    # ``await`` at a cell's top level, as IPython allows it in a plain cell: the code is then a
+    # coroutine's (run by _finish)
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0
     tree = loops.instrument(ast.parse(source, filename), filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         statement = tree.body.pop()
         assert isinstance(statement, ast.Expr)
         expr = ast.Expression(statement.value)
-        last = compile(expr, filename, "eval")
-    return compile(tree, filename, "exec"), last
+        last = compile(expr, filename, "eval", flags=flags)
+    return compile(tree, filename, "exec", flags=flags), last
+
+
+def _finish(value):
+    """``value``; where it is the coroutine of a cell with top-level ``await``, what it returns,
+    run to its end in this thread (the engine's mode is this thread's), on an event loop of its own.
+
+    A Jupyter kernel runs its cells from its own event loop, which a cell magic cannot await: that
+    loop waits while the cell's runs, as it waits for any cell that does not await, and is the
+    running loop again after. (A future of the kernel's loop, awaited in the cell, cannot complete
+    while its loop waits: await such things in a plain cell.)"""
+    if not inspect.iscoroutine(value):
+        return value
+    outer = asyncio._get_running_loop()
+    loop = asyncio.new_event_loop()
+    asyncio._set_running_loop(None)
+    try:
+        return loop.run_until_complete(value)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            asyncio._set_running_loop(outer)
 
 
 def _real_value(x):

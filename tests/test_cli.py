@@ -124,6 +124,17 @@ def test_a_scripts_error_shows_the_scripts_frames_as_python_does(tmp_path):
     assert f'File "{script}", line {line}, in step' in plain.stderr
 
 
+def test_a_scripts_top_level_await_is_a_syntax_error_as_python_says(tmp_path):
+    """A notebook cell may ``await`` at its top level; a script may not, under ``python`` or ``terra-nb run``."""
+    script = tmp_path / "awaits.py"
+    script.write_text("import asyncio\nprint('start')\nawait asyncio.sleep(0)\n")
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    coexec = _cli("run", str(script))
+    assert plain.returncode == coexec.returncode == 1
+    assert "SyntaxError: 'await' outside function" in plain.stderr and "SyntaxError: 'await' outside function" in coexec.stderr
+    assert "start" not in coexec.stdout
+
+
 def test_run_reports_a_missing_script(tmp_path):
     result = _cli("run", str(tmp_path / "nope.py"))
     assert result.returncode == 2 and "no such script" in result.stderr

@@ -172,6 +172,51 @@ print(seen[-1], listed)
     assert "coexec" in [it.mode for it in terra_nb.session().log.iterations]
 
 
+AWAITING = """
+import asyncio
+torch.manual_seed(1)
+net = torch.nn.Linear(4, 1)
+sgd = torch.optim.SGD(net.parameters(), lr=0.1)
+
+async def batch(i):
+    await asyncio.sleep(0)
+    return torch.randn(8, 4), torch.randn(8, 1) * i
+
+seen = []
+for step in range(10):
+    xb, yb = await batch(step)
+    loss = torch.nn.functional.mse_loss(net(xb), yb)
+    sgd.zero_grad(); loss.backward(); sgd.step()
+    a, b = await asyncio.gather(asyncio.sleep(0, loss.item()), asyncio.sleep(0, step))
+    seen.append(round(a, 5))
+print(seen)
+await asyncio.sleep(0, net.weight.sum().item())
+"""
+
+
+def test_top_level_await_in_a_cell_runs_as_in_a_plain_cell(ip):
+    """``await`` at a cell's top level (a coroutine fetching the batch, ``asyncio.gather``, an
+    awaited last expression): a plain IPython cell allows it; a ``%%terra`` cell gave a
+    SyntaxError. It prints and returns what the plain cell does, co-executed."""
+    with capture_output() as plain:
+        expected = ip.run_cell(AWAITING)
+    assert expected.error_in_exec is None and isinstance(expected.result, float)
+    terra_nb.session().reset()
+    with capture_output() as out:
+        result = ip.run_cell("%%terra --no-widget --always-coexec\n" + AWAITING)
+    assert result.error_in_exec is None and result.error_before_exec is None, out.stdout + out.stderr
+    printed = [line for line in out.stdout.splitlines() if line.startswith("[")]
+    assert len(printed) == 1 and printed == [line for line in plain.stdout.splitlines() if line.startswith("[")]
+    assert result.result == expected.result  # the awaited last expression, the cell's value
+    assert "coexec" in [it.mode for it in terra_nb.session().log.iterations]
+    # an error after an await: the cell's lines, not the event loop's
+    with capture_output() as out:
+        failed = ip.run_cell("%%terra --no-widget\nfor i in range(8):\n    await asyncio.sleep(0)\n"
+                             "    y = net(torch.randn(2, 4 if i < 6 else 5))\n")
+    assert isinstance(failed.error_in_exec, RuntimeError)
+    assert "y = net(torch.randn(2, 4 if i < 6 else 5))" in out.stdout and "base_events" not in out.stdout, out.stdout
+
+
 def test_unload_removes_the_magics(ip):
     ip.run_line_magic("unload_ext", "terra_nb")
     assert "terra" not in ip.magics_manager.magics["cell"]

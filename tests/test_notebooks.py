@@ -93,3 +93,39 @@ def test_editing_a_cell_retires_its_stale_nodes():
     assert "'exp'" in before and "'mul'" in before
     assert "'exp'" not in after and "'add'" not in after, after
     assert "'tanh'" in after and "'mul'" in after, after
+
+
+@pytest.mark.slow
+def test_top_level_await_in_a_terra_cell_runs_in_a_kernel():
+    """In a Jupyter kernel a cell runs from the kernel's event loop, which a cell magic cannot
+    await: the ``%%terra`` cell's coroutine runs on a loop of its own, and the kernel's loop serves
+    the next plain cell's ``await`` as before."""
+    from jupyter_client.manager import start_new_kernel
+
+    cell = """
+import asyncio, torch
+torch.manual_seed(0)
+w = torch.zeros(3, requires_grad=True)
+sgd = torch.optim.SGD([w], lr=0.1)
+async def target(i):
+    await asyncio.sleep(0.001)
+    return torch.full((3,), float(i % 3))
+for i in range(12):
+    loss = (w - await target(i)).pow(2).sum()
+    sgd.zero_grad(); loss.backward(); sgd.step()
+print("final", [round(v, 5) for v in w.tolist()])
+"""
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        plain = _execute_as_jupyterlab(kc, cell, "plain")
+        _execute_as_jupyterlab(kc, "%load_ext terra_nb", "load")
+        terra = _execute_as_jupyterlab(kc, "%%terra --no-widget --always-coexec" + cell, "terra")
+        modes = _execute_as_jupyterlab(kc, "import terra_nb\nprint([it.mode for it in terra_nb.session().log.iterations])", "modes")
+        after = _execute_as_jupyterlab(kc, "import asyncio\nprint('after', await asyncio.sleep(0.01, 7))", "after")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    final = [line for line in plain.splitlines() if line.startswith("final")]
+    assert final and final == [line for line in terra.splitlines() if line.startswith("final")], terra
+    assert "'coexec'" in modes, modes
+    assert "after 7" in after

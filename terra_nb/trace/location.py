@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import dis
 import linecache
 import os
@@ -210,6 +211,9 @@ class SourceLine:
         exec(code, {name: exc.with_traceback(None), "__name__": "__terra_nb__"})
 
 
+_RUN_UNTIL_COMPLETE = asyncio.BaseEventLoop.run_until_complete.__code__
+
+
 def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
     """Rewrite the tracebacks of ``exc`` and of the exceptions chained to it without this
     package's frames (the engine's: the program's traceback is what eager's would be), and,
@@ -220,10 +224,14 @@ def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
         seen.add(id(chained))
         kept: list[tuple[types.FrameType, int, int]] = []
         tb = chained.__traceback__
+        engine = False
         while tb is not None:
             filename = tb.tb_frame.f_code.co_filename
-            if (kept or start is None or filename == start) and not filename.startswith(_PACKAGE_DIR + os.sep):
+            # (the event loop the engine runs a cell's top-level await on is the engine's too)
+            ours = filename.startswith(_PACKAGE_DIR + os.sep) or (engine and tb.tb_frame.f_code is _RUN_UNTIL_COMPLETE)
+            if (kept or start is None or filename == start) and not ours:
                 kept.append((tb.tb_frame, tb.tb_lasti, tb.tb_lineno))
+            engine = ours
             tb = tb.tb_next
         rebuilt = None
         for frame, lasti, lineno in reversed(kept):
