@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 PROGRAMS = ("dcgan", "resnet", "faster_rcnn", "yolo", "sdpoint", "bert_qa", "bert_cls", "gpt2",
             "music_transformer", "dropblock", "lstm_lm", "reinforce")
@@ -303,6 +304,8 @@ class _LineClock:
         self.target = target
         self.text: list[str] = []
         self.times: list[float] = []
+        self.walls: list[float] = []  # the same lines' wall-clock times (the iterations table's clock)
+        self.at_last: tuple[int, Callable[[], None]] | None = None  # (n, called at the n-th such line)
         self._partial = ""
 
     def write(self, s: str) -> int:
@@ -312,6 +315,9 @@ class _LineClock:
             line, self._partial = self._partial.split("\n", 1)
             if _ITER_LINE.match(line):
                 self.times.append(time.perf_counter())
+                self.walls.append(time.time())
+                if self.at_last is not None and len(self.times) == self.at_last[0]:
+                    self.at_last[1]()
         return len(s)
 
     def flush(self) -> None:
@@ -357,7 +363,13 @@ def worker(variant: str, name: str, iters: int, device: str, size: str, out_path
             session = Session(backend="auto", always_coexec=variant != "terra")
             if variant == "graph_only":  # the terra variant is timed without the profiler's clock reads
                 session.executor.profiler = ProfilingMode(session.executor)
-                session.executor.runner.capture(max(3, iters // 4))
+                executor = session.executor
+                executor.runner.capture(max(3, iters // 4))
+
+                def training_ends() -> None:  # the last iteration's line: a loop after it is not captured
+                    executor.runner.capture_last = (executor.cell, executor.iter_index)
+
+                clock.at_last = (iters, training_ends)
             session.run_path(path, argv)
     finally:
         sys.stdout = real_stdout
@@ -371,6 +383,14 @@ def worker(variant: str, name: str, iters: int, device: str, size: str, out_path
         result["dynamo_breaks"] = int(sum(counters["graph_break"].values()))
     if session is not None:
         frame = session.to_pandas("iterations")
+        if clock.walls:
+            # The program's training: its rows up to the one its last ``iter`` line was printed in
+            # (a row is recorded as it ends). A loop after it (gpt2's sampling) has rows of its own.
+            import pandas as pd
+
+            ended = frame.index[frame["time"] >= pd.Timestamp(clock.walls[-1], unit="s", tz="UTC")]
+            if len(ended):
+                frame = frame.loc[:ended[0]]
         later = frame.iloc[len(frame) // 2:]
         if len(later):
             result["eager_share"] = float((later["mode"] == "eager").mean())  # auto's choice, in steady state
@@ -380,7 +400,7 @@ def worker(variant: str, name: str, iters: int, device: str, size: str, out_path
             result["syncs_per_iter"] = float(steady["syncs"].median())
         profiler = session.executor.profiler
         if profiler is not None:
-            result["skeleton_us_per_op"] = profiler.us_per_op(set(steady["iteration"]))
+            result["skeleton_us_per_op"] = profiler.us_per_op(set(later[later["mode"] == "coexec"]["iteration"]))
         if variant == "graph_only":
             times, failed = session.executor.runner.replay_captured()
             result["graph_only_left_out"] = failed

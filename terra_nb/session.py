@@ -113,7 +113,7 @@ class Session:
         executor.begin_cell(cell)
         value = None
         try:
-            with executor.active(body, mode, baseline):
+            with executor.active(body, mode, baseline, last):
                 _finish(eval(body, namespace))  # (exec's, but a cell with top-level await gives its coroutine)
                 if last is not None:
                     value = _finish(eval(last, namespace))

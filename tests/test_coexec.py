@@ -1424,6 +1424,33 @@ print(int(correct), round(loss.item(), 5))
     assert len(rows) >= 12 + 50  # then the evaluation's
 
 
+@pytest.mark.parametrize("where", ["cell", "function"])
+def test_an_evaluation_loop_after_training_gets_a_row_per_turn_at_once(where):
+    """Training (in the cell, or in a function the cell calls), then ten turns of an evaluation
+    loop: no frame stands in the training loop's lines any more when the evaluation loop ticks, so
+    the anchor gives way at once. The evaluation's turns merged into the last training row before
+    (the anchor gave way only after ten of its periods: 12 rows for 22 turns)."""
+    training = """
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+"""
+    if where == "function":
+        training = "def train():\n" + textwrap.indent(training, "    ") + "    return loss\nloss = train()\n"
+    source = PRELUDE + training + """
+scores = []
+with torch.no_grad():
+    for k in range(10):
+        x, _ = data[k]
+        scores.append(model(x).softmax(-1).max().item())
+print([round(v, 4) for v in scores], round(loss.item(), 5))
+"""
+    rows = check_program(source).log.iterations
+    assert 21 <= len(rows) <= 23, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    # (the last row holds the code after the loop too, the new ``loss.item()`` there)
+    assert [it.mode for it in rows[-8:-1]] == ["coexec"] * 7, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+
+
 # an episode's ten steps of a policy (``policy``, ``state``, ``logps`` and ``rewards`` set before)
 POLICY_STEPS = """
     for t in range(10):
@@ -1616,6 +1643,38 @@ print(seq.tolist())
     rows = session.log.iterations
     assert len(rows) >= 26, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
     assert [it.mode for it in rows[-6:-1]] == ["coexec"] * 5, [it.mode for it in rows]
+
+
+def test_the_training_rows_stay_when_generation_after_it_finds_its_turns():
+    """Training, then generation (as above): the generation's first anchor gave the training's rows
+    their own, then its anchor moved as it found its turns, and each move merged everything the cell
+    had recorded, the training's rows with it, into one row (gpt2's benchmark program: 30 rows
+    became 2)."""
+    source = PRELUDE + """
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+class Twin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm, self.qkv = nn.LayerNorm(8), nn.Linear(8, 24)
+    def forward(self, x):
+        q, k, v = [t.view(1, -1, 2, 4).transpose(1, 2) for t in self.qkv(self.norm(x)).split(8, dim=2)]
+        return x + F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape)
+emb, body, head = nn.Embedding(10, 8), nn.Sequential(Twin(), Twin()), nn.Linear(8, 10)
+seq = torch.zeros(1, 1, dtype=torch.long)
+with torch.no_grad():
+    for _ in range(30):
+        h = body(emb(seq[:, -16:]))
+        nxt = torch.multinomial(F.softmax(head(h[:, -1]), dim=-1), 1)
+        seq = torch.cat([seq, nxt], dim=1)
+print(seq.tolist(), round(loss.item(), 5))
+"""
+    rows = check_program(source).log.iterations
+    shown = [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    step = rows[5].ops_coexec  # a training step
+    assert step >= 15 and sum(it.mode == "coexec" and it.ops_coexec == step for it in rows[2:11]) >= 8, shown
+    assert len(rows) >= 12 + 20, shown
 
 
 @pytest.mark.parametrize("always", [True, False])

@@ -65,6 +65,30 @@ def train_step(x, y):
     assert sum(it.ops_traced for it in second.iterations) == 0, "the second cell did not trace again"
 
 
+def test_a_cell_that_ends_in_a_call_to_the_training_function_shares_its_nodes(ip):
+    """``train(8)`` as a cell's last line (a notebook shows its value): the call ran from the code
+    of the cell's last expression, which was not a root, so its ops were keyed by the engine's and
+    IPython's frames around the cell as well. Each such cell traced its own nodes again, and a
+    second call in one cell traced all of its turns into one row."""
+    ip.run_cell("""
+def train(n):
+    for i in range(n):
+        loss = torch.nn.functional.mse_loss(model(x[i:i + 8]), y[i:i + 8])
+        opt.zero_grad(); loss.backward(); opt.step()
+    return loss.item()
+""")
+    with capture_output():
+        ip.run_cell_magic("terra", "--no-widget -o first", "train(8)")
+        ip.run_cell_magic("terra", "--no-widget -o second", "train(6)")
+        ip.run_cell_magic("terra", "--no-widget -o third", "train(6)\ntrain(6)")
+    second, third = ip.user_ns["second"], ip.user_ns["third"]
+    assert [it.mode for it in second.iterations] == ["coexec"] * 6
+    assert sum(it.ops_traced for it in second.iterations) == 0, "the second cell traced again"
+    # (the second call's first turn follows the first call's return, a path not seen before)
+    assert len(third.iterations) == 12 and [it.mode for it in third.iterations].count("coexec") >= 10
+    assert isinstance(third.value, float)
+
+
 def test_options_and_errors(ip):
     with pytest.raises(UsageError):
         ip.run_cell_magic("terra", "--backend nope", "pass")

@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, produces
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
-from ..trace import location
+from ..trace import location, loops
 from ..trace.location import (
     RootRegistry,
     caught_here,
@@ -218,11 +218,11 @@ class ProfilingMode(TerraMode):
         return out
 
     def us_per_op(self, steady: set | None = None) -> float | None:
-        """Mean µs per deferred op in steady state: over the second half of the iterations, and of
-        those only the ``steady`` ones where given (the benchmark gives the co-executed ones: an
-        iteration that fell back pays for tracing and for its first compiles)."""
+        """Mean µs per deferred op in steady state: over the ``steady`` iterations where given (the
+        benchmark gives the co-executed ones of its training's second half: an iteration that fell
+        back pays for tracing and for its first compiles), else over the second half of them all."""
         first = max(self.by_iteration, default=0) // 2
-        spans = [v for k, v in self.by_iteration.items() if k > first and (steady is None or k in steady)]
+        spans = [v for k, v in self.by_iteration.items() if (k in steady if steady is not None else k > first)]
         ops = sum(n for _, n in spans)
         return sum(t for t, _ in spans) / ops * 1e6 if ops else None
 
@@ -301,6 +301,8 @@ class CoExecutor:
         self._anchor_limit = -1  # past this op count without the anchor, its loop has ended
         self._anchor_trains = False  # a backward ran in the anchor's first period
         self._turn_at: dict[int, int] = {}  # loop id -> the op count at its last tick, in this cell
+        self._first_tick: dict[int, int] = {}  # loop id -> the op count at its first tick, in this cell
+        self._kept_rows = 0  # this cell's rows kept as they are (a loop's that ended): never merged again
         self._turns: dict[int, int] = {}  # loop id -> its ticks in this cell
         # Op counts, in order (8 bytes each: a run of a million iterations keeps 8 MB): the
         # anchor's runs, every backward's (autograd.grad's too) and each optimizer's steps (a GAN's
@@ -350,8 +352,9 @@ class CoExecutor:
     # -- entering and leaving ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def active(self, root_code, mode: str = "auto", baseline: int = 0):
-        """Run the block of a ``with`` under co-execution; ``root_code`` roots the locations.
+    def active(self, root_code, mode: str = "auto", baseline: int = 0, last_code=None):
+        """Run the block of a ``with`` under co-execution; ``root_code`` roots the locations (and
+        ``last_code``, a cell's last expression, compiled apart for its value, where there is one).
 
         With ``baseline`` > 0 the first ``baseline`` iterations run plain eager (the speedup
         denominator), then ``mode`` takes over.
@@ -363,7 +366,9 @@ class CoExecutor:
             yield self
             return
         self._depth += 1
-        self.roots.add(root_code)
+        roots = (root_code,) if last_code is None else (root_code, last_code)
+        for code in roots:
+            self.roots.add(code)
         mode = sys.intern(mode)  # the C path recognises "eager" by identity
         self._cell_mode = mode
         self.baseline = max(0, int(baseline)) if mode != "eager" else 0
@@ -410,7 +415,8 @@ class CoExecutor:
                 step_hook.remove()
                 for owner, name, original in patches:
                     setattr(owner, name, original)
-                self.roots.remove(root_code)
+                for code in roots:
+                    self.roots.remove(code)
                 self._ok_parent = None
                 self._forget_locals()  # code outside co-execution is not watched
                 self._depth -= 1
@@ -465,6 +471,8 @@ class CoExecutor:
         self.explicit_iterations = False
         self._cell_token = object()
         self._turn_at = {}
+        self._first_tick = {}
+        self._kept_rows = 0
         self._turns = {}
         self._restless = {}
         self._turn_loop = self._turn_loop_next = -1
@@ -1727,6 +1735,8 @@ class CoExecutor:
             ticks[loop] = ticks.get(loop, 0) + 1
             last_tick = self._turn_at.get(loop, -1)
             self._turn_at[loop] = self.op_counter
+            if last_tick < 0:
+                self._first_tick[loop] = self.op_counter
             if self._anchor_loop < 0 and self._turn_loop < 0 and last_tick >= 0 and not self.explicit_iterations:
                 self._note_restless(loop, last_tick)
             self._turns[loop] = self._turns.get(loop, 0) + 1
@@ -1739,6 +1749,17 @@ class CoExecutor:
                 self._reanchor_at = -1
                 self._anchor_limit = -1
                 self._tick_reanchors += 1
+            elif (loop != self._anchor_loop and self._anchor_limit >= 0 and self._anchor_confirmed()
+                    and self._first_tick[loop] > self._turn_at.get(self._anchor_loop, -1)
+                    and self.op_counter - self._anchor_last > self._anchor_period
+                    and not loops.running(self._anchor_loop, sys._getframe(1))):
+                # A loop that first turned after the anchor's loop last did turns, the anchor is
+                # overdue, and no frame stands in the anchor's loop any more: that loop ended
+                # (training, then an evaluation loop). The next op seen before anchors, and the
+                # ended loop's rows stay (see _advance); waiting for ten of the anchor's periods
+                # merged the next loop's first turns into one row. (A loop that turned in the
+                # anchor's loop's time, around it or inside it, is no sign of its end.)
+                self._anchor_limit = -1
             elif (ticks[loop] > self._tick_most.get(loop, 0) + 2 and self.anchor is not None
                     and self._anchor_limit >= 0 and self._tick_reanchors < 3 and not self._anchor_confirmed()
                     and not self._anchor_trains
@@ -2141,18 +2162,24 @@ class CoExecutor:
         """``node`` recurs in a loop that encloses the anchor's, or the anchor's loop ended: anchor here.
 
         What this cell recorded so far becomes its iteration 1, unless ``keep``: the rows of a loop
-        of the cell that ended (training, then an evaluation loop) stay, and numbering goes on.
+        of the cell that ended (training, then an evaluation loop) stay, and numbering goes on. Rows
+        kept so stay when a later loop re-anchors without keeping: what came after them merges into
+        the one row after them (a sampling loop after training, whose anchor moves as it finds its
+        turns, merged the training's rows with it).
         """
         now = _perf()
         self._close_iteration(now)
         cell = self.cell
-        earlier = [] if keep else [it for it in self.log.iterations if it.cell == cell]
+        kept = self._kept_rows
+        earlier = [] if keep else [it for it in self.log.iterations if it.cell == cell and it.iteration > kept]
+        if keep:
+            self._kept_rows = max((it.iteration for it in self.log.iterations if it.cell == cell), default=0)
         if earlier:
-            self.log.iterations[:] = [it for it in self.log.iterations if it.cell != cell]
-            for event in self.log.events:  # events of the merged iterations now belong to iteration 1
-                if event.cell == cell and event.iteration > 1:
-                    event.iteration = 1
-            merged = Iteration(cell, 1, _merge_modes([it.mode for it in earlier]),
+            self.log.iterations[:] = [it for it in self.log.iterations if it.cell != cell or it.iteration <= kept]
+            for event in self.log.events:  # events of the merged iterations now belong to its row
+                if event.cell == cell and event.iteration > kept + 1:
+                    event.iteration = kept + 1
+            merged = Iteration(cell, kept + 1, _merge_modes([it.mode for it in earlier]),
                                sum(it.wall_ms for it in earlier), sum(it.blocks for it in earlier),
                                sum(it.syncs for it in earlier), sum(it.fallbacks for it in earlier),
                                sum(it.ops_traced for it in earlier), sum(it.ops_coexec for it in earlier),
@@ -2176,7 +2203,7 @@ class CoExecutor:
         self._turn_starts = {node}
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
         self._anchor_trains = any(at and at[-1] > prev for at in self._marks())  # see tick
-        self._reset_iteration(2 if earlier else self.iter_index + 1, now)
+        self._reset_iteration(kept + 2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
         self._hold_trace = False

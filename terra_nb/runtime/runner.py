@@ -82,6 +82,7 @@ class GraphRunner:
         # future was given: the op's shape depends on its inputs' values (CoExecutor._on_shape)
         self.on_shape: Callable[[BlockRun, int, torch.Size], None] | None = None
         self.captured: deque | None = None  # the last iterations' block runs, for graph-only replay
+        self.capture_last: tuple | None = None  # (cell, iteration): later runs are not captured
         self._stopped = False
         self._threads = torch.get_num_threads()
         self._applied = -1  # the runner thread sets its own count at its first block
@@ -153,11 +154,16 @@ class GraphRunner:
 
     def capture_now(self, key: tuple, step, args: list, outs: list) -> None:
         """Capture an op the skeleton ran itself (after waiting: the blocks before it have run)."""
-        if self.captured is None:
-            return
-        if not self.captured or self.captured[-1][0] != key:
-            self.captured.append((key, []))
-        self.captured[-1][1].append((step, args, outs))
+        if self.captured is not None:
+            self._capture(key, (step, args, outs))
+
+    def _capture(self, key: tuple, run: tuple) -> None:
+        captured = self.captured
+        if captured is None or (self.capture_last is not None and key > self.capture_last):
+            return  # (a loop after the benchmark's training: gpt2's sampling)
+        if not captured or captured[-1][0] != key:
+            captured.append((key, []))
+        captured[-1][1].append(run)
 
     def capture(self, iterations: int) -> None:
         """Keep the block runs (inputs and outputs) of the last ``iterations`` iterations."""
@@ -271,9 +277,7 @@ class GraphRunner:
             if val.shape != fut._tn_meta[0] and self.on_shape is not None:
                 self.on_shape(run, i, val.shape)
         if self.captured is not None:
-            if not self.captured or self.captured[-1][0] != (run.cell, run.iteration):
-                self.captured.append(((run.cell, run.iteration), []))
-            self.captured[-1][1].append((run.block, args, outs))
+            self._capture((run.cell, run.iteration), (run.block, args, outs))
         if self.on_run is not None:
             self.on_run(run, elapsed)
 

@@ -23,6 +23,7 @@ import ast
 
 TICK = "__terra_tick__"  # the name the instrumented code calls; bound in the cell's namespace
 LOOPS: list[tuple[str, int]] = []  # loop id -> (filename, line of the loop statement)
+ENDS: list[int] = []  # loop id -> the loop statement's last line (its body's, or its else's)
 
 
 def instrument(tree: ast.Module, filename: str) -> ast.Module:
@@ -30,6 +31,7 @@ def instrument(tree: ast.Module, filename: str) -> ast.Module:
     for node in ast.walk(tree):
         if isinstance(node, (ast.For, ast.While)) and node.body:
             LOOPS.append((filename, node.lineno))
+            ENDS.append(node.end_lineno or node.lineno)
             first = node.body[0]
             call = ast.Expr(ast.Call(ast.Name(TICK, ast.Load()), [ast.Constant(len(LOOPS) - 1)], []))
             for part in ast.walk(call):  # the loop's first body line and column, end positions too
@@ -37,3 +39,16 @@ def instrument(tree: ast.Module, filename: str) -> ast.Module:
             node.body.insert(0, call)
     return tree
 
+
+
+def running(loop: int, frame) -> bool:
+    """Whether a frame of ``frame``'s stack stands on a line of loop ``loop`` (its statement, its
+    body, or a call made from them): False once the loop ended (its function returned, or its cell
+    went past it)."""
+    filename, first = LOOPS[loop]
+    last = ENDS[loop]
+    while frame is not None:
+        if frame.f_code.co_filename == filename and first <= frame.f_lineno <= last:
+            return True
+        frame = frame.f_back
+    return False
