@@ -1615,14 +1615,8 @@ for it in range(24):
     assert [it.mode for it in rows[-6:]] == ["coexec"] * 6, [it.mode for it in rows]
 
 
-def test_a_sequence_that_grows_each_turn_through_twin_layers_is_a_row_per_turn():
-    """Generation: the sequence grows by a token each turn, so every op has a new shape each turn
-    and none recurs from one turn to the next; two layers of one class share their sites, so an op
-    recurs inside a turn, anchored, and never ran again. Every few turns another such op took
-    over, and the turns merged into one row until the window (the last 16 tokens) stopped
-    growing; auto saw no iteration to measure meanwhile (a model like this one, generating 300
-    tokens with a window of 512, co-executed every turn, at 9x eager's time)."""
-    source = PRELUDE + """
+# generation through two attention layers of one class: the sequence grows by a token each turn
+TWIN_GENERATION = """
 class Twin(nn.Module):
     def __init__(self):
         super().__init__()
@@ -1637,6 +1631,17 @@ with torch.no_grad():
         h = body(emb(seq[:, -16:]))
         nxt = torch.multinomial(F.softmax(head(h[:, -1]), dim=-1), 1)
         seq = torch.cat([seq, nxt], dim=1)
+"""
+
+
+def test_a_sequence_that_grows_each_turn_through_twin_layers_is_a_row_per_turn():
+    """Generation: the sequence grows by a token each turn, so every op has a new shape each turn
+    and none recurs from one turn to the next; two layers of one class share their sites, so an op
+    recurs inside a turn, anchored, and never ran again. Every few turns another such op took
+    over, and the turns merged into one row until the window (the last 16 tokens) stopped
+    growing; auto saw no iteration to measure meanwhile (a model like this one, generating 300
+    tokens with a window of 512, co-executed every turn, at 9x eager's time)."""
+    source = PRELUDE + TWIN_GENERATION + """
 print(seq.tolist())
 """
     session = check_program(source)
@@ -1654,20 +1659,7 @@ def test_the_training_rows_stay_when_generation_after_it_finds_its_turns():
 for i, (x, y) in enumerate(data):
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(); loss.backward(); opt.step()
-class Twin(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.norm, self.qkv = nn.LayerNorm(8), nn.Linear(8, 24)
-    def forward(self, x):
-        q, k, v = [t.view(1, -1, 2, 4).transpose(1, 2) for t in self.qkv(self.norm(x)).split(8, dim=2)]
-        return x + F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape)
-emb, body, head = nn.Embedding(10, 8), nn.Sequential(Twin(), Twin()), nn.Linear(8, 10)
-seq = torch.zeros(1, 1, dtype=torch.long)
-with torch.no_grad():
-    for _ in range(30):
-        h = body(emb(seq[:, -16:]))
-        nxt = torch.multinomial(F.softmax(head(h[:, -1]), dim=-1), 1)
-        seq = torch.cat([seq, nxt], dim=1)
+""" + TWIN_GENERATION + """
 print(seq.tolist(), round(loss.item(), 5))
 """
     rows = check_program(source).log.iterations
