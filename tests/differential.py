@@ -21,7 +21,7 @@ def step(idx):
     return h.sum()
 
 for i in range(12):
-    loss = step(torch.tensor([1, 2, 3 if i < 10 else 30]))
+    loss = step(torch.tensor([1, 2, 3]) * (1 if i < 10 else 10))  # (computed: a future, checked by no one)
     loss.backward()
     print(i, round(loss.item(), 4))
 """

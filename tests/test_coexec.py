@@ -15,6 +15,7 @@ import torch
 
 import terra_nb
 from terra_nb.runtime import coexec
+from terra_nb.trace.location import drop_engine_frames
 
 from differential import (
     INDEX_ERROR_IN_A_FUNCTION,
@@ -37,6 +38,17 @@ model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
 """
+
+
+def run_eager_raising(source: str) -> tuple[str, dict]:
+    """What ``source`` prints eagerly before it raises, and its namespace (its error as ``error``)."""
+    namespace: dict = {"__name__": "__main__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(Exception) as info:
+        exec(compile(source, "<eager>", "exec"), namespace)
+    namespace["error"] = info.value
+    return out.getvalue(), namespace
+
 
 CASES = {
     "data_of_another_shape_or_dtype_set_on_results": """
@@ -764,6 +776,42 @@ for i in range(8):
     last = traceback.extract_tb(info.value.__traceback__)[-1]
     assert last.filename.startswith("<terra-cell") and last.line == "out = emb(idx).sum()", last
     assert last.name == "<module>"
+
+
+@pytest.mark.parametrize("case", ["embedding", "cross_entropy", "gather"])
+def test_an_index_out_of_range_raises_before_the_lines_after_it_run(case):
+    """An id past an embedding's rows, a class past the logits', a gather index past the dim, in a
+    tensor the program made (real, on the CPU): eager raises at the op, before the ``print`` and
+    the ``append`` after it. Deferred, the error came at the next sync, after them: the program
+    printed one more line and kept one more entry than eager's. The skeleton checks such an
+    index's range, and runs the op at once where it is out of range."""
+    op = {"embedding": "h = emb(torch.tensor([1, 2, 7 if i == 6 else 3])).sum()",
+          "cross_entropy": "h = F.cross_entropy(model(x), torch.tensor([0, 1] * 3 + [1, 3 if i == 6 else 2]))",
+          "gather": "h = model(x).gather(1, torch.tensor([[0], [1], [2], [0], [1], [2], [0], [9 if i == 6 else 1]])).sum()"}[case]
+    source = PRELUDE + f"""
+emb = nn.Embedding(5, 3)
+log = []
+for i, (x, y) in enumerate(data):
+    {op}
+    print("step", i)
+    log.append(i)
+    print(round(h.item(), 4))
+"""
+    printed, namespace = run_eager_raising(source)
+    session = terra_nb.Session()
+    out = io.StringIO()
+    namespace_t: dict = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(out), pytest.raises((IndexError, RuntimeError)) as info:
+        session.run_cell(source, namespace_t)
+    assert out.getvalue() == printed and namespace_t["log"] == namespace["log"] == list(range(6))
+    assert type(info.value) is type(namespace["error"])
+    # the traceback, without the engine's frames (as %%terra and terra-nb run show it), ends where
+    # eager's does (in torch's functional code for F.embedding)
+    drop_engine_frames(info.value)
+    ours, eagers = (traceback.extract_tb(e.__traceback__) for e in (info.value, namespace["error"]))
+    assert (ours[-1].lineno, ours[-1].name) == (eagers[-1].lineno, eagers[-1].name), (ours, eagers)
+    assert op.strip() in [f.line for f in ours]
+    assert "coexec" in [it.mode for it in session.log.iterations]
 
 
 def test_an_error_inside_a_block_ends_the_traceback_at_the_ops_line_in_its_function():

@@ -156,22 +156,30 @@ def test_user_exception_shows_the_users_line_and_the_session_survives(ip):
     assert isinstance(ip.user_ns["ok"], float)
 
 
-def test_an_error_a_block_raises_shows_the_ops_line_last(ip):
-    """An index out of range in a deferred op: the traceback the notebook shows ends at that op's
-    line (where eager's ends), and shows no frame of the engine's."""
+@pytest.mark.parametrize("index", ["computed", "made"])
+def test_an_error_a_block_raises_shows_the_ops_line_last(ip, index):
+    """An index out of range: computed by a deferred op (a future), the embedding's block raises
+    at the next sync; made from Python data (real), the skeleton finds it out of range and runs
+    the op at once, as eager raises it. Either way the traceback the notebook shows ends at that
+    op's line (where eager's ends), and shows no frame of the engine's."""
+    ids = {"computed": "torch.tensor([1, 2, 3]) * (1 if i < 10 else 10)",
+           "made": "torch.tensor([1, 2, 3 if i < 10 else 30])"}[index]
     cell = ("emb = torch.nn.Embedding(10, 4)\n"
             "for i in range(12):\n"
-            "    loss = emb(torch.tensor([1, 2, 3 if i < 10 else 30])).sum()\n"
+            f"    loss = emb({ids}).sum()\n"
             "    loss.backward()\n"
-            "    print(i, round(loss.item(), 4))\n")
+            "    print('step', i, round(loss.item(), 4))\n")
     with capture_output() as out:
         result = ip.run_cell("%%terra --no-widget --always-coexec\n" + cell)
     assert isinstance(result.error_in_exec, IndexError)
     text = out.stdout + out.stderr
-    assert "index out of range" in text
+    assert "index out of range" in text and "step 9" in text and "step 10" not in text
     for engine_file in ("coexec.py", "location.py", "session.py", "future.py"):
         assert engine_file not in text, f"{engine_file} in the traceback"
-    assert text.rindex("emb(torch.tensor([1, 2, 3 if i < 10 else 30])).sum()") > text.rindex("loss.item()")
+    if index == "computed":  # the sync's line, then the op's
+        assert text.rindex(f"emb({ids}).sum()") > text.rindex("loss.item()")
+    else:  # the op's line, then torch's frames below it, as in eager's
+        assert f"----> 3     loss = emb({ids}).sum()" in text and "----> 5" not in text
 
 
 def test_ipython_syntax_in_a_cell_runs_as_in_a_plain_cell(ip):

@@ -104,6 +104,7 @@ typedef struct {
     PyObject *functorch_level;  /* torch._C._functorch.maybe_current_level */
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *grad_read;     /* coexec.GRAD_READ: a node's ``immediate`` when it reads a .grad */
+    PyObject *check_index;   /* coexec.CHECK_INDEX: ... when its index may be out of range (Python checks it) */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
@@ -1472,6 +1473,8 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             now = grad_read_now(fp, tensors, nt);
             if (now < 0)
                 goto error;
+        } else if (deferred && immediate == fp->check_index) {
+            now = 1;  /* CoExecutor._validated_op checks the index's range: it defers or runs the op */
         }
         int local = 0;
         if (now && (deferred ? immediate == Py_True : kind == fp->fetch_kind)) {
@@ -1675,6 +1678,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->functorch_level);
     Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->grad_read);
+    Py_CLEAR(fp->check_index);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
     Py_CLEAR(fp->canonical_offsets);
@@ -1750,6 +1754,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(functorch_level, "functorch_level");
     TAKE(run_meta, "run_meta");
     TAKE(grad_read, "GRAD_READ");
+    TAKE(check_index, "CHECK_INDEX");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");
     TAKE(canonical_offsets, "canonical_offsets");

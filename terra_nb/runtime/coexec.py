@@ -240,7 +240,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
         "make_future": executor._make_future, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
-        "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ,
+        "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -755,7 +755,10 @@ class CoExecutor:
     def _validated_op(self, node: Node, func, args, kwargs, tensors: list, scalars: list, frame):
         __tracebackhide__ = True
         if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
-            if not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
+            if node.immediate is CHECK_INDEX:
+                if not _out_of_range(node.info.name, args, kwargs or {}, tensors):
+                    return self._defer(node, tensors, scalars)
+            elif not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
                 return self._defer(node, tensors, scalars)
         sources = node.sources
         for slot, t in enumerate(tensors):
@@ -1375,7 +1378,7 @@ class CoExecutor:
                 self._mark_local(outs)
                 if len(self._locals) > 4096:
                     self._locals = [r for r in self._locals if r() is not None]
-        elif node.immediate or node.kind == "fetch":
+        elif (node.immediate and node.immediate is not CHECK_INDEX) or node.kind == "fetch":
             if node.immediate and _all_local(tensors):
                 self._mark_local([t for t in outs if not t.__dict__.get("_tn_local")])
         else:  # any other use (a view, a setter like ``p.grad = t``) may let a block write it
@@ -1627,6 +1630,9 @@ class CoExecutor:
                           and all(_is_small_cpu(t) for t in tensors) and all(_is_small_cpu(t) for t in outs))
         if node.kind in DEFERRED and info.prop == "grad" and not info.setter and struct is TENSOR:
             node.immediate = GRAD_READ  # (a .grad read: _validated_op looks at the real .grad first)
+        elif (node.kind in DEFERRED and not node.immediate and info.name in _INDEX_CHECKED
+              and len(tensors) >= 2 and _index_of(info.name, tensors) is not None):
+            node.immediate = CHECK_INDEX
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
             if node.alias >= 0 and node.kind in DEFERRED and node.out_meta[0] != in_meta[node.alias]:
@@ -2342,6 +2348,14 @@ _PYTHON_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
 # grad_read_now asks the same in C)
 GRAD_READ = "grad read"
 
+# A node's ``immediate`` when the op reads an index tensor whose values may be out of range (an id
+# past an embedding's rows): checked where the index is real and on the CPU, and where it is out
+# of range the op runs at once, so that eager's error comes before the program's next lines run
+# (see _out_of_range; _fastpath.c hands these nodes to _validated_op)
+CHECK_INDEX = "check index"
+_INDEX_CHECKED = frozenset({"embedding", "embedding_bag", "cross_entropy", "nll_loss", "gather", "index_select",
+                            "__getitem__"})
+
 # Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
 # inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
 # wait. Random ops are not here: they must draw from the generator in program order.
@@ -2393,6 +2407,53 @@ _GENERALIZED = DEFERRED | {"sync"}  # (a sync node runs for real: any int it is 
 
 def _may_raise_on_values(info: OpInfo, tensors: list) -> bool:
     return info.name in _RAISES_ON_VALUES or (info.name in _INDEXING and len(tensors) > 1)
+
+
+def _index_of(name: str, tensors: list):
+    """The index tensor of a call of op ``name`` (see _INDEX_CHECKED), where it is an integer
+    tensor: an embedding's ids (its first tensor; the weight is its second), a loss's classes,
+    gather's and index_select's index, ``x[idx]``'s idx (their second). Else None (a loss's
+    probabilities, a boolean mask, ``x[i, idx]``)."""
+    if name == "__getitem__" and len(tensors) != 2:
+        return None
+    idx = tensors[0] if name in ("embedding", "embedding_bag") else tensors[1]
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype is torch.bool:
+        return None
+    return idx
+
+
+def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list) -> bool:
+    """Whether this call's index tensor is real, on the CPU, and holds a value out of range for the
+    op (then it runs at once, and raises as eager does). False where that cannot be known without
+    waiting (the index is a future) or the call is not of the simple forms checked."""
+    idx = _index_of(name, tensors)
+    if idx is None or type(idx) is FutureTensor or idx.device.type != "cpu" or not idx.numel():
+        return False
+    x = tensors[1] if name in ("embedding", "embedding_bag") else tensors[0]  # (what it indexes)
+    low, allowed = 0, None
+    if name in ("embedding", "embedding_bag"):
+        bound = x.shape[0]
+    elif name in ("cross_entropy", "nll_loss"):
+        if x.dim() < 1:
+            return False
+        bound = x.shape[1] if x.dim() > 1 else x.shape[0]
+        allowed = kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
+    elif name in ("gather", "index_select"):
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if type(dim) is not int or not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
+            return False
+        bound = x.shape[dim] if x.dim() else 1
+    else:  # __getitem__
+        if len(args) != 2 or args[1] is not idx or x.dim() < 1:
+            return False  # (only ``x[idx]``)
+        bound, low = x.shape[0], -x.shape[0]
+    lo, hi = (int(v) for v in torch.aminmax(idx))
+    if allowed is not None and allowed in (lo, hi):
+        values = idx[idx != allowed]
+        if not values.numel():
+            return False
+        lo, hi = int(values.min()), int(values.max())
+    return lo < low or hi >= bound
 
 
 # Calls that register Python code for backward to run: tensor hooks, and the Functions that module
