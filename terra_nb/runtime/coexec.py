@@ -2413,11 +2413,13 @@ def _index_of(name: str, tensors: list):
     """The index tensor of a call of op ``name`` (see _INDEX_CHECKED), where it is an integer
     tensor: an embedding's ids (its first tensor; the weight is its second), a loss's classes,
     gather's and index_select's index, ``x[idx]``'s idx (their second). Else None (a loss's
-    probabilities, a boolean mask, ``x[i, idx]``)."""
+    probabilities, a boolean mask, ``x[i, idx]``). (A future's metadata is read from the future:
+    asked of it here, in the handler, it would wait for its value.)"""
     if name == "__getitem__" and len(tensors) != 2:
         return None
     idx = tensors[0] if name in ("embedding", "embedding_bag") else tensors[1]
-    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype is torch.bool:
+    dtype = idx._tn_meta[1] if type(idx) is FutureTensor else idx.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype is torch.bool:
         return None
     return idx
 
@@ -2430,23 +2432,26 @@ def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list) -> bool:
     if idx is None or type(idx) is FutureTensor or idx.device.type != "cpu" or not idx.numel():
         return False
     x = tensors[1] if name in ("embedding", "embedding_bag") else tensors[0]  # (what it indexes)
+    shape = x._tn_meta[0] if type(x) is FutureTensor else x.shape
     low, allowed = 0, None
     if name in ("embedding", "embedding_bag"):
-        bound = x.shape[0]
-    elif name in ("cross_entropy", "nll_loss"):
-        if x.dim() < 1:
+        if not shape:
             return False
-        bound = x.shape[1] if x.dim() > 1 else x.shape[0]
+        bound = shape[0]
+    elif name in ("cross_entropy", "nll_loss"):
+        if not shape:
+            return False
+        bound = shape[1] if len(shape) > 1 else shape[0]
         allowed = kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
     elif name in ("gather", "index_select"):
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if type(dim) is not int or not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
+        if type(dim) is not int or not -max(len(shape), 1) <= dim < max(len(shape), 1):
             return False
-        bound = x.shape[dim] if x.dim() else 1
+        bound = shape[dim] if shape else 1
     else:  # __getitem__
-        if len(args) != 2 or args[1] is not idx or x.dim() < 1:
+        if len(args) != 2 or args[1] is not idx or not shape:
             return False  # (only ``x[idx]``)
-        bound, low = x.shape[0], -x.shape[0]
+        bound, low = shape[0], -shape[0]
     lo, hi = (int(v) for v in torch.aminmax(idx))
     if allowed is not None and allowed in (lo, hi):
         values = idx[idx != allowed]
