@@ -40,7 +40,6 @@ def instrument(tree: ast.Module, filename: str) -> ast.Module:
     return tree
 
 
-
 def running(loop: int, frame) -> bool:
     """Whether a frame of ``frame``'s stack stands on a line of loop ``loop`` (its statement, its
     body, or a call made from them): False once the loop ended (its function returned, or its cell
@@ -48,7 +47,8 @@ def running(loop: int, frame) -> bool:
     filename, first = LOOPS[loop]
     last = ENDS[loop]
     while frame is not None:
-        if frame.f_code.co_filename == filename and first <= frame.f_lineno <= last:
+        line = frame.f_lineno  # (None in a frame between lines)
+        if frame.f_code.co_filename == filename and line is not None and first <= line <= last:
             return True
         frame = frame.f_back
     return False
