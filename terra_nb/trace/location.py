@@ -212,6 +212,7 @@ class SourceLine:
 
 
 _RUN_UNTIL_COMPLETE = asyncio.BaseEventLoop.run_until_complete.__code__
+_HANDLE_TORCH_FUNCTION = torch.overrides.handle_torch_function.__code__
 
 
 def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
@@ -223,18 +224,31 @@ def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
     while chained is not None and id(chained) not in seen:
         seen.add(id(chained))
         kept: list[tuple[types.FrameType, int, int]] = []
+        handed: list[bool] = []  # per kept frame: the engine's frames came right after it
         tb = chained.__traceback__
         engine = False
         while tb is not None:
             filename = tb.tb_frame.f_code.co_filename
             # (the event loop the engine runs a cell's top-level await on is the engine's too)
             ours = filename.startswith(_PACKAGE_DIR + os.sep) or (engine and tb.tb_frame.f_code is _RUN_UNTIL_COMPLETE)
+            if ours and handed:
+                handed[-1] = True
             if (kept or start is None or filename == start) and not ours:
                 kept.append((tb.tb_frame, tb.tb_lasti, tb.tb_lineno))
+                handed.append(False)
             engine = ours
             tb = tb.tb_next
+        shown: list[tuple[types.FrameType, int, int]] = []
+        for k, entry in enumerate(kept):
+            if entry[0].f_code is _HANDLE_TORCH_FUNCTION and handed[k]:
+                # torch handing a call to the engine's mode (``F.embedding`` to the mode, which
+                # called ``F.embedding`` again): eager's traceback has the one call, the inner
+                if shown and k + 1 < len(kept) and kept[k + 1][0].f_code is shown[-1][0].f_code:
+                    shown.pop()
+                continue
+            shown.append(entry)
         rebuilt = None
-        for frame, lasti, lineno in reversed(kept):
+        for frame, lasti, lineno in reversed(shown):
             rebuilt = types.TracebackType(rebuilt, frame, lasti, lineno)
         chained.__traceback__ = rebuilt
         chained = chained.__cause__ or chained.__context__
