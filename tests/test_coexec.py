@@ -1714,6 +1714,28 @@ print(seq.tolist())
     assert [it.mode for it in rows[-6:-1]] == ["coexec"] * 5, [it.mode for it in rows]
 
 
+def test_two_calls_of_one_function_from_the_loop_are_one_row_per_turn():
+    """``x = step(x)`` twice a turn, and nothing else: both calls are one node (a location leaves
+    out where in the cell a function was called from, so that cells share nodes), the anchor, and
+    each call was a row of its own (60 rows for 30 turns; its periods are equal, so the rule for a
+    node that recurs inside a turn did not apply). The calls from the line the loop's tick comes
+    before start the rows."""
+    source = PRELUDE + """
+lin = nn.Linear(6, 6)
+state = torch.randn(3, 6)
+def step(s):
+    return torch.tanh(lin(s)) * 0.9
+with torch.no_grad():
+    for t in range(30):
+        state = step(state)
+        state = step(state)
+print(state.sum().item())
+"""
+    rows = check_program(source).log.iterations
+    assert 29 <= len(rows) <= 31, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    assert [it.mode for it in rows[-6:-1]] == ["coexec"] * 5
+
+
 def test_the_training_rows_stay_when_generation_after_it_finds_its_turns():
     """Training, then generation (as above): the generation's first anchor gave the training's rows
     their own, then its anchor moved as it found its turns, and each move merged everything the cell

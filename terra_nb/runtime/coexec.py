@@ -303,6 +303,11 @@ class CoExecutor:
         self._turn_at: dict[int, int] = {}  # loop id -> the op count at its last tick, in this cell
         self._first_tick: dict[int, int] = {}  # loop id -> the op count at its first tick, in this cell
         self._kept_rows = 0  # this cell's rows kept as they are (a loop's that ended): never merged again
+        # Where the anchor's function is called from two places of the cell in each turn: the
+        # root's offset of the calls that start the turns (None: every run of the anchor does), and
+        # the anchor's runs seen to find it, (root offset, a loop ticked since the last run)
+        self._turn_root: int | None = None
+        self._root_runs: list[tuple[int, bool]] = []
         self._turns: dict[int, int] = {}  # loop id -> its ticks in this cell
         # Op counts, in order (8 bytes each: a run of a million iterations keeps 8 MB): the
         # anchor's runs, every backward's (autograd.grad's too) and each optimizer's steps (a GAN's
@@ -473,6 +478,7 @@ class CoExecutor:
         self._turn_at = {}
         self._first_tick = {}
         self._kept_rows = 0
+        self._turn_root, self._root_runs = None, []
         self._turns = {}
         self._restless = {}
         self._turn_loop = self._turn_loop_next = -1
@@ -2030,7 +2036,7 @@ class CoExecutor:
             self._turn_starts.add(node)
         if turn:
             node.cell_mark = self._cell_token
-        elif node is anchor:
+        elif node is anchor and self._starts_a_turn():
             self._anchor_runs += 1
             self._anchor_period = now_op - self._anchor_last
             self._anchor_last = now_op
@@ -2068,6 +2074,39 @@ class CoExecutor:
             self._turn_ends.add(before)
         if node.barrier:
             self._note_backward()
+
+    def _starts_a_turn(self) -> bool:
+        """Whether this run of the anchor starts an iteration: always, but where the anchor's
+        function is called from two places of the cell's code in each turn (``x = step(x)`` twice,
+        and nothing else: one node, since a location leaves out where the root called from, so
+        that cells share nodes), only the calls from the place a loop's tick comes before. Found
+        from the anchor's first runs: their root offsets differ, and the runs a tick came before
+        are all from one offset, the others from other ones."""
+        want = self._turn_root
+        runs = self._root_runs
+        if want is None and len(runs) >= 8:
+            return True  # (decided: every run starts one)
+        offset = self._root_offset()
+        if want is not None:
+            return offset == want
+        runs.append((offset, bool(self._ticks)))
+        if len(runs) >= 4:
+            ticked = {o for o, t in runs if t}
+            others = {o for o, t in runs if not t}
+            if len(ticked) == 1 and others and not ticked & others:
+                self._turn_root = want = next(iter(ticked))
+                return offset == want
+        return True
+
+    def _root_offset(self) -> int:
+        """The stable offset of the root frame (the cell's) the op being recorded was called from."""
+        frame: types.FrameType | None = sys._getframe(2)
+        roots = self._root_codes
+        while frame is not None:
+            if frame.f_code in roots:
+                return frame_offset(frame)
+            frame = frame.f_back
+        return -1
 
     def _first_of_a_turn(self, now_op: int) -> bool:
         """Whether the op counted ``now_op`` is the first of a turn of the anchor's loop (it ticks once
@@ -2207,6 +2246,7 @@ class CoExecutor:
         self._anchor_hits = array("q", (prev, now_op))
         self._turn_ends = set(node.pred)
         self._turn_starts = {node}
+        self._turn_root, self._root_runs = None, []
         self._anchor_limit = now_op + 10 * self._anchor_period + 10
         self._anchor_trains = any(at and at[-1] > prev for at in self._marks())  # see tick
         self._reset_iteration(kept + 2 if earlier else self.iter_index + 1, now)
