@@ -1895,9 +1895,12 @@ class CoExecutor:
 
     def _anchor_sure(self) -> bool:
         """Whether the anchor's iterations are the turns of a loop of the cell (a loop ticked once in
-        each), or the cell's code has no loop that ticks, or 8 of its periods went by without a
-        re-anchor (the anchor is all there is to go by)."""
-        return (self._anchor_loop >= 0 and self._counted >= 2) or not self._tick_seen or self._counted >= 8
+        each), or no loop of the cell has ticked, or 8 of its periods went by without a re-anchor
+        (the anchor is all there is to go by). (Not "no tick counted at the anchor's runs": an
+        anchor set inside the first turn, at Adam's state made per parameter in its first step,
+        had none counted, was taken as sure, and the baseline's eager turns ran from an anchor
+        that never came back: 4 rows for 40 turns.)"""
+        return (self._anchor_loop >= 0 and self._counted >= 2) or not self._turns or self._counted >= 8
 
     def _reset_choice(self) -> None:
         self._coexec_ms: list[float] = []  # the last clean co-executed iterations
