@@ -779,6 +779,34 @@ for i in range(8):
     assert last.name == "<module>"
 
 
+def test_an_evaluation_loop_after_training_that_auto_ran_eagerly_gets_rows():
+    """auto on a CPU measures the training loop and runs it eagerly, its mode off, counting rows by
+    that loop's ticks: the evaluation loop after it, whose ticks it did not count, was one row
+    with the last training turn (59 rows for 60 + 20 turns). A loop that first turns in such a
+    stretch, once no frame stands in the measured loop, puts the mode back: it is found and
+    measured as the first loop was."""
+    source = PRELUDE + """
+for i in range(60):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+scores = []
+with torch.no_grad():
+    for k in range(20):
+        scores.append(model(data[k % len(data)][0]).softmax(-1).max().item())
+print(round(loss.item(), 5), [round(v, 4) for v in scores[-3:]])
+"""
+    printed, _ = run_eager(source)
+    session = terra_nb.Session(backend="auto")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, {"__name__": "__main__"})
+    assert out.getvalue() == printed
+    rows = session.log.iterations
+    assert "eager" in [it.mode for it in rows[:60]], [it.mode for it in rows]  # auto chose eager
+    assert len(rows) >= 60 + 17, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+
+
 @pytest.mark.parametrize("case", ["embedding", "cross_entropy", "gather"])
 def test_an_index_out_of_range_raises_before_the_lines_after_it_run(case):
     """An id past an embedding's rows, a class past the logits', a gather index past the dim, in a

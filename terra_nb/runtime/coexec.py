@@ -1785,6 +1785,16 @@ class CoExecutor:
                 self._tick_reanchors += 1
             return
         if loop != self._anchor_loop:
+            if (loop not in self._first_tick and self._anchor_loop >= 0
+                    and not loops.running(self._anchor_loop, sys._getframe(1))):
+                # A loop that never turned before turns, and no frame stands in the loop the
+                # stretch counts: that loop ended (training, then an evaluation loop). The mode
+                # goes back on, so that this loop's turns are found, and measured, as the first
+                # loop's were; counted by the ended loop's ticks, they were all one row.
+                self._first_tick[loop] = self.op_counter
+                self._hook()
+                self._leave_eager()
+                self._anchor_limit = -1  # (its loop ended: the next op seen before anchors)
             return
         now = _perf()
         self._close_iteration(now)
