@@ -221,8 +221,10 @@ class ProfilingMode(TerraMode):
         """Mean µs per deferred op in steady state: over the ``steady`` iterations where given (the
         benchmark gives the co-executed ones of its training's second half: an iteration that fell
         back pays for tracing and for its first compiles), else over the second half of them all."""
-        first = max(self.by_iteration, default=0) // 2
-        spans = [v for k, v in self.by_iteration.items() if (k in steady if steady is not None else k > first)]
+        if steady is None:
+            first = max(self.by_iteration, default=0) // 2
+            steady = {k for k in self.by_iteration if k > first}
+        spans = [v for k, v in self.by_iteration.items() if k in steady]
         ops = sum(n for _, n in spans)
         return sum(t for t, _ in spans) / ops * 1e6 if ops else None
 
@@ -2471,10 +2473,7 @@ def _index_of(name: str, tensors: list):
     if name == "__getitem__" and len(tensors) != 2:
         return None
     idx = tensors[0] if name in ("embedding", "embedding_bag") else tensors[1]
-    dtype = idx._tn_meta[1] if type(idx) is FutureTensor else idx.dtype
-    if dtype.is_floating_point or dtype.is_complex or dtype is torch.bool:
-        return None
-    return idx
+    return idx if _integral(idx._tn_meta[1] if type(idx) is FutureTensor else idx.dtype) else None
 
 
 def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list) -> bool:
@@ -2662,9 +2661,13 @@ def _host_ints(tensors: list) -> dict | None:
     meta run may read values from. Only where the op was deferred before with inputs of these
     kinds, so its outputs' shapes follow from its inputs' shapes (a value-dependent one is sync)."""
     real = {i: t for i, t in enumerate(tensors)
-            if type(t) is not FutureTensor and t.device.type == "cpu" and not t.dtype.is_floating_point
-            and not t.dtype.is_complex and t.dtype is not torch.bool}
+            if type(t) is not FutureTensor and t.device.type == "cpu" and _integral(t.dtype)}
     return real or None
+
+
+def _integral(dtype: torch.dtype) -> bool:
+    """Whether tensors of ``dtype`` hold integers (indices, lengths): not floats, complex or bools."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype is torch.bool)
 
 
 def _out_shapes(func, args, kwargs, tensors: list, scalars: list) -> tuple | None:
