@@ -440,6 +440,20 @@ for i, (x, y) in enumerate(data):
     print(i, round(loss.item(), 4))
 print(torch.rand(2, generator=g))
 """,
+    "the_default_generators_own_methods": """
+for i, (x, y) in enumerate(data):
+    noise = torch.randn(8, 6) * 0.1  # (from the default generator: deferred)
+    state = torch.default_generator.get_state()  # the stream after that draw, not before it
+    a = torch.rand(3)
+    torch.default_generator.set_state(state)
+    b = torch.rand(3)
+    loss = F.cross_entropy(model(x + noise), y) + (a - b).abs().sum()
+    opt.zero_grad(); loss.backward(); opt.step()
+    if i == 6:
+        torch.default_generator.manual_seed(5)
+    print(i, round(loss.item(), 4), torch.equal(a, b))
+print(torch.rand(2))
+""",
     "a_new_hook_function_every_iteration": """
 grads = []
 for i, (x, y) in enumerate(data):

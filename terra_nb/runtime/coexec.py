@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import functools
 import gc
 import itertools
@@ -552,6 +553,17 @@ class CoExecutor:
                 original = getattr(owner, name)
                 patches.append((owner, name, original))
                 setattr(owner, name, syncing(original))
+        # The default generator's own methods read or set the stream the pending blocks draw from
+        # (``torch.default_generator.get_state()`` came before the draws the program made above it;
+        # ``torch.cuda``'s RNG functions call them on the device's default generator).
+        # Its type is a static one: its methods are set in the dict behind its mappingproxy.
+        generators = _StaticTypeDict(torch._C.Generator)
+        for name in ("get_state", "set_state", "manual_seed", "seed", "clone_state",
+                     "graphsafe_get_state", "graphsafe_set_state"):
+            original = torch._C.Generator.__dict__.get(name)
+            if original is not None and generators.writable:
+                patches.append((generators, name, original))
+                setattr(generators, name, _default_generator_syncs(original, self, owner_thread))
         patches.append((torch, "from_numpy", torch.from_numpy))
         torch.from_numpy = tagging(torch.from_numpy)
         # nn.Parameter wraps its data in C++, past the mode: give it the real tensor.
@@ -2693,6 +2705,33 @@ def _optimizer_params(optimizer):
 
 def _module_params(module):
     return module.parameters()
+
+
+class _StaticTypeDict:
+    """Set and restore attributes of a type implemented in C whose ``setattr`` refuses them, in the
+    dict behind its ``__dict__`` (a mappingproxy), then drop the type's method cache."""
+
+    def __init__(self, cls: type) -> None:
+        object.__setattr__(self, "_cls", cls)
+        referents = gc.get_referents(cls.__dict__)
+        found = referents[0] if len(referents) == 1 and type(referents[0]) is dict else None
+        object.__setattr__(self, "_dict", found)
+        object.__setattr__(self, "writable", found is not None)
+
+    def __setattr__(self, name: str, value) -> None:
+        self._dict[name] = value
+        ctypes.pythonapi.PyType_Modified(ctypes.py_object(self._cls))
+
+
+def _default_generator_syncs(original, executor, owner_thread: int):
+    def method(generator, *args, **kwargs):
+        # (the CPU's default generator, or a device's: ``torch.cuda.get_rng_state`` calls this too;
+        # ops given a generator the program made run at once, and leave nothing pending in it)
+        if (generator is torch.default_generator or generator.device.type != "cpu") and _get_ident() == owner_thread:
+            executor.materialize()
+        return original(generator, *args, **kwargs)
+    method.__name__ = original.__name__
+    return method
 
 
 def _unconditional_zero_grad(original, params_of):
