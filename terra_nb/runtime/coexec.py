@@ -1720,9 +1720,12 @@ class CoExecutor:
         """The anchor ran eagerly: one baseline iteration ends; after the last, co-execution resumes."""
         now = _perf()
         self._count_ticks()
-        self._close_iteration(now)
-        self._reset_iteration(self.iter_index + 1, now)
-        self.baseline -= 1
+        if self._ended_at_tick:
+            self._ended_at_tick = False  # (the tick right before it ended the stretch's last row)
+        else:
+            self._close_iteration(now)
+            self._reset_iteration(self.iter_index + 1, now)
+            self.baseline -= 1
         if self.baseline <= 0 and self._probing and not _enough(self._eager_ms, CHOICE_EAGER):
             self.baseline = CHOICE_EAGER  # short iterations: the probe goes on
             return
@@ -1746,9 +1749,9 @@ class CoExecutor:
 
         With the mode on, ticks are counted per iteration, to find the loop that ticks once per
         iteration (``_anchor_loop``). In auto's eager iterations (its probe, or a stretch it chose)
-        that loop's next tick takes the mode off, so they cost what eager costs; each tick then
-        ends an iteration, and the tick before the last iteration puts the mode back: the last
-        runs eagerly under the mode, and ends at the anchor (``_eager_boundary``).
+        that loop's next tick takes the mode off, so they cost what eager costs; each tick of it
+        ends an iteration, and the tick that ends the last puts the mode back: the anchor, the
+        next op, decides what follows (``_eager_boundary``).
         """
         if _get_ident() != self._owner:
             return  # a function a cell defined, running in another thread, or outside a cell
@@ -1769,7 +1772,10 @@ class CoExecutor:
             if self.mode == "eager" and self.baseline and _perf() - self.iter_start > self._eager_limit:
                 self._leave_eager()
             elif loop == self._anchor_loop and self._stretch and self.baseline > 1:
+                # The stretch's first eager turn, run under the mode from the anchor, ends here
+                # (it was one row with the next turn, the first run with the mode off).
                 self._unhook()
+                self._end_eager_turn()
             elif loop == self._reanchor_at:
                 # the anchor recurs within one turn of this loop: the turn's first op anchors
                 self._reanchor_at = -1
@@ -1777,15 +1783,20 @@ class CoExecutor:
                 self._tick_reanchors += 1
             elif (loop != self._anchor_loop and self._anchor_limit >= 0 and self._anchor_confirmed()
                     and self._first_tick[loop] > self._turn_at.get(self._anchor_loop, -1)
-                    and self.op_counter - self._anchor_last > self._anchor_period
+                    and self.op_counter - self._anchor_last >= self._anchor_period - 1
                     and not loops.running(self._anchor_loop, sys._getframe(1))):
                 # A loop that first turned after the anchor's loop last did turns, the anchor is
                 # overdue, and no frame stands in the anchor's loop any more: that loop ended
                 # (training, then an evaluation loop). The next op seen before anchors, and the
                 # ended loop's rows stay (see _advance); waiting for ten of the anchor's periods
                 # merged the next loop's first turns into one row. (A loop that turned in the
-                # anchor's loop's time, around it or inside it, is no sign of its end.)
+                # anchor's loop's time, around it or inside it, is no sign of its end.) The ended
+                # loop's last turn ends here: the new loop's first turn, whose ops are new, is a
+                # row of its own (its ops re-anchor only where they recur, in its second turn).
                 self._anchor_limit = -1
+                now = _perf()
+                self._close_iteration(now)
+                self._reset_iteration(self.iter_index + 1, now)
             elif (ticks[loop] > self._tick_most.get(loop, 0) + 2 and self.anchor is not None
                     and self._anchor_limit >= 0 and self._tick_reanchors < 3 and not self._anchor_confirmed()
                     and not self._anchor_trains
@@ -1810,12 +1821,19 @@ class CoExecutor:
                 self._leave_eager()
                 self._anchor_limit = -1  # (its loop ended: the next op seen before anchors)
             return
+        self._end_eager_turn()
+
+    def _end_eager_turn(self) -> None:
+        """A tick of the stretch's loop ends an eager iteration; the one that ends the last puts the
+        mode back, and the anchor, the next op, decides what follows (``_eager_boundary``).
+        (Ended at the anchor, the last row was that op alone, and the first one two turns.)"""
         now = _perf()
         self._close_iteration(now)
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline -= 1
-        if self.baseline <= 1:
+        if self.baseline <= 0:
             self._hook()
+            self._ended_at_tick = True
 
     def _note_restless(self, loop: int, last_tick: int) -> None:
         """A turn of ``loop`` ended with no loop known to tick once per iteration: where the anchor
@@ -1853,7 +1871,7 @@ class CoExecutor:
         self._close_iteration(now)
         self._reset_iteration(self.iter_index + 1, now)
         self.baseline = 0
-        self._probing = self._stretch = False
+        self._probing = self._stretch = self._ended_at_tick = False
         self._coexec_ms.clear()
         self._relapse_ms.clear()
         self._probe_after = CHOICE_COEXEC
@@ -1932,6 +1950,7 @@ class CoExecutor:
         self._eager_ms: list[float] = []  # the iterations of the eager probe
         self._probing = False
         self._stretch = False  # the eager iterations are auto's (a probe or a stretch), not a baseline
+        self._ended_at_tick = False  # a stretch's last row ended at a tick (see _end_eager_turn)
         self._ticks = {}  # loop id -> ticks in this iteration
         self._once = {}  # loop id -> iterations in which it ticked exactly once
         self._counted = 0  # iterations counted since the anchor was set
