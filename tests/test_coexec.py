@@ -1560,6 +1560,34 @@ print([round(v, 4) for v in scores], round(loss.item(), 5))
     assert [it.mode for it in rows[-8:-1]] == ["coexec"] * 7, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
 
 
+@pytest.mark.parametrize("where", ["cell", "function"])
+def test_an_evaluation_loop_in_each_epoch_joins_the_epochs_last_row_every_epoch(where):
+    """Epochs of eight training turns, then five evaluation turns (in the epoch's loop, or in a
+    function each epoch calls): a row per training turn, the evaluation in the epoch's last one,
+    in every epoch. The first epoch's evaluation was two rows of its own (33 rows for 32 turns)."""
+    epoch = """
+model.train()
+for x, y in data[:8]:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+model.eval()
+correct = 0
+with torch.no_grad():
+    for x, y in data[8:]:
+        correct += (model(x).argmax(1) == y).sum().item()
+print(ep, round(loss.item(), 5), correct)
+"""
+    if where == "function":
+        source = PRELUDE + "def run_epoch(ep):\n" + textwrap.indent(epoch, "    ") + "for ep in range(4):\n    run_epoch(ep)\n"
+    else:
+        source = PRELUDE + "for ep in range(4):\n" + textwrap.indent(epoch, "    ")
+    rows = check_program(source).log.iterations
+    assert len(rows) == 4 * 8, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+    ops = [it.ops_traced + it.ops_coexec for it in rows]
+    assert ops[15] == ops[23] == ops[31] > ops[14] == ops[22] == ops[30], ops
+    assert ops[7] == ops[15], ops
+
+
 # an episode's ten steps of a policy (``policy``, ``state``, ``logps`` and ``rewards`` set before)
 POLICY_STEPS = """
     for t in range(10):
@@ -1571,17 +1599,22 @@ POLICY_STEPS = """
 """
 
 
-def test_an_episode_of_steps_with_one_backward_is_one_iteration():
+@pytest.mark.parametrize("returns", ["ops", "loop"])
+def test_an_episode_of_steps_with_one_backward_is_one_iteration(returns):
     """Reinforcement learning: each episode steps a policy in a loop, then runs one backward and
     the optimizer. The steps outnumber the episode's own ops, but the episode is the iteration:
-    one row per episode, as the training loop it is."""
+    one row per episode, as the training loop it is. Its returns summed by ops, or by a loop after
+    the steps' (whose first turn, in the episode's loop, is no sign that the steps' loop, whose
+    turns anchor at first, ended for good: the first episode's steps were 10 rows)."""
+    by = {"ops": "    returns = torch.tensor(rewards).flip(0).cumsum(0).flip(0)\n",
+          "loop": "    acc, returns = 0.0, []\n    for r in reversed(rewards):\n        acc += r\n"
+                  "        returns.insert(0, acc)\n    returns = torch.tensor(returns)\n"}[returns]
     source = PRELUDE + """
 policy = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 popt = torch.optim.Adam(policy.parameters(), lr=1e-2)
 for episode in range(12):
     state = torch.randn(4)
-    logps, rewards = [], []""" + POLICY_STEPS + """    returns = torch.tensor(rewards).flip(0).cumsum(0).flip(0)
-    loss = -(torch.stack(logps) * returns).sum()
+    logps, rewards = [], []""" + POLICY_STEPS + by + """    loss = -(torch.stack(logps) * returns).sum()
     popt.zero_grad()
     loss.backward()
     popt.step()

@@ -1784,10 +1784,11 @@ class CoExecutor:
             elif (loop != self._anchor_loop and self._anchor_limit >= 0 and self._anchor_confirmed()
                     and self._first_tick[loop] > self._turn_at.get(self._anchor_loop, -1)
                     and self.op_counter - self._anchor_last >= self._anchor_period - 1
-                    and not loops.running(self._anchor_loop, sys._getframe(1))):
+                    and not loops.running(self._anchor_loop, sys._getframe(1))
+                    and not loops.enclosed(loop, sys._getframe(1), self._first_tick)):
                 # A loop that first turned after the anchor's loop last did turns, the anchor is
-                # overdue, and no frame stands in the anchor's loop any more: that loop ended
-                # (training, then an evaluation loop). The next op seen before anchors, and the
+                # overdue, and no frame stands in the anchor's loop any more, nor in a loop around
+                # this one: that loop ended (training, then an evaluation loop). The next op seen before anchors, and the
                 # ended loop's rows stay (see _advance); waiting for ten of the anchor's periods
                 # merged the next loop's first turns into one row. (A loop that turned in the
                 # anchor's loop's time, around it or inside it, is no sign of its end.) The ended
@@ -1811,9 +1812,11 @@ class CoExecutor:
             return
         if loop != self._anchor_loop:
             if (loop not in self._first_tick and self._anchor_loop >= 0
-                    and not loops.running(self._anchor_loop, sys._getframe(1))):
+                    and not loops.running(self._anchor_loop, sys._getframe(1))
+                    and not loops.enclosed(loop, sys._getframe(1), self._first_tick)):
                 # A loop that never turned before turns, and no frame stands in the loop the
-                # stretch counts: that loop ended (training, then an evaluation loop). The mode
+                # stretch counts, nor in a loop around this one: that loop ended (training, then
+                # an evaluation loop). The mode
                 # goes back on, so that this loop's turns are found, and measured, as the first
                 # loop's were; counted by the ended loop's ticks, they were all one row.
                 self._first_tick[loop] = self.op_counter

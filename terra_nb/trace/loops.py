@@ -52,3 +52,23 @@ def running(loop: int, frame) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def enclosed(loop: int, frame, ticked) -> bool:
+    """Whether a frame of ``frame``'s stack (``frame`` standing in loop ``loop``) stands in another
+    loop of ``ticked`` (the loops that turned in this cell) too: one around ``loop``, in its
+    function or in a caller (an episode's loop around its steps' loop and the loop after them, an
+    epoch's around its training and evaluation loops). (Other cells' loops may share a file name.)"""
+    first_frame = True
+    while frame is not None:
+        line = frame.f_lineno
+        if line is not None:
+            filename = frame.f_code.co_filename
+            for other in ticked:
+                name, first = LOOPS[other]
+                if (name == filename and first <= line <= ENDS[other]
+                        and not (first_frame and other == loop)):
+                    return True
+        first_frame = False
+        frame = frame.f_back
+    return False
