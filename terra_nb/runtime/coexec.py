@@ -793,7 +793,8 @@ class CoExecutor:
             kwargs = {}
         if self.mode == "eager":
             anchor = self.anchor
-            boundary = anchor is not None and func == anchor.func and self._is_anchor(anchor, args, kwargs, sys._getframe(3))
+            boundary = (anchor is not None and func == anchor.func and self._is_anchor(anchor, args, kwargs, sys._getframe(3))
+                        and self._starts_a_turn())  # (not a second call of the anchor's function in a turn)
             out = func(*args, **kwargs)
             if boundary:
                 self._eager_boundary()
