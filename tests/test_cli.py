@@ -172,3 +172,47 @@ def test_import_does_not_load_ipython():
     code = "import sys, terra_nb; print(any(m in sys.modules for m in ('IPython', 'ipywidgets', 'anywidget')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+WARNING_SCRIPT = textwrap.dedent("""
+    import warnings
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def step(x):
+        h = model(x)
+        return -F.log_softmax(h).mean()  # no dim: a warning of F.log_softmax's, stacklevel 3
+
+    for it in range(40):
+        x = torch.randn(6, 4)
+        y = torch.tensor(model(x).detach())  # a C++ warning: copy construct
+        loss = step(x) + F.mse_loss(model(x).sum(1, keepdim=True), y.sum(1))  # target size: F.mse_loss warns
+        z = torch.stft(torch.randn(64), 16, return_complex=True)  # no window: torch.functional's line
+        opt.zero_grad(); loss.backward(); opt.step()
+        if it == 30:
+            warnings.warn(f"the program's own, at {it}")
+            print((loss * 2).grad)  # a non-leaf's .grad: C++, at this line
+    print(round(loss.item(), 4))
+""")
+
+
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+def test_warnings_name_the_programs_lines_once_each_as_eager(tmp_path, backend):
+    """Torch's warnings from ops the engine runs (traced, at once, from a future) named the
+    engine's line, the ones repeated by blocks their generated code's line (``<eval_with_key>``),
+    and each showed there again; a user saw warnings from terra_nb. They are eager's, once each."""
+    script = tmp_path / "warns.py"
+    script.write_text(WARNING_SCRIPT)
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    coexec = _cli("run", str(script), "--backend", backend)
+    assert plain.returncode == coexec.returncode == 0, coexec.stderr
+    assert coexec.stdout == plain.stdout
+
+    def warnings_of(stderr):
+        return [line for line in stderr.splitlines() if "Warning: " in line]
+    assert len(warnings_of(plain.stderr)) == 6, plain.stderr
+    assert warnings_of(coexec.stderr) == warnings_of(plain.stderr)

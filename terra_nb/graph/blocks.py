@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import operator
+import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -149,7 +151,24 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
     if grad_enabled is not None:
         g.call_function(torch._C._set_grad_enabled, (entry_grad,))  # leave the caller's mode as it was
     g.output(tuple(values[v] for v in spec.outputs))
-    return torch.fx.GraphModule(torch.nn.Module(), g, class_name="TerraBlock")
+    gm = torch.fx.GraphModule(torch.nn.Module(), g, class_name="TerraBlock")
+    # Its code's warnings are those of the program's lines, shown when the ops first ran, traced
+    # (see location.stand_in): a block repeats them from its own code's lines, which eager's
+    # program never shows. Warnings of this module name are ignored (``_ignore_block_warnings``).
+    type(gm).forward.__globals__["__name__"] = BLOCK_MODULE
+    return gm
+
+
+BLOCK_MODULE = "terra_nb.block"  # the module name of a block's generated code, for warnings
+
+
+def _ignore_block_warnings() -> None:
+    """Warnings from a block's code are ignored, after every filter of the program's (one that
+    shows all warnings, ``simplefilter("always")``, shows them)."""
+    warnings.filterwarnings("ignore", module=re.escape(BLOCK_MODULE) + r"\Z", append=True)
+
+
+_ignore_block_warnings()
 
 
 def _emit(g: torch.fx.Graph, node: Node, args, kwargs) -> torch.fx.Node:

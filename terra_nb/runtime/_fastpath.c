@@ -74,12 +74,12 @@ static const char *FUTURE_SLOTS[U_NSLOTS] = {"_tn_meta", "_tn_src", "_tn_val", "
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
-#define N_MISSES 16
+#define N_MISSES 17
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
     "no entries", "more than 64 tensors", "a mask not a frozenset", "unexpected slots",
     "no entry matched", "the anchor's function, run eagerly", "autocast on", "keyword arguments not in a dict",
-    "saved-tensor hooks on", "inside a torch.func transform",
+    "saved-tensor hooks on", "inside a torch.func transform", "a Python function, run eagerly",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
 
@@ -1229,6 +1229,11 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             goto error;
         if (watched)
             MISS(11);
+        if (PyFunction_Check(func))
+            /* torch's Python-level function (F.softmax), called again by the mode: from C, its
+               warnings (stacklevel 2 or 3) would name torch's handle_torch_function; the Python
+               path calls it from a frame standing in for the program's (location.stand_in). */
+            MISS(16);
         *taken = 1;
         result = PyObject_Call(func, args, kwargs != NULL && kwargs != Py_None ? kwargs : NULL);
         goto out;
@@ -1496,7 +1501,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         }
         if (!now) {
             result = defer(fp, node, tensors, nt, scalars);
-        } else if (local) {
+        } else if (local && !PyFunction_Check(func)) {  /* (a Python-level one: as in the eager branch) */
             result = run_local(fp, node, func, args, kwargs, tensors, nt, scalars, (PyObject *)frame);
         } else {
             tlist = PyList_New(nt);

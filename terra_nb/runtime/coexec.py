@@ -46,11 +46,13 @@ from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location, loops
 from ..trace.location import (
     RootRegistry,
+    caller_of_op,
     caught_here,
     frame_offset,
     location_key,
     loop_headers,
     module_path,
+    stand_in,
     user_line,
 )
 from ..trace.ops import (
@@ -795,7 +797,7 @@ class CoExecutor:
             anchor = self.anchor
             boundary = (anchor is not None and func == anchor.func and self._is_anchor(anchor, args, kwargs, sys._getframe(3))
                         and self._starts_a_turn())  # (not a second call of the anchor's function in a turn)
-            out = func(*args, **kwargs)
+            out = stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)  # (its warnings: eager's)
             if boundary:
                 self._eager_boundary()
             return out
@@ -812,7 +814,7 @@ class CoExecutor:
         if scalars and floats_decide_shape(info.name):
             spec = with_floats(spec, scalars)  # (the C path's spec has markers there: it hands these calls here)
         if not tensors and func in self.passthrough:
-            return func(*args, **kwargs)
+            return stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)
         frame = sys._getframe(3)
         if frame.f_code in _REBUILDS:
             # torch rebuilding a tensor around memory it received (a DataLoader worker's batch,
@@ -1025,7 +1027,7 @@ class CoExecutor:
             waited_ms = (_perf() - t0) * 1e3
         if has_future:
             args, kwargs = real((args, kwargs))
-        out = func(*args, **kwargs)
+        out = stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)
         return self._ran_now(node, info, tensors, frame, scalars, out, has_future, waited_ms)
 
     def _ran_now(self, node: Node, info, tensors: list, frame, scalars: list, out,
@@ -1346,7 +1348,7 @@ class CoExecutor:
         # before the call: an op that changes its input's metadata in place (requires_grad_,
         # unsqueeze_, resize_) is keyed by what the skeleton will see when it comes again
         in_meta = tuple([meta_of(t) for t in tensors])
-        out = func(*args, **kwargs)
+        out = stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)  # (its warnings: eager's)
         struct = out_structure(out)
         if not tensors and (struct is None or struct is NONE):
             try:

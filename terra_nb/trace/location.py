@@ -215,6 +215,46 @@ _RUN_UNTIL_COMPLETE = asyncio.BaseEventLoop.run_until_complete.__code__
 _HANDLE_TORCH_FUNCTION = torch.overrides.handle_torch_function.__code__
 
 
+def caller_of_op(frame: types.FrameType | None) -> types.FrameType | None:
+    """The frame an op the engine runs was called from, as eager's stack has it: past this
+    package's frames, and past torch's hand-over of a Python-level function to the mode
+    (``handle_torch_function`` and the function's own outer frame: the mode calls it again)."""
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR + os.sep):
+        frame = frame.f_back
+    if frame is not None and frame.f_code is _HANDLE_TORCH_FUNCTION:
+        frame = frame.f_back
+        frame = frame.f_back if frame is not None else None
+    return frame
+
+
+_STAND_INS: dict[tuple, types.FunctionType] = {}
+_STAND_IN_CODES: set[types.CodeType] = set()
+
+
+def stand_in(frame: types.FrameType | None):
+    """A function ``(f, args, kwargs) -> f(*args, **kwargs)`` whose frame stands in for ``frame``:
+    its file, line, function name and globals. The warnings of the call are then eager's: a C++
+    warning of torch takes the innermost Python frame, a Python-level one of a function the mode
+    calls again the frame above that function, and each is shown once per line of the program's
+    module (its ``__warningregistry__``), not at this package's line where the engine calls."""
+    if frame is None or frame.f_lineno is None:
+        return _call
+    key = (frame.f_code, frame.f_lineno)
+    fn = _STAND_INS.get(key)
+    if fn is None:
+        source = "\n" * (frame.f_lineno - 1) + "def _(f, a, k): return f(*a, **k)\n"
+        module = compile(source, frame.f_code.co_filename, "exec")
+        code = next(c for c in module.co_consts if isinstance(c, types.CodeType))
+        code = code.replace(co_name=frame.f_code.co_name, co_qualname=frame.f_code.co_name)
+        _STAND_IN_CODES.add(code)
+        fn = _STAND_INS[key] = types.FunctionType(code, frame.f_globals)
+    return fn
+
+
+def _call(f, a, k):
+    return f(*a, **k)
+
+
 def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
     """Rewrite the tracebacks of ``exc`` and of the exceptions chained to it without this
     package's frames (the engine's: the program's traceback is what eager's would be), and,
@@ -230,7 +270,8 @@ def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
         while tb is not None:
             filename = tb.tb_frame.f_code.co_filename
             # (the event loop the engine runs a cell's top-level await on is the engine's too)
-            ours = filename.startswith(_PACKAGE_DIR + os.sep) or (engine and tb.tb_frame.f_code is _RUN_UNTIL_COMPLETE)
+            ours = (filename.startswith(_PACKAGE_DIR + os.sep) or tb.tb_frame.f_code in _STAND_IN_CODES
+                    or (engine and tb.tb_frame.f_code is _RUN_UNTIL_COMPLETE))
             if ours and handed:
                 handed[-1] = True
             if (kept or start is None or filename == start) and not ours:
