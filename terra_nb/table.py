@@ -2,12 +2,22 @@
 
 ``IterationTable(session, cell)`` renders, for one cell, each iteration's mode, wall time,
 speedup against the cell's median eager iteration, blocks, syncs and fallbacks, ending in the
-one-line summary. It is HTML (a pandas Styler) in Jupyter, plain text elsewhere; the same data
-is ``IterationTable.frame()``. ``live=True`` shows the latest rows and a status line while the
-cell runs.
+one-line summary. It is HTML in Jupyter, plain text elsewhere; the same data is
+``IterationTable.frame()`` (pandas). ``live=True`` shows the latest rows and a status line while
+the cell runs.
+
+Rendering reads the log's records, not pandas: pandas enters ``warnings.catch_warnings`` on
+many calls, which changes the warning filters, and every module's record of the warnings it has
+shown is then forgotten. A live table re-rendered during a loop made a warning the loop raises
+once per line show again after each update, as a plain cell's never does.
 """
 
 from __future__ import annotations
+
+import html
+import math
+
+from .frames import speedups
 
 COLUMNS = ["iteration", "mode", "wall_ms", "speedup", "blocks", "syncs", "fallbacks"]
 _MODE_COLORS = {"eager": "#e2e8f0", "trace": "#fde68a", "coexec": "#bfdbfe", "fallback": "#fecaca"}
@@ -26,36 +36,59 @@ class IterationTable:
         frame = self.session.to_pandas("iterations")
         return frame[frame["cell"] == self.cell][COLUMNS].reset_index(drop=True)
 
-    def status(self) -> str:
+    def _rows(self) -> list[tuple]:
+        """The cell's iterations, one tuple of COLUMNS each."""
+        its = [it for it in self.session.log.iterations if it.cell == self.cell]
+        return [(it.iteration, it.mode, it.wall_ms, ratio, it.blocks, it.syncs, it.fallbacks)
+                for it, ratio in zip(its, speedups(its))]
+
+    def status(self, rows: list[tuple] | None = None) -> str:
+        rows = self._rows() if rows is None else rows
         compiling = sum(1 for block in self.session.executor.compiled.values() if block.state == "compiling")
-        frame = self.frame()
-        last = frame["mode"].iloc[-1] if len(frame) else "starting"
-        text = f"running: iteration {len(frame) + 1}, last iteration {last}"
+        last = rows[-1][1] if rows else "starting"
+        text = f"running: iteration {len(rows) + 1}, last iteration {last}"
         if compiling:
             text += f"; {compiling} block{'s' if compiling != 1 else ''} compiling in the background"
         return text
 
-    def _shown(self):
-        frame = self.frame()
+    def _shown(self) -> tuple[list[tuple], str]:
+        """The rows shown (the first and the latest of a long cell) and the footer."""
+        rows = self._rows()
+        footer = self.status(rows) if self.live else self.session.summary(self.cell)
         limit = 30 if self.live else self.max_rows
-        if len(frame) > limit:
+        if len(rows) > limit:
             head = 0 if self.live else limit // 4
-            frame = frame.iloc[list(range(head)) + list(range(len(frame) - (limit - head), len(frame)))]
-        return frame
-
-    def _footer(self) -> str:
-        return self.status() if self.live else self.session.summary(self.cell)
+            rows = rows[:head] + rows[len(rows) - (limit - head):]
+        return rows, footer
 
     def _repr_html_(self) -> str:
-        import html
-
-        frame = self._shown()
-        styler = (frame.style.hide(axis="index")
-                  .format({"wall_ms": "{:.3f}", "speedup": lambda v: "" if v != v else f"{v:.2f}x"})
-                  .map(lambda mode: f"background-color: {_MODE_COLORS.get(str(mode), '')}", subset=["mode"]))
-        return f"{styler.to_html()}<p><code>{html.escape(self._footer())}</code></p>"
+        rows, footer = self._shown()
+        header = "".join(f"<th>{name}</th>" for name in COLUMNS)
+        body = []
+        for row in rows:
+            cells = []
+            for name, value in zip(COLUMNS, row):
+                style = f' style="background-color: {_MODE_COLORS[value]}"' if name == "mode" and value in _MODE_COLORS else ""
+                cells.append(f"<td{style}>{html.escape(_cell(name, value, html=True))}</td>")
+            body.append(f"<tr>{''.join(cells)}</tr>")
+        return (f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+                f"<p><code>{html.escape(footer)}</code></p>")
 
     def __repr__(self) -> str:
-        frame = self._shown()
-        text = frame.to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(frame) else "(no iterations)"
-        return f"{text}\n{self._footer()}"
+        rows, footer = self._shown()
+        if not rows:
+            return f"(no iterations)\n{footer}"
+        cells = [COLUMNS] + [[_cell(name, value) for name, value in zip(COLUMNS, row)] for row in rows]
+        widths = [max(len(line[k]) for line in cells) for k in range(len(COLUMNS))]
+        text = "\n".join(" ".join(value.rjust(width) for value, width in zip(line, widths)) for line in cells)
+        return f"{text}\n{footer}"
+
+
+def _cell(name: str, value, html: bool = False) -> str:
+    if name == "wall_ms":
+        return f"{value:.3f}"
+    if name == "speedup":
+        if math.isnan(value):
+            return "" if html else "NaN"
+        return f"{value:.2f}x" if html else f"{value:.3f}"
+    return str(value)

@@ -129,3 +129,40 @@ print("final", [round(v, 5) for v in w.tolist()])
     assert final and final == [line for line in terra.splitlines() if line.startswith("final")], terra
     assert "'coexec'" in modes, modes
     assert "after 7" in after
+
+
+@pytest.mark.slow
+def test_a_warning_in_a_terra_cell_names_the_cells_line_once_as_in_a_plain_cell():
+    """torch's warning from an op in a loop: a plain cell shows it once, at the cell's line; so does
+    a ``%%terra`` cell (it named terra_nb's own line, and a block's generated code's, each once)."""
+    from jupyter_client.manager import start_new_kernel
+
+    cell = """
+import torch
+import torch.nn.functional as F
+torch.manual_seed(0)
+w = torch.randn(4, 3, requires_grad=True)
+for i in range(30):
+    p = F.softmax(torch.randn(5, 4) @ w)
+    loss = -p[:, 0].log().mean()
+    loss.backward()
+    with torch.no_grad():
+        w -= 0.1 * w.grad
+        w.grad = None
+print("final", round(loss.item(), 5))
+"""
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        plain = _execute_as_jupyterlab(kc, cell, "plain")
+        _execute_as_jupyterlab(kc, "%load_ext terra_nb", "load")
+        terra = _execute_as_jupyterlab(kc, "%%terra --no-widget --always-coexec" + cell, "terra")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+    def warnings_in(out):
+        return [line.split(": UserWarning: ")[0].rsplit(":", 1)[1] for line in out.splitlines() if ": UserWarning: " in line]
+    assert "final" in terra and [l for l in terra.splitlines() if l.startswith("final")] == \
+        [l for l in plain.splitlines() if l.startswith("final")], terra
+    assert warnings_in(plain) == ["6"], plain
+    assert warnings_in(terra) == ["6"], terra
