@@ -200,19 +200,20 @@ WARNING_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("backend", ["eager", "auto"])
-def test_warnings_name_the_programs_lines_once_each_as_eager(tmp_path, backend):
+def test_warnings_name_the_programs_lines_once_each_as_eager(tmp_path):
     """Torch's warnings from ops the engine runs (traced, at once, from a future) named the
     engine's line, the ones repeated by blocks their generated code's line (``<eval_with_key>``),
-    and each showed there again; a user saw warnings from terra_nb. They are eager's, once each."""
+    and each showed there again; a user saw warnings from terra_nb. They are eager's, once each,
+    co-executed and under auto (whose eager turns run with the mode on at times)."""
     script = tmp_path / "warns.py"
     script.write_text(WARNING_SCRIPT)
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    coexec = _cli("run", str(script), "--backend", backend)
-    assert plain.returncode == coexec.returncode == 0, coexec.stderr
-    assert coexec.stdout == plain.stdout
 
     def warnings_of(stderr):
         return [line for line in stderr.splitlines() if "Warning: " in line]
-    assert len(warnings_of(plain.stderr)) == 6, plain.stderr
-    assert warnings_of(coexec.stderr) == warnings_of(plain.stderr)
+    assert plain.returncode == 0 and len(warnings_of(plain.stderr)) == 6, plain.stderr
+    for backend in ("eager", "auto"):
+        coexec = _cli("run", str(script), "--backend", backend)
+        assert coexec.returncode == 0, coexec.stderr
+        assert coexec.stdout == plain.stdout
+        assert warnings_of(coexec.stderr) == warnings_of(plain.stderr), backend
