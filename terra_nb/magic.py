@@ -70,11 +70,11 @@ class TerraMagics(Magics):
         raw, cell = cell, shell.transform_cell(cell)
         filename = shell.compile.cache(cell, shell.execution_count, raw_code=raw)
         cell_number = sess.cells + 1
-        handle, listener = None, None
+        handle, listener, cleared = None, None, _ClearWatch(shell.display_pub)
         if not args.quiet:
             view = IterationTable(sess, cell_number, live=True)
             handle = display(view, display_id=True)
-            listener = _throttled(lambda _it: handle.update(view))
+            listener = _throttled(lambda _it: cleared.show(handle, view))
             sess.log.listeners.append(listener)
         always_coexec = sess.executor.always_coexec
         sess.executor.always_coexec = always_coexec or args.always_coexec
@@ -89,7 +89,8 @@ class TerraMagics(Magics):
             if listener is not None:
                 sess.log.listeners.remove(listener)
             if handle is not None:
-                handle.update(IterationTable(sess, cell_number))
+                cleared.show(handle, IterationTable(sess, cell_number))
+            cleared.close()
         self._retire_previous_run(sess, cell_number)
         if args.output:
             shell.user_ns[args.output] = report
@@ -178,6 +179,37 @@ def _notebook_cell_id(shell) -> str | None:
         return kernel.get_parent().get("metadata", {}).get("cellId") if kernel is not None else None
     except (AttributeError, TypeError):
         return None
+
+
+class _ClearWatch:
+    """Notes the cell's ``clear_output()`` calls (a training loop's live printout), which remove
+    the table's output: a display update then reaches no output, and the cell ended with no table.
+    After one, the table is displayed anew (same display id) instead of updated."""
+
+    def __init__(self, publisher) -> None:
+        self.publisher = publisher
+        self.cleared = False
+        self.had = "clear_output" in vars(publisher)  # (an instance's own, put back as it was)
+        self.original = publisher.clear_output
+
+        def clear_output(*args, **kwargs):
+            self.cleared = True
+            return self.original(*args, **kwargs)
+
+        publisher.clear_output = clear_output
+
+    def show(self, handle, view) -> None:
+        if self.cleared:
+            self.cleared = False
+            handle.display(view)
+        else:
+            handle.update(view)
+
+    def close(self) -> None:
+        if self.had:
+            self.publisher.clear_output = self.original
+        else:
+            del self.publisher.clear_output
 
 
 def _throttled(fn, interval: float = 0.25):

@@ -166,3 +166,27 @@ print("final", round(loss.item(), 5))
         [l for l in plain.splitlines() if l.startswith("final")], terra
     assert warnings_in(plain) == ["6"], plain
     assert warnings_in(terra) == ["6"], terra
+
+
+@pytest.mark.slow
+def test_the_table_stays_when_the_cell_clears_its_output():
+    """A training loop that prints its progress after ``clear_output(wait=True)``: the clear took
+    the live table's output away, its updates reached nothing, and the cell ended with no table."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("%load_ext terra_nb"), nbformat.v4.new_code_cell("""%%terra --no-widget
+import torch
+from IPython.display import clear_output
+w = torch.zeros(3, requires_grad=True)
+for i in range(20):
+    loss = (w - 1).pow(2).sum()
+    loss.backward()
+    with torch.no_grad():
+        w -= 0.1 * w.grad
+        w.grad = None
+    clear_output(wait=True)
+    print("step", i, round(loss.item(), 4))
+""")]
+    NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+    text = _text(notebook.cells[1])
+    assert "step 19" in text and "step 18" not in text, text
+    assert "iterations" in text and "coexec" in text, text
