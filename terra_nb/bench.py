@@ -148,6 +148,11 @@ def run_bench(args) -> int:
         for size, per_iter, eager, floor, alone, coexec in skeleton_micro():
             print(f"{f'{size}x{size}':>8}{per_iter:>10}{eager:>8.2f}{floor:>15.2f}{alone:>16.2f}{coexec:>13.2f}")
         return 0
+    if args.iters < 4 or args.repeat < 1 or args.timeout < 1:
+        print(f"terra-nb bench: --iters {args.iters} --repeat {args.repeat} --timeout {args.timeout}: the steady "
+              "state is the median gap between the later half's iterations; give --iters 4 or more, "
+              "--repeat and --timeout 1 or more", file=sys.stderr)
+        return 2
     names = [n for n in args.programs.split(",") if n]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [n for n in names if n not in PROGRAMS] + [v for v in variants if v not in VARIANTS]

@@ -69,6 +69,10 @@ def _run(args) -> int:
     if not os.path.exists(args.script):
         print(f"terra-nb run: no such script: {args.script}", file=sys.stderr)
         return 2
+    problem = _run_options_problem(args)
+    if problem:  # before anything of the script runs
+        print(f"terra-nb run: {problem}", file=sys.stderr)
+        return 2
     if args.eager:
         import runpy
 
@@ -96,6 +100,18 @@ def _run(args) -> int:
     return status
 
 
+def _run_options_problem(args) -> str | None:
+    if args.trace_iters < 1:
+        return f"--trace-iters {args.trace_iters}: a node is traced at least once; give 1 or more"
+    if args.baseline < 0:
+        return f"--baseline {args.baseline}: give 0 (no eager baseline) or more iterations"
+    if args.export and not args.eager:
+        from .frames import export_problem
+
+        return export_problem(args.export)
+    return None
+
+
 def _print_script_error(exc: BaseException, script: str) -> None:
     """Print the traceback Python prints for an exception the script raised: from the script's
     first frame down, with no frame of the engine's (a block's error is raised from the op's line)."""
@@ -121,6 +137,11 @@ def _report(session, quiet: bool) -> None:
 def _demo(args) -> int:
     from .demo import demo_source
     from .session import Session
+
+    if args.iters < 1 or not 0 <= args.baseline < args.iters:
+        print(f"terra-nb demo: --iters {args.iters} --baseline {args.baseline}: give 1 or more training steps, "
+              "and fewer eager ones (0 or more) than steps", file=sys.stderr)
+        return 2
 
     session = Session(backend=args.backend)
     print(f"terra-nb demo: {args.iters} training steps of a small MLP: traced, then {args.baseline} eager "

@@ -132,11 +132,29 @@ def blocks_frame(log: EventLog):
     return frame
 
 
+def export_problem(path: str) -> str | None:
+    """Why the tables cannot be written to ``path``, before anything runs; None where they can."""
+    suffix = os.path.splitext(path)[1]
+    if suffix not in (".csv", ".parquet"):
+        return f"cannot export to {path!r}: the file name must end in .csv or .parquet"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"cannot export to {path!r}: no folder {folder!r}; create it, or export to a path in an existing folder"
+    if not os.access(folder, os.W_OK):
+        return f"cannot export to {path!r}: the folder {folder!r} is not writable; export to another path"
+    if suffix == ".parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            return "writing parquet needs pyarrow: pip install 'terra-nb[parquet]', or export to a .csv path"
+    return None
+
+
 def export(session, path: str) -> list[str]:
     """Write every table; returns the paths written. See the module docstring for the layout."""
     stem, suffix = os.path.splitext(path)
     if suffix not in (".csv", ".parquet"):
-        raise ValueError(f"cannot export to {path!r}: the file name must end in .csv or .parquet")
+        raise ValueError(export_problem(path))
     written = []
     for kind in KINDS:
         target = path if kind == "iterations" else f"{stem}.{kind}{suffix}"

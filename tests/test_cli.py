@@ -217,3 +217,24 @@ def test_warnings_name_the_programs_lines_once_each_as_eager(tmp_path):
         assert coexec.returncode == 0, coexec.stderr
         assert coexec.stdout == plain.stdout
         assert warnings_of(coexec.stderr) == warnings_of(plain.stderr), backend
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "{script}", "--export", "{tmp}/log.xlsx"], "must end in .csv or .parquet"),
+    (["run", "{script}", "--export", "{tmp}/missing/log.csv"], "no folder"),
+    (["run", "{script}", "--trace-iters", "0"], "--trace-iters 0"),
+    (["run", "{script}", "--baseline", "-1"], "--baseline -1"),
+    (["bench", "--iters", "0"], "--iters 4 or more"),
+    (["demo", "--iters", "0"], "--iters 0"),
+])
+def test_bad_options_are_refused_before_anything_runs(tmp_path, capsys, argv, says):
+    """A bad ``--export`` path was found after the whole script had run (a ValueError's traceback,
+    and the run's log lost); ``--trace-iters 0``, ``bench --iters 0`` ran on, meaninglessly."""
+    from terra_nb.cli import main
+
+    script = tmp_path / "train.py"
+    script.write_text("print('the script ran')\n")
+    status = main([a.format(script=script, tmp=tmp_path) for a in argv])
+    out, err = capsys.readouterr()
+    assert status == 2 and says in err and "Traceback" not in err, err
+    assert "the script ran" not in out
