@@ -121,10 +121,12 @@ class TerraMagics(Magics):
         elif command == "export":
             if len(words) != 2:
                 raise UsageError("usage: %terra export PATH (a .csv or .parquet file name)")
-            try:
-                written = sess.export(words[1])
-            except ValueError as exc:
-                raise UsageError(str(exc)) from exc
+            from .frames import export_problem
+
+            problem = export_problem(words[1])  # (a missing folder, no pyarrow: not a traceback)
+            if problem:
+                raise UsageError(problem)
+            written = sess.export(words[1])
             print("wrote " + ", ".join(written))
         elif command == "reset":
             sess.reset()

@@ -117,6 +117,8 @@ def test_options_and_errors(ip):
         ip.run_line_magic("terra", "frobnicate")
     with pytest.raises(UsageError, match="csv or .parquet"):
         ip.run_line_magic("terra", "export out.txt")
+    with pytest.raises(UsageError, match="no folder"):  # (an OSError's traceback from pandas before)
+        ip.run_line_magic("terra", "export /no/such/folder/log.csv")
     with capture_output() as out:
         ip.run_cell_magic("terra", "--quiet -o r", "z = torch.ones(2) * 3")
     assert out.outputs == [] and out.stdout == ""
