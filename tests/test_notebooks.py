@@ -162,8 +162,9 @@ print("final", round(loss.item(), 5))
 
     def warnings_in(out):
         return [line.split(": UserWarning: ")[0].rsplit(":", 1)[1] for line in out.splitlines() if ": UserWarning: " in line]
-    assert "final" in terra and [l for l in terra.splitlines() if l.startswith("final")] == \
-        [l for l in plain.splitlines() if l.startswith("final")], terra
+    def finals(out):
+        return [line for line in out.splitlines() if line.startswith("final")]
+    assert finals(terra) and finals(terra) == finals(plain), terra
     assert warnings_in(plain) == ["6"], plain
     assert warnings_in(terra) == ["6"], terra
 

@@ -154,7 +154,7 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
     gm = torch.fx.GraphModule(torch.nn.Module(), g, class_name="TerraBlock")
     # Its code's warnings are those of the program's lines, shown when the ops first ran, traced
     # (see location.stand_in): a block repeats them from its own code's lines, which eager's
-    # program never shows. Warnings of this module name are ignored (``_ignore_block_warnings``).
+    # program never shows. Warnings of this module name are ignored (``ignore_block_warnings``).
     type(gm).forward.__globals__["__name__"] = BLOCK_MODULE
     return gm
 
@@ -162,13 +162,17 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
 BLOCK_MODULE = "terra_nb.block"  # the module name of a block's generated code, for warnings
 
 
-def _ignore_block_warnings() -> None:
+def ignore_block_warnings() -> None:
     """Warnings from a block's code are ignored, after every filter of the program's (one that
-    shows all warnings, ``simplefilter("always")``, shows them)."""
-    warnings.filterwarnings("ignore", module=re.escape(BLOCK_MODULE) + r"\Z", append=True)
+    shows all warnings, ``simplefilter("always")``, shows them). Added where it is missing only (a
+    program's ``warnings.resetwarnings()`` removes it): each change of the filters makes every
+    module forget the warnings it has shown."""
+    if ("ignore", None, Warning, _BLOCK_MODULE_RE, 0) not in warnings.filters:
+        warnings.filterwarnings("ignore", module=_BLOCK_MODULE_RE.pattern, append=True)
 
 
-_ignore_block_warnings()
+_BLOCK_MODULE_RE = re.compile(re.escape(BLOCK_MODULE) + r"\Z")
+ignore_block_warnings()
 
 
 def _emit(g: torch.fx.Graph, node: Node, args, kwargs) -> torch.fx.Node:

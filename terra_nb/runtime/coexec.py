@@ -41,7 +41,7 @@ import torch.utils.dlpack
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
-from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, produces
+from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, ignore_block_warnings, produces
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location, loops
 from ..trace.location import (
@@ -269,6 +269,7 @@ class CoExecutor:
     _reanchor_at: int
     _tick_seen: dict[int, list[int]]  # loop id -> [iterations it ticked 0 times, >1 times]
     _probing: bool
+    _ended_at_tick: bool
     iter_start: float
 
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
@@ -393,6 +394,7 @@ class CoExecutor:
         if not self.graph.python_hooks and any(_has_hooks(t) for t in list(self.graph.grad_leaves.values())):
             self._hooks_registered()  # a hook registered on a parameter since the last cell
         patches = self._patch_torch()
+        ignore_block_warnings()
         # Every deferred op allocates a few small objects; with the default thresholds the
         # collector would run every ~100 ops and cost more than the op. Collect rarely instead.
         thresholds = gc.get_threshold()
@@ -1790,13 +1792,15 @@ class CoExecutor:
                     and not loops.running(self._anchor_loop, sys._getframe(1))
                     and not loops.enclosed(loop, sys._getframe(1), self._first_tick)):
                 # A loop that first turned after the anchor's loop last did turns, the anchor is
-                # overdue, and no frame stands in the anchor's loop any more, nor in a loop around
-                # this one: that loop ended (training, then an evaluation loop). The next op seen before anchors, and the
+                # due (a turn of its loop would start with it now), and no frame stands in the
+                # anchor's loop any more, nor in a loop around this one: that loop ended
+                # (training, then an evaluation loop). The next op seen before anchors, and the
                 # ended loop's rows stay (see _advance); waiting for ten of the anchor's periods
                 # merged the next loop's first turns into one row. (A loop that turned in the
-                # anchor's loop's time, around it or inside it, is no sign of its end.) The ended
-                # loop's last turn ends here: the new loop's first turn, whose ops are new, is a
-                # row of its own (its ops re-anchor only where they recur, in its second turn).
+                # anchor's loop's time, around it or inside it, is no sign of its end; nor is one
+                # after it in an episode's or an epoch's turn.) The ended loop's last turn ends
+                # here: the new loop's first turn, whose ops are new, is a row of its own (its ops
+                # re-anchor only where they recur, in its second turn).
                 self._anchor_limit = -1
                 now = _perf()
                 self._close_iteration(now)
@@ -2736,6 +2740,10 @@ class _StaticTypeDict:
     """Set and restore attributes of a type implemented in C whose ``setattr`` refuses them, in the
     dict behind its ``__dict__`` (a mappingproxy), then drop the type's method cache."""
 
+    _cls: type
+    _dict: dict | None
+    writable: bool
+
     def __init__(self, cls: type) -> None:
         object.__setattr__(self, "_cls", cls)
         referents = gc.get_referents(cls.__dict__)
@@ -2744,6 +2752,7 @@ class _StaticTypeDict:
         object.__setattr__(self, "writable", found is not None)
 
     def __setattr__(self, name: str, value) -> None:
+        assert self._dict is not None
         self._dict[name] = value
         ctypes.pythonapi.PyType_Modified(ctypes.py_object(self._cls))
 
