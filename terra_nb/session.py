@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import types
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -68,6 +69,10 @@ class Session:
         self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters, runner=runner,
                                    always_coexec=always_coexec)
         self.cells = 0
+        # The GraphRunner's thread holds its runner: a session dropped, or reset, left it running
+        # (a thread per Session() and per %terra reset, for the life of the process).
+        self._runner = [self.executor.runner]
+        weakref.finalize(self, _stop_runner, self._runner)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -230,8 +235,10 @@ class Session:
         self.sync()
         backend, trace_iters = self.executor.backend, self.executor.trace_iters
         self.log.clear()
+        self.executor.runner.stop()
         self.executor = CoExecutor(self.log, backend=backend, trace_iters=trace_iters,
                                    runner=self.executor.runner.placement, always_coexec=self.executor.always_coexec)
+        self._runner[0] = self.executor.runner
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -263,6 +270,10 @@ class Session:
         cell = self.cells if cell is None else cell
         return summarize([it for it in self.log.iterations if it.cell == cell], self.log.of_kind("fallback"), cell,
                          [e for e in self.log.of_kind("choice") if e.cell == cell])
+
+
+def _stop_runner(holder: list) -> None:
+    holder[0].stop()
 
 
 def summarize(iterations: list[Iteration], fallbacks: list, cell: int, choices: Sequence = ()) -> str:

@@ -2436,3 +2436,29 @@ wrong = [k for k, v in list(cache.items()) if round(v.sum().item(), 4) != sums[k
     assert namespace["wrong"] == []
     assert sorted(namespace["cache"].keys()) in ([11], [10, 11])  # eager: [11]; one more at most
     assert sum(it.mode == "coexec" for it in session.log.iterations) >= 6
+
+
+def test_a_dropped_or_reset_session_leaves_no_runner_thread():
+    """Each GraphRunner's thread held its runner: every Session() a program made and dropped, and
+    every ``%terra reset``, left a thread running for the life of the process."""
+    import gc
+    import threading
+
+    def runners():
+        return sum(t.name == "terra-graph-runner" and t.is_alive() for t in threading.enumerate())
+
+    gc.collect()
+    before = runners()
+    for _ in range(3):
+        session = terra_nb.Session()
+        run_terra("import torch\nx = torch.ones(3)\nfor i in range(6):\n    x = x * 2\nprint(x.sum().item())\n",
+                  session=session)
+        del session
+    gc.collect()
+    assert runners() == before
+    session = terra_nb.Session()
+    for _ in range(3):
+        session.reset()
+    assert runners() == before + 1
+    printed, _, _ = run_terra("import torch\nprint((torch.ones(2) * 3).tolist())\n", session=session)
+    assert printed == "[3.0, 3.0]\n"

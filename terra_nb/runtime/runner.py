@@ -221,7 +221,8 @@ class GraphRunner:
         with self._cv:
             self._stopped = True
             self._cv.notify_all()
-        self._thread.join(timeout=10)
+        if threading.current_thread() is not self._thread:  # (a collection in it can drop a session)
+            self._thread.join(timeout=10)
 
     def _loop(self) -> None:
         torch.set_grad_enabled(True)
