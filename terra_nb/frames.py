@@ -152,21 +152,18 @@ def export_problem(path: str) -> str | None:
 
 def export(session, path: str) -> list[str]:
     """Write every table; returns the paths written. See the module docstring for the layout."""
+    problem = export_problem(path)
+    if problem:
+        raise ValueError(problem)
     stem, suffix = os.path.splitext(path)
-    if suffix not in (".csv", ".parquet"):
-        raise ValueError(export_problem(path))
     written = []
     for kind in KINDS:
         target = path if kind == "iterations" else f"{stem}.{kind}{suffix}"
         frame = to_pandas(session, kind)
         if suffix == ".csv":
             frame.to_csv(target, index=False)
-        else:
-            try:
-                frame.to_parquet(target, index=False)
-            except ImportError as exc:
-                raise ImportError("writing parquet needs pyarrow: pip install 'terra-nb[parquet]', "
-                                  "or export to a .csv path") from exc
+        else:  # (export_problem found pyarrow)
+            frame.to_parquet(target, index=False)
         written.append(target)
     return written
 

@@ -46,13 +46,12 @@ from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location, loops
 from ..trace.location import (
     RootRegistry,
-    caller_of_op,
+    call_from_program,
     caught_here,
     frame_offset,
     location_key,
     loop_headers,
     module_path,
-    stand_in,
     user_line,
 )
 from ..trace.ops import (
@@ -799,7 +798,7 @@ class CoExecutor:
             anchor = self.anchor
             boundary = (anchor is not None and func == anchor.func and self._is_anchor(anchor, args, kwargs, sys._getframe(3))
                         and self._starts_a_turn())  # (not a second call of the anchor's function in a turn)
-            out = stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)  # (its warnings: eager's)
+            out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
             if boundary:
                 self._eager_boundary()
             return out
@@ -816,7 +815,7 @@ class CoExecutor:
         if scalars and floats_decide_shape(info.name):
             spec = with_floats(spec, scalars)  # (the C path's spec has markers there: it hands these calls here)
         if not tensors and func in self.passthrough:
-            return stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)
+            return call_from_program(func, args, kwargs)
         frame = sys._getframe(3)
         if frame.f_code in _REBUILDS:
             # torch rebuilding a tensor around memory it received (a DataLoader worker's batch,
@@ -1029,7 +1028,7 @@ class CoExecutor:
             waited_ms = (_perf() - t0) * 1e3
         if has_future:
             args, kwargs = real((args, kwargs))
-        out = stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)
+        out = call_from_program(func, args, kwargs)
         return self._ran_now(node, info, tensors, frame, scalars, out, has_future, waited_ms)
 
     def _ran_now(self, node: Node, info, tensors: list, frame, scalars: list, out,
@@ -1350,7 +1349,7 @@ class CoExecutor:
         # before the call: an op that changes its input's metadata in place (requires_grad_,
         # unsqueeze_, resize_) is keyed by what the skeleton will see when it comes again
         in_meta = tuple([meta_of(t) for t in tensors])
-        out = stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)  # (its warnings: eager's)
+        out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
         struct = out_structure(out)
         if not tensors and (struct is None or struct is NONE):
             try:
@@ -1789,8 +1788,7 @@ class CoExecutor:
             elif (loop != self._anchor_loop and self._anchor_limit >= 0 and self._anchor_confirmed()
                     and self._first_tick[loop] > self._turn_at.get(self._anchor_loop, -1)
                     and self.op_counter - self._anchor_last >= self._anchor_period - 1
-                    and not loops.running(self._anchor_loop, sys._getframe(1))
-                    and not loops.enclosed(loop, sys._getframe(1), self._first_tick)):
+                    and self._left_anchor_loop(loop, sys._getframe(1))):
                 # A loop that first turned after the anchor's loop last did turns, the anchor is
                 # due (a turn of its loop would start with it now), and no frame stands in the
                 # anchor's loop any more, nor in a loop around this one: that loop ended
@@ -1818,20 +1816,25 @@ class CoExecutor:
                 self._tick_reanchors += 1
             return
         if loop != self._anchor_loop:
-            if (loop not in self._first_tick and self._anchor_loop >= 0
-                    and not loops.running(self._anchor_loop, sys._getframe(1))
-                    and not loops.enclosed(loop, sys._getframe(1), self._first_tick)):
+            if loop not in self._first_tick and self._anchor_loop >= 0 and self._left_anchor_loop(loop, sys._getframe(1)):
                 # A loop that never turned before turns, and no frame stands in the loop the
                 # stretch counts, nor in a loop around this one: that loop ended (training, then
-                # an evaluation loop). The mode
-                # goes back on, so that this loop's turns are found, and measured, as the first
-                # loop's were; counted by the ended loop's ticks, they were all one row.
+                # an evaluation loop). The mode goes back on, so that this loop's turns are found,
+                # and measured, as the first loop's were; counted by the ended loop's ticks, they
+                # were all one row.
                 self._first_tick[loop] = self.op_counter
                 self._hook()
                 self._leave_eager()
                 self._anchor_limit = -1  # (its loop ended: the next op seen before anchors)
             return
         self._end_eager_turn()
+
+    def _left_anchor_loop(self, loop: int, frame) -> bool:
+        """Whether loop ``loop``, ticking in ``frame``, runs after the anchor's loop ended: no frame
+        of the stack stands in the anchor's loop, nor in a loop (of this cell's) around ``loop``
+        (an episode's returns loop after its steps', an epoch's evaluation after its training)."""
+        return (not loops.running(self._anchor_loop, frame)
+                and not loops.enclosed(loop, frame, self._first_tick))
 
     def _end_eager_turn(self) -> None:
         """A tick of the stretch's loop ends an eager iteration; the one that ends the last puts the
@@ -2742,14 +2745,15 @@ class _StaticTypeDict:
 
     _cls: type
     _dict: dict | None
-    writable: bool
 
     def __init__(self, cls: type) -> None:
         object.__setattr__(self, "_cls", cls)
         referents = gc.get_referents(cls.__dict__)
-        found = referents[0] if len(referents) == 1 and type(referents[0]) is dict else None
-        object.__setattr__(self, "_dict", found)
-        object.__setattr__(self, "writable", found is not None)
+        object.__setattr__(self, "_dict", referents[0] if len(referents) == 1 and type(referents[0]) is dict else None)
+
+    @property
+    def writable(self) -> bool:
+        return self._dict is not None
 
     def __setattr__(self, name: str, value) -> None:
         assert self._dict is not None

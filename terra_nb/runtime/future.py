@@ -9,14 +9,13 @@ Once materialised, a future behaves as its real tensor for the rest of its life.
 
 from __future__ import annotations
 
-import sys
 from threading import get_ident
 from typing import Any
 
 import torch
 from torch.utils._pytree import tree_map
 
-from ..trace.location import caller_of_op, stand_in
+from ..trace.location import call_from_program
 
 _is_grad_enabled = torch.is_grad_enabled
 
@@ -82,7 +81,7 @@ class FutureTensor(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         args, kwargs = real((args, kwargs or {}))
         with torch._C.DisableTorchFunctionSubclass():  # (called from the program's line: its warnings)
-            return stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)
+            return call_from_program(func, args, kwargs)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):

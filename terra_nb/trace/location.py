@@ -26,6 +26,7 @@ import asyncio
 import dis
 import linecache
 import os
+import sys
 import types
 import weakref
 from dataclasses import dataclass, field
@@ -253,6 +254,12 @@ def stand_in(frame: types.FrameType | None):
 
 def _call(f, a, k):
     return f(*a, **k)
+
+
+def call_from_program(func, args, kwargs):
+    """``func(*args, **kwargs)`` for the engine, called from a frame standing in for the program's
+    frame that called the op (``stand_in(caller_of_op(...))``): its warnings are eager's."""
+    return stand_in(caller_of_op(sys._getframe(1)))(func, args, kwargs)
 
 
 def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:

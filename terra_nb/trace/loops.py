@@ -59,16 +59,4 @@ def enclosed(loop: int, frame, ticked) -> bool:
     loop of ``ticked`` (the loops that turned in this cell) too: one around ``loop``, in its
     function or in a caller (an episode's loop around its steps' loop and the loop after them, an
     epoch's around its training and evaluation loops). (Other cells' loops may share a file name.)"""
-    first_frame = True
-    while frame is not None:
-        line = frame.f_lineno
-        if line is not None:
-            filename = frame.f_code.co_filename
-            for other in ticked:
-                name, first = LOOPS[other]
-                if (name == filename and first <= line <= ENDS[other]
-                        and not (first_frame and other == loop)):
-                    return True
-        first_frame = False
-        frame = frame.f_back
-    return False
+    return any(running(other, frame.f_back if other == loop else frame) for other in ticked)
