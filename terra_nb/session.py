@@ -114,7 +114,8 @@ class Session:
         body, last = _split_last_expression(source, filename, top_level_await)
         namespace = namespace if namespace is not None else {"__name__": "__main__"}
         executor = self.executor
-        namespace[loops.TICK] = executor.tick  # the cell's loops call it (trace/loops.py)
+        namespace[loops.TICK] = executor.tick  # the cell's loops call them (trace/loops.py)
+        namespace[loops.SKIP] = executor.skip
         executor.begin_cell(cell)
         value = None
         try:

@@ -2462,3 +2462,35 @@ def test_a_dropped_or_reset_session_leaves_no_runner_thread():
     assert runners() == before + 1
     printed, _, _ = run_terra("import torch\nprint((torch.ones(2) * 3).tolist())\n", session=session)
     assert printed == "[3.0, 3.0]\n"
+
+
+@pytest.mark.parametrize("head", ["break", "continue"])
+@pytest.mark.parametrize("backend", ["auto", "coexec"])
+def test_a_turn_that_leaves_at_its_head_is_no_row_of_its_own(head, backend):
+    """``if step >= steps: break`` as a loop's first statement (a step-limited loop over batches):
+    the turn that breaks does nothing. Co-executed, it runs no op and is part of the last step's
+    row; auto's eager turns, counted by the loop's ticks with the mode off, made it a row of its
+    own (81 rows for 80 steps). A turn skipped by a ``continue`` there is part of the row before it
+    the same way."""
+    skip = "if step >= 80:\n        break" if head == "break" else "if i % 3 == 2:\n        continue"
+    source = PRELUDE + f"""
+step = 0
+for i in range({81 if head == "break" else 120}):
+    {skip}
+    x, y = data[step % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    step += 1
+print(step, round(loss.item(), 5))
+"""
+    printed, _ = run_eager(source)
+    session = (terra_nb.Session(backend="auto") if backend == "auto"
+               else terra_nb.Session(backend="eager", always_coexec=True))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        session.run_cell(source, {"__name__": "__main__"})
+    assert out.getvalue() == printed
+    rows = session.log.iterations
+    modes = [it.mode for it in rows]
+    assert ("eager" in modes) == (backend == "auto"), modes  # auto chose eager on this CPU
+    assert len(rows) == 80, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]

@@ -54,3 +54,32 @@ def test_a_function_a_cell_defined_still_runs_outside_any_cell():
     namespace: dict = {"__name__": "__main__"}
     session.run_cell(SOURCE, namespace)
     assert namespace["body"](4) == 10  # its while loop ticks into an idle executor
+
+
+def test_a_break_or_continue_opening_a_loop_gets_a_skip_at_its_line():
+    source = """
+def first_squares(n):
+    out = []
+    for i in range(100):
+        if len(out) >= n:
+            break
+        if i % 2:
+            continue
+        out.append(i * i)
+    return out
+for k in range(3):
+    if k == 1:
+        continue
+    print(first_squares(k + 2))
+"""
+    tree = loops.instrument(ast.parse(source), "<cell>")
+    skips = [node for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == loops.SKIP]
+    assert sorted(skip.lineno for skip in skips) == [6, 13]  # the `continue` after a statement gets none
+    for loop in (n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))):
+        head = loop.body[1].body
+        assert head[0].value.args[0].value == loop.body[0].value.args[0].value  # the loop's own id
+        assert isinstance(head[1], (ast.Break, ast.Continue)) and head[0].lineno == head[1].lineno
+    out, namespace, _ = run_terra(source)
+    assert out == run_eager(source)[0]
+    assert namespace["first_squares"](3) == [0, 4, 16]  # outside any cell: the executor is idle

@@ -269,6 +269,7 @@ class CoExecutor:
     _tick_seen: dict[int, list[int]]  # loop id -> [iterations it ticked 0 times, >1 times]
     _probing: bool
     _ended_at_tick: bool
+    _ticked_row: float | None
     iter_start: float
 
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
@@ -1842,11 +1843,37 @@ class CoExecutor:
         (Ended at the anchor, the last row was that op alone, and the first one two turns.)"""
         now = _perf()
         self._close_iteration(now)
+        start = self.iter_start
         self._reset_iteration(self.iter_index + 1, now)
+        self._ticked_row = start  # the ended row's start, until another row begins (see skip)
         self.baseline -= 1
         if self.baseline <= 0:
             self._hook()
             self._ended_at_tick = True
+
+    def skip(self, loop: int) -> None:
+        """A turn of a cell's loop ends at its head (``__terra_skip__``, before an ``if ...: break``
+        or ``continue`` opening the body; see trace/loops.py). In auto's eager turns, whose rows its
+        tick begins, that turn ran nothing: the row the tick ended goes on (a step-limited loop's
+        last turn was a row of its own). Co-executed, rows begin at a turn's first op, and such a
+        turn is part of the row before it already."""
+        if _get_ident() != self._owner or loop != self._anchor_loop or self._ticked_row is None:
+            return
+        log = self.log.iterations
+        last = log[-1] if log else None
+        if last is None or last.cell != self.cell or last.iteration != self.iter_index - 1:
+            return
+        log.pop()
+        if last.mode == "eager" and self._probing and self._eager_ms and self._eager_ms[-1] == last.wall_ms:
+            self._eager_ms.pop()
+        start = self._ticked_row
+        self._reset_iteration(last.iteration, start)
+        self.iter_blocks, self.iter_syncs, self.iter_fallbacks = last.blocks, last.syncs, last.fallbacks
+        self.ops_traced, self.ops_coexec = last.ops_traced, last.ops_coexec
+        self.baseline += 1
+        if self._ended_at_tick:  # (the turn that ended the stretch did not run: it goes on)
+            self._ended_at_tick = False
+            self._unhook()
 
     def _note_restless(self, loop: int, last_tick: int) -> None:
         """A turn of ``loop`` ended with no loop known to tick once per iteration: where the anchor
@@ -2311,6 +2338,7 @@ class CoExecutor:
         self._reset_iteration(kept + 2 if earlier else self.iter_index + 1, now)
 
     def _reset_iteration(self, index: int, now: float) -> None:
+        self._ticked_row = None
         self._hold_trace = False
         self._anchor_traced = False
         self.iter_index = index

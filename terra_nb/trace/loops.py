@@ -10,6 +10,11 @@ back when co-execution is to be measured again. Lines and columns of the user's 
 change (a tick takes its loop's first body line), so tracebacks and location keys stay as they
 were; comprehensions are expressions and get no tick.
 
+A ``break`` or ``continue`` that is the first statement of an ``if`` opening the loop's body (``if
+step >= steps: break``) gets a call ``__terra_skip__(k)`` before it: the turn ends having run
+nothing but that test, and the engine, counting turns by ticks with the mode off, joins it to the
+row before it (as co-execution does, whose rows begin at the turn's first op).
+
 Example::
 
     >>> tree = instrument(ast.parse("for i in range(3):\\n    x = i"), "<cell>")
@@ -22,6 +27,7 @@ from __future__ import annotations
 import ast
 
 TICK = "__terra_tick__"  # the name the instrumented code calls; bound in the cell's namespace
+SKIP = "__terra_skip__"  # called before a break or continue at a loop's head; bound beside TICK
 LOOPS: list[tuple[str, int]] = []  # loop id -> (filename, line of the loop statement)
 ENDS: list[int] = []  # loop id -> the loop statement's last line (its body's, or its else's)
 
@@ -33,11 +39,18 @@ def instrument(tree: ast.Module, filename: str) -> ast.Module:
             LOOPS.append((filename, node.lineno))
             ENDS.append(node.end_lineno or node.lineno)
             first = node.body[0]
-            call = ast.Expr(ast.Call(ast.Name(TICK, ast.Load()), [ast.Constant(len(LOOPS) - 1)], []))
-            for part in ast.walk(call):  # the loop's first body line and column, end positions too
-                ast.copy_location(part, first)
-            node.body.insert(0, call)
+            if isinstance(first, ast.If) and isinstance(first.body[0], (ast.Break, ast.Continue)):
+                first.body.insert(0, _call(SKIP, len(LOOPS) - 1, first.body[0]))
+            node.body.insert(0, _call(TICK, len(LOOPS) - 1, first))
     return tree
+
+
+def _call(name: str, loop: int, where: ast.stmt) -> ast.Expr:
+    """The statement ``name(loop)``, at ``where``'s line and column (end positions too)."""
+    call = ast.Expr(ast.Call(ast.Name(name, ast.Load()), [ast.Constant(loop)], []))
+    for part in ast.walk(call):
+        ast.copy_location(part, where)
+    return call
 
 
 def running(loop: int, frame) -> bool:
