@@ -40,7 +40,7 @@ class TerraMagics(Magics):
     @argument("--backend", choices=BACKENDS, default=None, help="how blocks run, for this cell and the later ones (as %%terra backend NAME): "
                    "auto (the session's default), eager, inductor, cudagraphs")
     @argument("--baseline", type=int, default=0, metavar="N",
-              help="run N iterations plain eager first (once the loop is found): the speedup denominator")
+              help="run N iterations plain eager first (once the loop is found): with auto's eager ones, the speedup denominator")
     @argument("--always-coexec", action="store_true",
               help="with the auto backend on a CPU: co-execute this cell even where eager measured faster")
     @argument("--trace", type=int, default=None, metavar="N", help="times each node is traced before it is deferred")

@@ -95,7 +95,8 @@ class Session:
                  filename: str | None = None, baseline: int = 0, top_level_await: bool = True) -> CellReport:
         """Run ``source`` in ``namespace`` under co-execution (``mode``: auto, trace or eager).
 
-        ``baseline`` iterations run eagerly first: the table's speedups are against their median.
+        ``baseline`` iterations run eagerly first: the table's speedups are against the median of the
+        cell's eager iterations (these, and auto's).
         ``await`` at the cell's top level runs as in a plain IPython cell (``top_level_await``;
         a script's, as ``python`` does, is a SyntaxError).
 
