@@ -125,12 +125,10 @@ def _print_script_error(exc: BaseException, script: str) -> None:
 
 
 def _report(session, quiet: bool) -> None:
-    frame = session.to_pandas("iterations")
-    if not quiet and len(frame):
-        shown = frame[["iteration", "mode", "wall_ms", "speedup", "blocks", "syncs", "fallbacks"]]
-        if len(shown) > 24:
-            shown = shown.iloc[list(range(12)) + list(range(len(shown) - 12, len(shown)))]
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
+    from .table import IterationTable
+
+    if not quiet and session.log.iterations:
+        print(IterationTable(session, session.cells, max_rows=24, head=12).text(), file=sys.stderr)
     print(f"terra-nb: {session.summary()}", file=sys.stderr)
 
 

@@ -26,11 +26,12 @@ _MODE_COLORS = {"eager": "#e2e8f0", "trace": "#fde68a", "coexec": "#bfdbfe", "fa
 class IterationTable:
     """A view of one cell's iterations; re-rendered from the log on every display."""
 
-    def __init__(self, session, cell: int, live: bool = False, max_rows: int = 60) -> None:
+    def __init__(self, session, cell: int, live: bool = False, max_rows: int = 60, head: int = 15) -> None:
         self.session = session
         self.cell = cell
         self.live = live
-        self.max_rows = max_rows
+        self.max_rows = max_rows  # a longer cell shows its first ``head`` rows and its latest ones
+        self.head = head
 
     def frame(self):
         frame = self.session.to_pandas("iterations")
@@ -51,14 +52,15 @@ class IterationTable:
             text += f"; {compiling} block{'s' if compiling != 1 else ''} compiling in the background"
         return text
 
-    def _shown(self) -> tuple[list[tuple], str]:
-        """The rows shown (the first and the latest of a long cell) and the footer."""
-        rows = self._rows()
+    def _shown(self) -> tuple[list[tuple | int], str]:
+        """The rows shown (the first and the latest of a long cell, the number left out between
+        them in their place) and the footer."""
+        rows: list = self._rows()
         footer = self.status(rows) if self.live else self.session.summary(self.cell)
         limit = 30 if self.live else self.max_rows
         if len(rows) > limit:
-            head = 0 if self.live else limit // 4
-            rows = rows[:head] + rows[len(rows) - (limit - head):]
+            head = 0 if self.live else self.head
+            rows = rows[:head] + [len(rows) - limit] + rows[len(rows) - (limit - head):]
         return rows, footer
 
     def _repr_html_(self) -> str:
@@ -66,6 +68,9 @@ class IterationTable:
         header = "".join(f"<th>{name}</th>" for name in COLUMNS)
         body = []
         for row in rows:
+            if isinstance(row, int):
+                body.append(f'<tr><td colspan="{len(COLUMNS)}">&hellip; {_left_out(row)}</td></tr>')
+                continue
             cells = []
             for name, value in zip(COLUMNS, row):
                 style = f' style="background-color: {_MODE_COLORS[value]}"' if name == "mode" and value in _MODE_COLORS else ""
@@ -75,13 +80,25 @@ class IterationTable:
                 f"<p><code>{html.escape(footer)}</code></p>")
 
     def __repr__(self) -> str:
-        rows, footer = self._shown()
+        return f"{self.text()}\n{self._shown()[1]}"
+
+    def text(self) -> str:
+        """The rows as text, a column each, under a header line (the footer apart)."""
+        rows, _ = self._shown()
         if not rows:
-            return f"(no iterations)\n{footer}"
-        cells = [COLUMNS] + [[_cell(name, value) for name, value in zip(COLUMNS, row)] for row in rows]
+            return "(no iterations)"
+        cells = [COLUMNS] + [[_cell(name, value) for name, value in zip(COLUMNS, row)]
+                             for row in rows if not isinstance(row, int)]
         widths = [max(len(line[k]) for line in cells) for k in range(len(COLUMNS))]
-        text = "\n".join(" ".join(value.rjust(width) for value, width in zip(line, widths)) for line in cells)
-        return f"{text}\n{footer}"
+        lines = [" ".join(value.rjust(width) for value, width in zip(line, widths)) for line in cells]
+        for at, row in enumerate(rows, 1):
+            if isinstance(row, int):
+                lines.insert(at, f"... {_left_out(row)}")
+        return "\n".join(lines)
+
+
+def _left_out(count: int) -> str:
+    return f"{count} iteration{'s' if count != 1 else ''} not shown"
 
 
 def _cell(name: str, value, html: bool = False) -> str:

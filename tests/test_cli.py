@@ -49,6 +49,7 @@ def test_run_keeps_stdout_byte_identical_and_exports(tmp_path):
     assert plain.returncode == eager.returncode == coexec.returncode == 0, coexec.stderr
     assert coexec.stdout == plain.stdout == eager.stdout
     assert "terra-nb:" in coexec.stderr and "coexec" in coexec.stderr
+    assert "... 1 iteration not shown" in coexec.stderr  # 25 rows, 24 shown: the gap is marked
     table = pd.read_csv(export)
     assert {"iteration", "mode", "wall_ms"} <= set(table.columns)
     assert len(table) == 25 and (table["mode"] == "coexec").sum() >= 15

@@ -50,6 +50,18 @@ def test_cell_magic_runs_in_the_user_namespace_and_shows_the_table(ip):
     assert isinstance(ip.user_ns["loss"], torch_tensor_type())
 
 
+def test_a_long_cells_table_marks_the_iterations_it_leaves_out(ip):
+    """The table of a long cell shows its first and latest rows; where it leaves rows out, a row
+    says how many (the iteration numbers jumped, with nothing to say so)."""
+    with capture_output() as out:
+        ip.run_cell_magic("terra", "--no-widget", TRAIN.replace("range(12)", "range(70)"))
+    assert len(out.stdout.splitlines()) == 18
+    html = [o.data["text/html"] for o in out.outputs if "text/html" in o.data][-1]
+    text = [o.data["text/plain"] for o in out.outputs if "text/html" in o.data][-1]
+    assert html.count("<tr>") == 1 + 60 + 1 and "10 iterations not shown" in html
+    assert "... 10 iterations not shown" in text and text.count("\n") == 1 + 60 + 1
+
+
 def test_a_baseline_in_a_cell_that_builds_its_adam_optimizer(ip):
     """``--baseline 3`` on a cell that builds its model and an Adam optimizer, then trains: Adam
     makes its state per parameter in its first step, an op of it recurred there and anchored with
