@@ -269,7 +269,7 @@ class CoExecutor:
     _tick_seen: dict[int, list[int]]  # loop id -> [iterations it ticked 0 times, >1 times]
     _probing: bool
     _ended_at_tick: bool
-    _ticked_row: float | None
+    _ticked_row: tuple[float, int] | None
     iter_start: float
 
     def __init__(self, log: EventLog, backend: str = "eager", trace_iters: int = 1, max_block: int = 64,
@@ -1845,7 +1845,7 @@ class CoExecutor:
         self._close_iteration(now)
         start = self.iter_start
         self._reset_iteration(self.iter_index + 1, now)
-        self._ticked_row = start  # the ended row's start, until another row begins (see skip)
+        self._ticked_row = (start, self.op_counter)  # the ended row's start, and no op since (see skip)
         self.baseline -= 1
         if self.baseline <= 0:
             self._hook()
@@ -1857,8 +1857,9 @@ class CoExecutor:
         tick begins, that turn ran nothing: the row the tick ended goes on (a step-limited loop's
         last turn was a row of its own). Co-executed, rows begin at a turn's first op, and such a
         turn is part of the row before it already."""
-        if _get_ident() != self._owner or loop != self._anchor_loop or self._ticked_row is None:
-            return
+        ticked = self._ticked_row
+        if _get_ident() != self._owner or loop != self._anchor_loop or ticked is None or ticked[1] != self.op_counter:
+            return  # (an op ran since that tick: the anchor ended that row, or will end this one)
         log = self.log.iterations
         last = log[-1] if log else None
         if last is None or last.cell != self.cell or last.iteration != self.iter_index - 1:
@@ -1866,8 +1867,7 @@ class CoExecutor:
         log.pop()
         if last.mode == "eager" and self._probing and self._eager_ms and self._eager_ms[-1] == last.wall_ms:
             self._eager_ms.pop()
-        start = self._ticked_row
-        self._reset_iteration(last.iteration, start)
+        self._reset_iteration(last.iteration, ticked[0])
         self.iter_blocks, self.iter_syncs, self.iter_fallbacks = last.blocks, last.syncs, last.fallbacks
         self.ops_traced, self.ops_coexec = last.ops_traced, last.ops_coexec
         self.baseline += 1
