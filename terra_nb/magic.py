@@ -119,14 +119,15 @@ class TerraMagics(Magics):
                 raise UsageError("no %%terra cell has run yet: there is no table to show")
             display(IterationTable(sess, sess.cells))
         elif command == "export":
-            if len(words) != 2:
+            path = line.strip()[len(command):].strip()  # (the rest of the line: a name may have spaces)
+            if not path:
                 raise UsageError("usage: %terra export PATH (a .csv or .parquet file name)")
             from .frames import export_problem
 
-            problem = export_problem(words[1])  # (a missing folder, no pyarrow: not a traceback)
+            problem = export_problem(path)  # (a missing folder, no pyarrow: not a traceback)
             if problem:
                 raise UsageError(problem)
-            written = sess.export(words[1])
+            written = sess.export(path)
             print("wrote " + ", ".join(written))
         elif command == "reset":
             sess.reset()

@@ -168,9 +168,12 @@ def test_line_magic_commands(ip, tmp_path):
         ip.run_line_magic("terra", "status")
         ip.run_line_magic("terra", "table")
         ip.run_line_magic("terra", f"export {tmp_path / 'log.csv'}")
+        (tmp_path / "my runs").mkdir()
+        ip.run_line_magic("terra", f"export {tmp_path / 'my runs' / 'log.csv'}")  # a folder with a space
         ip.run_line_magic("terra", "backend eager")
-    assert "backend eager" in out.stdout and "nodes" in out.stdout
+    assert "terra_nb backend: eager" in out.stdout and "nodes" in out.stdout
     assert (tmp_path / "log.csv").exists() and (tmp_path / "log.events.csv").exists()
+    assert (tmp_path / "my runs" / "log.csv").exists()
     assert any("text/html" in o.data for o in out.outputs)
     with capture_output() as out:
         ip.run_line_magic("terra", "reset")
