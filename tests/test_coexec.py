@@ -2494,3 +2494,51 @@ print(step, round(loss.item(), 5))
     modes = [it.mode for it in rows]
     assert ("eager" in modes) == (backend == "auto"), modes  # auto chose eager on this CPU
     assert len(rows) == 80, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
+
+
+@pytest.mark.parametrize("between", ["", "opt.param_groups[0]['lr'] = 0.02", "[s['step'].add_(0) for s in opt.state.values()]"])
+def test_a_second_cell_reads_adams_step_counters_without_waiting(between):
+    """Adam keeps a one-element step tensor per parameter and reads it with ``.item()`` in every
+    step: the skeleton runs the counters' ops at once and reads them with no wait (they are
+    skeleton-local). The marks were cleared at each cell's end, and the next cell that trained
+    with the same optimizer waited for the blocks at every read: a sync per parameter per
+    iteration (60 in the second cell's 15 iterations, none in the first's). They are restored where
+    nothing new refers to the counters, as after auto's eager iterations within a cell (plain
+    code between the cells that only sets a learning rate, or updates them in place, changes no
+    reference)."""
+    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
+                             "torch.optim.Adam(model.parameters(), lr=0.01)")
+    train = """
+for i in range(15):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(round(loss.item(), 6))
+"""
+    session = check_cells([(False, source), (True, train), (False, between), (True, train)])
+    syncs = [(e.cell, e.iteration, e.reason, e.location) for e in session.log.of_kind("sync")]
+    assert all(location.endswith(":6") for _, _, _, location in syncs), syncs  # the print's .item() alone
+
+
+def test_a_step_counter_viewed_between_cells_is_read_after_the_writes_through_its_view():
+    """The counters' marks come back only where nothing new refers to them: a view made in a plain
+    cell and written through in the next (deferred, by a block) must be waited for when the
+    counter is read, or ``.item()`` reads the value from before the write."""
+    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
+                             "torch.optim.Adam(model.parameters(), lr=0.01)")
+    train = """
+for i in range(6):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+"""
+    view = "steps = [s['step'] for s in opt.state.values()]\nviews = [t.view(1) for t in steps]\ndel steps"
+    bump = """
+for i in range(6):
+    views[0].mul_(torch.full((1,), 2.0))
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, next(iter(opt.state.values()))['step'].item(), round(loss.item(), 6))
+"""
+    check_cells([(False, source), (True, train), (False, view), (True, bump)])

@@ -388,6 +388,8 @@ class CoExecutor:
         self.mode = mode
         if mode == "eager":
             self._forget_locals()
+        else:
+            self._restore_locals()  # (the marks the last cell left, where no code since took them)
         self.state = SKELETON if mode == "auto" else TRACE
         self._validated = 0
         self.cursor = self.graph.root
@@ -430,7 +432,11 @@ class CoExecutor:
                 for code in roots:
                     self.roots.remove(code)
                 self._ok_parent = None
-                self._forget_locals()  # code outside co-execution is not watched
+                # Code outside co-execution is not watched: the marks go, remembered with what
+                # refers to each tensor, and the next cell restores those nothing new refers to
+                # (an optimizer's step counters: cleared for good, each read in a later cell
+                # waited for the blocks, a sync per parameter per step).
+                self._forget_locals(remember=True)
                 self._depth -= 1
                 self._owner = -1
                 self.cursor = self.graph.root
