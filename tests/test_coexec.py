@@ -2542,3 +2542,24 @@ for i in range(6):
     print(i, next(iter(opt.state.values()))['step'].item(), round(loss.item(), 6))
 """
     check_cells([(False, source), (True, train), (False, view), (True, bump)])
+
+
+def test_a_second_cell_training_with_the_same_adam_has_a_row_per_turn():
+    """The first optimizer step of a cell was compared with the last step of the cell before: the
+    anchor, first found recurring inside Adam's step (its step counters' op, once per parameter),
+    had run four times since, and the step's last op anchored the rows. Every later cell's rows
+    began there: 16 rows for 15 turns, the last of them the post-loop code alone."""
+    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
+                             "torch.optim.Adam(model.parameters(), lr=0.01)")
+    train = """
+for i in range(15):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(round(loss.item(), 6))
+"""
+    session = check_cells([(False, source), (True, train), (True, train), (True, train)])
+    rows = [[(it.mode, it.ops_traced + it.ops_coexec) for it in session.log.iterations if it.cell == cell]
+            for cell in (1, 2, 3)]
+    assert [len(r) for r in rows] == [15, 15, 15], rows
+    assert len({ops for r in rows[1:] for _, ops in r[:-1]}) == 1, rows  # each row one whole turn

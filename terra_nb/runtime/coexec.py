@@ -2246,7 +2246,11 @@ class CoExecutor:
         turns = self._mark_turns.setdefault(id(at), [])
         turns.append((self._cell_token, dict(self._turns), self._anchor_runs))
         del turns[:-3]
-        if (len(at) > 1 and self.anchor is not None and self.cursor is not self.anchor
+        # (the last mark of its kind made in this cell: a new cell's first step of an optimizer a
+        # cell before stepped says nothing of the anchor's turns; the anchor, seen recurring inside
+        # Adam's step, ran four times since, and the step's last op anchored every later row)
+        if (len(turns) > 1 and turns[-2][0] is self._cell_token and self.anchor is not None
+                and self.cursor is not self.anchor
                 and self.cursor is not self.graph.root and not self.explicit_iterations
                 and _after(self._anchor_hits, at[-2]) >= 2 and not self._marks_within_turns(turns)):
             self._reanchor(self.cursor, at[-2], now_op)
