@@ -2563,3 +2563,55 @@ print(round(loss.item(), 6))
             for cell in (1, 2, 3)]
     assert [len(r) for r in rows] == [15, 15, 15], rows
     assert len({ops for r in rows[1:] for _, ops in r[:-1]}) == 1, rows  # each row one whole turn
+
+
+def test_a_sync_in_a_later_cell_names_that_cells_line():
+    """Cells share the nodes of the ops they both run (a node's place leaves out where the cell
+    called from): the second cell's ``.item()`` and ``cross_entropy`` are the first's nodes. Its
+    sync events named the first cell's lines, where the node was first recorded."""
+    first = """
+for i in range(6):
+    x, y = data[i]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(round(loss.item(), 6))
+"""
+    second = """
+for i in range(6):
+    x, y = data[i + 6]; loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+    print(round(loss.item(), 6))
+"""
+    session = check_cells([(False, PRELUDE), (True, first), (True, second)])
+    places = {(e.cell, e.location.rsplit(":", 1)[1]) for e in session.log.of_kind("sync")}
+    assert places == {(1, "6"), (2, "4")}, places
+    files = {e.cell: e.location.rsplit(":", 1)[0] for e in session.log.of_kind("sync")}
+    assert files[1] != files[2], files
+
+
+def test_an_error_a_block_raises_in_a_later_cell_names_that_cells_line():
+    """A later cell runs the first cell's nodes (the same ops, at other lines): an error a block
+    raised there (an index the deferred ops computed, past an embedding's rows) ended its
+    traceback at the first cell's line, in the first cell's source."""
+    first = """
+for i in range(8):
+    x, y = data[i]
+    idx = (x[:, 0].abs() * scale).long()
+    h = emb(idx).sum()
+    print(i, round(h.item(), 5))
+"""
+    second = """
+for i in range(8):
+    x, y = data[i]
+    idx = (x[:, 0].abs() * scale).long(); h = emb(idx).sum()
+    print(i, round(h.item(), 5))
+"""
+    session = terra_nb.Session(backend="eager", always_coexec=True)
+    namespace = {"__name__": "__main__"}
+    exec(PRELUDE + "emb = nn.Embedding(5, 3)\nscale = 1.0\n", namespace)
+    with contextlib.redirect_stdout(io.StringIO()):
+        session.run_cell(first, namespace, filename="<first>")
+        namespace["scale"] = 3.0
+        with pytest.raises(IndexError) as info:
+            session.run_cell(second, namespace, filename="<second>")
+    last = traceback.extract_tb(info.value.__traceback__)[-1]
+    assert (last.filename, last.lineno) == ("<second>", 4), traceback.format_exception(info.value)

@@ -23,7 +23,8 @@ for i in range(5):
 
 
 def _ops(session):
-    return sorted((n.name, str(n.line)) for n in session.graph.nodes[1:])
+    """The graph's nodes, by op and line number (a node's file is the last cell that ran it)."""
+    return sorted((n.name, n.line.lineno) for n in session.graph.nodes[1:])
 
 
 def test_same_loop_traced_twice_gives_one_set_of_nodes():

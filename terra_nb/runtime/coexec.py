@@ -327,7 +327,7 @@ class CoExecutor:
         self._mark_turns: dict[int, list] = {}  # id of one of those arrays -> (cell, loops' ticks, anchor runs) at its last marks
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
-        self._sync_text: dict[Node, tuple[str, str]] = {}  # a sync event's reason and location, per node
+        self._sync_text: dict[tuple[Node, str], tuple[str, str]] = {}  # a sync event's reason and location, per node and line
         self._cell_mode = "auto"
         self.baseline = self._baseline_asked = 0
         self.explicit_iterations = False
@@ -1069,11 +1069,11 @@ class CoExecutor:
         self._validated = 1
         if waited_ms >= 0:
             self.iter_syncs += 1
-            text = self._sync_text.get(node)
-            if text is None:  # one reason and one location string per node, shared by its events
-                text = (f"{info.name}: Python needs a value", str(node.line or user_line(frame) or ""))
-                if node.line:
-                    self._sync_text[node] = text
+            # (the line it runs at: cells share nodes, and a node's line is the first cell's)
+            where = str(user_line(frame) or node.line or "")
+            text = self._sync_text.get((node, where))
+            if text is None:  # one reason and one location string per node and line, for its events
+                text = self._sync_text[(node, where)] = (f"{info.name}: Python needs a value", where)
             self.log.add(Event("sync", self.cell, self.iter_index, text[0], text[1], waited_ms))
         return out
 
@@ -2101,6 +2101,13 @@ class CoExecutor:
     # -- iterations ----------------------------------------------------------------------------
 
     def _advance(self, node: Node, stepped: bool = False) -> None:
+        if node.cell_mark is not self._cell_token and node.line is not None:
+            # A node the cells share (a node's place leaves out where the cell called from) runs
+            # at this cell's line: an error its block raises, a fallback, the graph name that line
+            # (they named the first cell's, where it was recorded: another cell's source).
+            here = user_line(sys._getframe(1))
+            if here is not None and here != node.line:
+                node.line = here
         before = self.cursor
         if self.state is SKELETON and not stepped:
             self.graph.step(before, node)
