@@ -122,7 +122,7 @@ def _assert_close_text(expected: str, actual: str) -> None:
             assert math.isclose(fx, fy, rel_tol=1e-4, abs_tol=1e-5), f"{x} vs {y}"
 
 
-def check_cells(cells: list[tuple[bool, str]], runner: str = "auto") -> terra_nb.Session:
+def check_cells(cells: list[tuple[bool, str]], runner: str = "auto", backend: str = "eager") -> terra_nb.Session:
     """A notebook's cells in order, ``(co-executed, source)``: the co-executed ones as ``%%terra``
     cells of one session, the others plain. Assert what they print and leave is eager's."""
     eager_ns: dict = {"__name__": "__main__"}
@@ -130,7 +130,7 @@ def check_cells(cells: list[tuple[bool, str]], runner: str = "auto") -> terra_nb
     with contextlib.redirect_stdout(expected):
         for _, cell in cells:
             exec(cell, eager_ns)
-    session = terra_nb.Session(runner=runner)
+    session = terra_nb.Session(runner=runner, backend=backend)
     terra_ns: dict = {"__name__": "__main__"}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

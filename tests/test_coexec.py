@@ -2520,6 +2520,26 @@ print(round(loss.item(), 6))
     assert all(location.endswith(":6") for _, _, _, location in syncs), syncs  # the print's .item() alone
 
 
+def test_a_cell_after_one_that_auto_ended_eagerly_reads_the_step_counters_without_waiting():
+    """auto on a CPU ends a cell in an eager stretch, the marks cleared and remembered for when
+    co-execution resumes; the cell's end cleared them again with nothing to remember, and the next
+    cell's co-executed iterations made a sync per parameter each (56 in its 14)."""
+    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
+                             "torch.optim.AdamW(model.parameters(), lr=0.01)")
+    train = """
+for i in range(100):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(round(loss.item(), 6))
+"""
+    session = check_cells([(False, source), (True, train), (True, train)], backend="auto")
+    rows = {cell: [it.mode for it in session.log.iterations if it.cell == cell] for cell in (1, 2)}
+    assert rows[1][-1] == "eager" and "coexec" in rows[2], rows  # (auto chose eager on this CPU)
+    syncs = [(e.cell, e.iteration, e.location) for e in session.log.of_kind("sync")]
+    assert all(location.endswith(":6") for _, _, location in syncs), syncs  # the print's .item() alone
+
+
 def test_a_step_counter_viewed_between_cells_is_read_after_the_writes_through_its_view():
     """The counters' marks come back only where nothing new refers to them: a view made in a plain
     cell and written through in the next (deferred, by a block) must be waited for when the

@@ -1425,10 +1425,11 @@ class CoExecutor:
     def _forget_locals(self, remember: bool = False) -> None:
         """Plain eager execution does not keep the marks: clear them all.
 
-        With ``remember`` (eager iterations within a cell: a baseline, auto's probe or stretch) the
-        tensors are kept with what refers to them, for ``_restore_locals``.
+        With ``remember`` (eager iterations within a cell: a baseline, auto's probe or stretch; a
+        cell's end) the tensors are kept with what refers to them, for ``_restore_locals``, and so
+        are those an eager stretch the cell ended in still keeps (the end found no mark to remember).
         """
-        forgotten = []
+        forgotten = self._forgotten if remember else []
         for ref in self._locals:
             t = ref()
             if t is not None:
