@@ -2635,3 +2635,51 @@ for i in range(8):
             session.run_cell(second, namespace, filename="<second>")
     last = traceback.extract_tb(info.value.__traceback__)[-1]
     assert (last.filename, last.lineno) == ("<second>", 4), traceback.format_exception(info.value)
+
+
+def test_a_step_inside_try_defers_the_ops_whose_indices_it_checked():
+    """``try:`` around a training step, skipping the batches that raise (a bad label, an id past
+    the vocabulary): the ops that raise on an index's values ran at once inside it, each a sync
+    of the blocks before it (two an iteration here), so that the except clause sees their error
+    where eager raises it. Where the index is real (on the CPU), its range is checked instead: in
+    range, the op is deferred; out of range, it runs at once and raises there, as before."""
+    source = PRELUDE + """
+emb = nn.Embedding(20, 6)
+ids = [torch.randint(0, 25 if k == 7 else 20, (8,)) for k in range(12)]
+skipped = 0
+for i in range(30):
+    x, y = data[i % len(data)]
+    try:
+        loss = F.cross_entropy(model(x + emb(ids[i % len(ids)])), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    except IndexError:
+        skipped += 1
+        continue
+print(skipped, round(loss.item(), 6))
+"""
+    session = check_program(source)
+    syncs = [(e.iteration, e.reason, e.location) for e in session.log.of_kind("sync")]
+    assert all(reason.startswith("item") for _, reason, _ in syncs), syncs  # the last print's alone
+
+
+def test_a_label_written_in_place_before_a_loss_inside_try_raises_there():
+    """The range check reads the labels' values now; a block still to run may write them first
+    (``y.add_(shift)`` deferred): inside the program's try the loss then runs at once, after that
+    write, and its IndexError reaches the except clause as in eager."""
+    source = PRELUDE + """
+labels = [torch.tensor(y.tolist()) for _, y in data]
+shifts = [torch.tensor(3 if k == 17 else 0) for k in range(24)]
+bad = 0
+for i in range(24):
+    x, _ = data[i % len(data)]
+    y = labels[i % len(labels)]
+    y.add_(shifts[i])
+    try:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    except IndexError:
+        bad += 1
+        y.sub_(shifts[i])
+print(bad, round(loss.item(), 6))
+"""
+    check_program(source)

@@ -786,7 +786,10 @@ class CoExecutor:
         __tracebackhide__ = True
         if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
             if node.immediate is CHECK_INDEX:
-                if not _out_of_range(node.info.name, args, kwargs or {}, tensors):
+                out = _out_of_range(node.info.name, args, kwargs or {}, tensors)
+                if node.caught and out is False and not self._unwritten(_index_of(node.info.name, tensors)):
+                    out = None  # (a block may write it yet: its values are not known without waiting)
+                if out is False or (out is None and not node.caught):  # (None: not known without waiting)
                     return self._defer(node, tensors, scalars)
             elif not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
                 return self._defer(node, tensors, scalars)
@@ -796,6 +799,11 @@ class CoExecutor:
             if src not in sources[slot]:
                 sources[slot].add(src)
         return self._run_now(node, func, node.info, args, kwargs or {}, tensors, frame, scalars)
+
+    def _unwritten(self, t) -> bool:
+        """Whether no block still to run may write tensor ``t``: no block is queued, and the one
+        the skeleton builds does not take it (an in-place op on a real tensor takes it as input)."""
+        return not self.runner.busy and id(t) not in self.block.input_ids
 
     def _on_op(self, func, args, kwargs):
         __tracebackhide__ = True
@@ -1635,9 +1643,15 @@ class CoExecutor:
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
         elif (info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec)
-              or (_may_raise_on_values(info, tensors) and caught_here(frame, self.roots))
               or _under_saved_hooks(grad)):
             node.kind = "sync"
+        elif _may_raise_on_values(info, tensors) and caught_here(frame, self.roots):
+            # In the program's try: where the values that may raise are an index whose range the
+            # skeleton checks (below, CHECK_INDEX), a real one in range defers and the others run
+            # at once; any other op runs at once (each a sync of the blocks before it).
+            node.caught = True
+            if not _checks_index(info.name, tensors):
+                node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"
         if not self.graph.python_hooks and _registers_python_for_backward(func, info, grad, frame):
@@ -1662,8 +1676,7 @@ class CoExecutor:
                           and all(_is_small_cpu(t) for t in tensors) and all(_is_small_cpu(t) for t in outs))
         if node.kind in DEFERRED and info.prop == "grad" and not info.setter and struct is TENSOR:
             node.immediate = GRAD_READ  # (a .grad read: _validated_op looks at the real .grad first)
-        elif (node.kind in DEFERRED and not node.immediate and info.name in _INDEX_CHECKED
-              and len(tensors) >= 2 and _index_of(info.name, tensors) is not None):
+        elif node.kind in DEFERRED and not node.immediate and _checks_index(info.name, tensors):
             node.immediate = CHECK_INDEX
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
@@ -2554,6 +2567,11 @@ def _may_raise_on_values(info: OpInfo, tensors: list) -> bool:
     return info.name in _RAISES_ON_VALUES or (info.name in _INDEXING and len(tensors) > 1)
 
 
+def _checks_index(name: str, tensors: list) -> bool:
+    """Whether the skeleton checks the range of this call's index (see _out_of_range)."""
+    return name in _INDEX_CHECKED and len(tensors) >= 2 and _index_of(name, tensors) is not None
+
+
 def _index_of(name: str, tensors: list):
     """The index tensor of a call of op ``name`` (see _INDEX_CHECKED), where it is an integer
     tensor: an embedding's ids (its first tensor; the weight is its second), a loss's classes,
@@ -2566,33 +2584,38 @@ def _index_of(name: str, tensors: list):
     return idx if _integral(idx._tn_meta[1] if type(idx) is FutureTensor else idx.dtype) else None
 
 
-def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list) -> bool:
+def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list) -> bool | None:
     """Whether this call's index tensor is real, on the CPU, and holds a value out of range for the
-    op (then it runs at once, and raises as eager does). False where that cannot be known without
-    waiting (the index is a future) or the call is not of the simple forms checked."""
+    op (then it runs at once, and raises as eager does). None where that cannot be known without
+    waiting (the index is a future, or on another device) or the call is not of the simple forms
+    checked."""
     idx = _index_of(name, tensors)
-    if idx is None or type(idx) is FutureTensor or idx.device.type != "cpu" or not idx.numel():
+    if type(idx) is FutureTensor:
+        idx = idx._tn_val  # (a future whose value is known: a batch's labels the program printed)
+    if idx is None or idx.device.type != "cpu":
+        return None
+    if not idx.numel():
         return False
     x = tensors[1] if name in ("embedding", "embedding_bag") else tensors[0]  # (what it indexes)
     shape = x._tn_meta[0] if type(x) is FutureTensor else x.shape
     low, allowed = 0, None
     if name in ("embedding", "embedding_bag"):
         if not shape:
-            return False
+            return None
         bound = shape[0]
     elif name in ("cross_entropy", "nll_loss"):
         if not shape:
-            return False
+            return None
         bound = shape[1] if len(shape) > 1 else shape[0]
         allowed = kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
     elif name in ("gather", "index_select"):
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         if type(dim) is not int or not -max(len(shape), 1) <= dim < max(len(shape), 1):
-            return False
+            return None
         bound = shape[dim] if shape else 1
     else:  # __getitem__
         if len(args) != 2 or args[1] is not idx or not shape:
-            return False  # (only ``x[idx]``)
+            return None  # (only ``x[idx]``)
         bound, low = shape[0], -shape[0]
     lo, hi = (int(v) for v in torch.aminmax(idx))
     if allowed is not None and allowed in (lo, hi):
