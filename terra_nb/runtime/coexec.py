@@ -328,6 +328,7 @@ class CoExecutor:
         self._interrupted = False  # an interrupt waits for the user's code (see _catch_interrupts)
         self._interrupt_handler: Any = None
         self._sync_text: dict[tuple[Node, str], tuple[str, str]] = {}  # a sync event's reason and location, per node and line
+        self._line_root: Any = None  # the root code of the running cell (see _advance)
         self._cell_mode = "auto"
         self.baseline = self._baseline_asked = 0
         self.explicit_iterations = False
@@ -378,6 +379,7 @@ class CoExecutor:
             return
         self._depth += 1
         roots = (root_code,) if last_code is None else (root_code, last_code)
+        self._line_root = root_code  # (see _advance)
         for code in roots:
             self.roots.add(code)
         mode = sys.intern(mode)  # the C path recognises "eager" by identity
@@ -2115,12 +2117,14 @@ class CoExecutor:
     # -- iterations ----------------------------------------------------------------------------
 
     def _advance(self, node: Node, stepped: bool = False) -> None:
-        if node.cell_mark is not self._cell_token and node.line is not None:
+        if node.cell_mark is not self._cell_token and node.line_root is not self._line_root:
             # A node the cells share (a node's place leaves out where the cell called from) runs
             # at this cell's line: an error its block raises, a fallback, the graph name that line
-            # (they named the first cell's, where it was recorded: another cell's source).
+            # (they named the first cell's, where it was recorded: another cell's source). (Each
+            # call of a @coexecute function is a cell of the same code: nothing to look up.)
+            node.line_root = self._line_root
             here = user_line(sys._getframe(1))
-            if here is not None and here != node.line:
+            if here is not None:
                 node.line = here
         before = self.cursor
         if self.state is SKELETON and not stepped:
