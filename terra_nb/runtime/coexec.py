@@ -1079,7 +1079,7 @@ class CoExecutor:
         self._validated = 1
         if waited_ms >= 0:
             self.iter_syncs += 1
-            # (the line it runs at: cells share nodes, and a node's line is the first cell's)
+            # (the line it runs at: a node called from two lines of a cell has one ``line``)
             where = str(user_line(frame) or node.line or "")
             text = self._sync_text.get((node, where))
             if text is None:  # one reason and one location string per node and line, for its events
