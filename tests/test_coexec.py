@@ -2496,6 +2496,20 @@ print(step, round(loss.item(), 5))
     assert len(rows) == 80, [(it.mode, it.ops_traced, it.ops_coexec) for it in rows]
 
 
+def _adam_cells(turns: int, optimizer: str = "Adam", print_loss: bool = True) -> tuple[str, str]:
+    """A prelude whose optimizer is ``optimizer`` (step counters), and a training cell of ``turns``
+    turns (the loss printed after the loop, at its line 6)."""
+    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
+                             f"torch.optim.{optimizer}(model.parameters(), lr=0.01)")
+    train = f"""
+for i in range({turns}):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+"""
+    return source, train + ("print(round(loss.item(), 6))\n" if print_loss else "")
+
+
 @pytest.mark.parametrize("between", ["", "opt.param_groups[0]['lr'] = 0.02", "[s['step'].add_(0) for s in opt.state.values()]"])
 def test_a_second_cell_reads_adams_step_counters_without_waiting(between):
     """Adam keeps a one-element step tensor per parameter and reads it with ``.item()`` in every
@@ -2506,15 +2520,7 @@ def test_a_second_cell_reads_adams_step_counters_without_waiting(between):
     nothing new refers to the counters, as after auto's eager iterations within a cell (plain
     code between the cells that only sets a learning rate, or updates them in place, changes no
     reference)."""
-    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
-                             "torch.optim.Adam(model.parameters(), lr=0.01)")
-    train = """
-for i in range(15):
-    x, y = data[i % len(data)]
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(); loss.backward(); opt.step()
-print(round(loss.item(), 6))
-"""
+    source, train = _adam_cells(15)
     session = check_cells([(False, source), (True, train), (False, between), (True, train)])
     syncs = [(e.cell, e.iteration, e.reason, e.location) for e in session.log.of_kind("sync")]
     assert all(location.endswith(":6") for _, _, _, location in syncs), syncs  # the print's .item() alone
@@ -2524,15 +2530,7 @@ def test_a_cell_after_one_that_auto_ended_eagerly_reads_the_step_counters_withou
     """auto on a CPU ends a cell in an eager stretch, the marks cleared and remembered for when
     co-execution resumes; the cell's end cleared them again with nothing to remember, and the next
     cell's co-executed iterations made a sync per parameter each (56 in its 14)."""
-    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
-                             "torch.optim.AdamW(model.parameters(), lr=0.01)")
-    train = """
-for i in range(100):
-    x, y = data[i % len(data)]
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(); loss.backward(); opt.step()
-print(round(loss.item(), 6))
-"""
+    source, train = _adam_cells(100, optimizer='AdamW')
     session = check_cells([(False, source), (True, train), (True, train)], backend="auto")
     rows = {cell: [it.mode for it in session.log.iterations if it.cell == cell] for cell in (1, 2)}
     assert rows[1][-1] == "eager" and "coexec" in rows[2], rows  # (auto chose eager on this CPU)
@@ -2544,14 +2542,7 @@ def test_a_step_counter_viewed_between_cells_is_read_after_the_writes_through_it
     """The counters' marks come back only where nothing new refers to them: a view made in a plain
     cell and written through in the next (deferred, by a block) must be waited for when the
     counter is read, or ``.item()`` reads the value from before the write."""
-    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
-                             "torch.optim.Adam(model.parameters(), lr=0.01)")
-    train = """
-for i in range(6):
-    x, y = data[i % len(data)]
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(); loss.backward(); opt.step()
-"""
+    source, train = _adam_cells(6, print_loss=False)
     view = "steps = [s['step'] for s in opt.state.values()]\nviews = [t.view(1) for t in steps]\ndel steps"
     bump = """
 for i in range(6):
@@ -2569,15 +2560,7 @@ def test_a_second_cell_training_with_the_same_adam_has_a_row_per_turn():
     anchor, first found recurring inside Adam's step (its step counters' op, once per parameter),
     had run four times since, and the step's last op anchored the rows. Every later cell's rows
     began there: 16 rows for 15 turns, the last of them the post-loop code alone."""
-    source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
-                             "torch.optim.Adam(model.parameters(), lr=0.01)")
-    train = """
-for i in range(15):
-    x, y = data[i % len(data)]
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(); loss.backward(); opt.step()
-print(round(loss.item(), 6))
-"""
+    source, train = _adam_cells(15)
     session = check_cells([(False, source), (True, train), (True, train), (True, train)])
     rows = [[(it.mode, it.ops_traced + it.ops_coexec) for it in session.log.iterations if it.cell == cell]
             for cell in (1, 2, 3)]
