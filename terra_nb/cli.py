@@ -135,6 +135,7 @@ def _report(session, quiet: bool) -> None:
 def _demo(args) -> int:
     from .demo import demo_source
     from .session import Session
+    from .table import IterationTable
 
     if args.iters < 1 or not 0 <= args.baseline < args.iters:
         print(f"terra-nb demo: --iters {args.iters} --baseline {args.baseline}: give 1 or more training steps, "
@@ -145,11 +146,10 @@ def _demo(args) -> int:
     print(f"terra-nb demo: {args.iters} training steps of a small MLP: traced, then {args.baseline} eager "
           f"(the baseline), then co-executed with the {args.backend!r} backend\n")
     session.run_cell(demo_source(args.iters), {"__name__": "__main__"}, baseline=args.baseline)
-    frame = session.to_pandas("iterations")[["iteration", "mode", "wall_ms", "speedup", "blocks", "syncs", "fallbacks"]]
     print()
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(IterationTable(session, session.cells, max_rows=len(session.log.iterations)).text())
     print()
-    by_mode = frame.groupby("mode", observed=True)["wall_ms"].median()
+    by_mode = session.to_pandas("iterations").groupby("mode", observed=True)["wall_ms"].median()
     print("median ms per iteration: " + ", ".join(f"{mode} {ms:.3f}" for mode, ms in by_mode.items()))
     print(session.summary())
     return 0

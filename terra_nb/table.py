@@ -52,22 +52,23 @@ class IterationTable:
             text += f"; {compiling} block{'s' if compiling != 1 else ''} compiling in the background"
         return text
 
-    def _shown(self) -> tuple[list[tuple | int], str]:
-        """The rows shown (the first and the latest of a long cell, the number left out between
-        them in their place) and the footer."""
-        rows: list = self._rows()
-        footer = self.status(rows) if self.live else self.session.summary(self.cell)
+    def _footer(self, rows: list[tuple]) -> str:
+        return self.status(rows) if self.live else self.session.summary(self.cell)
+
+    def _shown(self, rows: list[tuple]) -> list[tuple | int]:
+        """The rows shown: the first and the latest of a long cell, the number left out between
+        them in their place."""
         limit = 30 if self.live else self.max_rows
-        if len(rows) > limit:
-            head = 0 if self.live else self.head
-            rows = rows[:head] + [len(rows) - limit] + rows[len(rows) - (limit - head):]
-        return rows, footer
+        if len(rows) <= limit:
+            return list(rows)
+        head = 0 if self.live else self.head
+        return rows[:head] + [len(rows) - limit] + rows[len(rows) - (limit - head):]
 
     def _repr_html_(self) -> str:
-        rows, footer = self._shown()
+        rows = self._rows()
         header = "".join(f"<th>{name}</th>" for name in COLUMNS)
         body = []
-        for row in rows:
+        for row in self._shown(rows):
             if isinstance(row, int):
                 body.append(f'<tr><td colspan="{len(COLUMNS)}">&hellip; {_left_out(row)}</td></tr>')
                 continue
@@ -77,25 +78,28 @@ class IterationTable:
                 cells.append(f"<td{style}>{html.escape(_cell(name, value, html=True))}</td>")
             body.append(f"<tr>{''.join(cells)}</tr>")
         return (f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-                f"<p><code>{html.escape(footer)}</code></p>")
+                f"<p><code>{html.escape(self._footer(rows))}</code></p>")
 
     def __repr__(self) -> str:
-        return f"{self.text()}\n{self._shown()[1]}"
+        rows = self._rows()
+        return f"{_text(self._shown(rows))}\n{self._footer(rows)}"
 
     def text(self) -> str:
         """The rows as text, a column each, under a header line (the footer apart)."""
-        rows, _ = self._shown()
-        if not rows:
-            return "(no iterations)"
-        cells = [COLUMNS] + [[_cell(name, value) for name, value in zip(COLUMNS, row)]
-                             for row in rows if not isinstance(row, int)]
-        widths = [max(len(line[k]) for line in cells) for k in range(len(COLUMNS))]
-        lines = [" ".join(value.rjust(width) for value, width in zip(line, widths)) for line in cells]
-        for at, row in enumerate(rows, 1):
-            if isinstance(row, int):
-                lines.insert(at, f"... {_left_out(row)}")
-        return "\n".join(lines)
+        return _text(self._shown(self._rows()))
 
+
+def _text(shown: list[tuple | int]) -> str:
+    if not shown:
+        return "(no iterations)"
+    cells = [COLUMNS] + [[_cell(name, value) for name, value in zip(COLUMNS, row)]
+                         for row in shown if not isinstance(row, int)]
+    widths = [max(len(line[k]) for line in cells) for k in range(len(COLUMNS))]
+    lines = [" ".join(value.rjust(width) for value, width in zip(line, widths)) for line in cells]
+    for at, row in enumerate(shown, 1):
+        if isinstance(row, int):
+            lines.insert(at, f"... {_left_out(row)}")
+    return "\n".join(lines)
 
 def _left_out(count: int) -> str:
     return f"{count} iteration{'s' if count != 1 else ''} not shown"

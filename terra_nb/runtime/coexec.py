@@ -788,8 +788,9 @@ class CoExecutor:
         __tracebackhide__ = True
         if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
             if node.immediate is CHECK_INDEX:
-                out = _out_of_range(node.info.name, args, kwargs or {}, tensors)
-                if node.caught and out is False and not self._unwritten(_index_of(node.info.name, tensors)):
+                idx = _index_of(node.info.name, tensors)
+                out = _out_of_range(node.info.name, args, kwargs or {}, tensors, idx)
+                if node.caught and out is False and not self._unwritten(idx):
                     out = None  # (a block may write it yet: its values are not known without waiting)
                 if out is False or (out is None and not node.caught):  # (None: not known without waiting)
                     return self._defer(node, tensors, scalars)
@@ -2588,12 +2589,11 @@ def _index_of(name: str, tensors: list):
     return idx if _integral(idx._tn_meta[1] if type(idx) is FutureTensor else idx.dtype) else None
 
 
-def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list) -> bool | None:
-    """Whether this call's index tensor is real, on the CPU, and holds a value out of range for the
-    op (then it runs at once, and raises as eager does). None where that cannot be known without
-    waiting (the index is a future, or on another device) or the call is not of the simple forms
-    checked."""
-    idx = _index_of(name, tensors)
+def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list, idx) -> bool | None:
+    """Whether this call's index tensor ``idx`` (``_index_of``) is real, on the CPU, and holds a
+    value out of range for the op (then it runs at once, and raises as eager does). None where that
+    cannot be known without waiting (the index is a future, or on another device) or the call is
+    not of the simple forms checked."""
     if type(idx) is FutureTensor:
         idx = idx._tn_val  # (a future whose value is known: a batch's labels the program printed)
     if idx is None or idx.device.type != "cpu":
