@@ -2703,3 +2703,38 @@ print(round(loss.item(), 6))
     eager_turns = [kinds for on, kinds in namespace_t["kinds"] if not on]
     assert len(eager_turns) > 20 and all(kinds == ["Tensor"] for kinds in eager_turns), namespace_t["kinds"]
     assert namespace_t["kinds_after"] == ["Tensor"]
+
+
+def test_set_waits_for_the_blocks_that_read_the_tensor_it_repoints():
+    """``Tensor.set_`` does not pass torch's function modes (torch's binding of it has no
+    ``__torch_function__`` check): on a real tensor it ran at once, ahead of the pending block
+    that still read the tensor's old memory, and that block read the new memory instead."""
+    check_program("""
+import numpy as np
+import torch
+torch.manual_seed(0); np.random.seed(0)
+w = torch.randn(64, 64)
+buf = torch.zeros(64, 64)
+for i in range(8):
+    z = (buf @ w).relu() * 2
+    buf.set_(torch.from_numpy(np.random.rand(64, 64).astype("float32")))
+    print(i, round(z.sum().item(), 3), round(buf.sum().item(), 3))
+""")
+
+
+def test_set_on_a_future_gives_it_the_new_shape():
+    """``fut.set_(y)`` with ``y`` of another shape: the op reached the future only below autograd
+    (its ``__torch_dispatch__``), which ran it on the value and left the wrapper's shape as it
+    was (``buf.shape`` printed 4 where eager prints 8)."""
+    check_program("""
+import torch
+torch.manual_seed(0)
+w = torch.randn(32, 32)
+buf = torch.zeros(32)
+for i in range(8):
+    x = torch.randn(32) @ w
+    y = torch.cat([x, x]) * (i + 1)
+    r = buf.set_(y)
+    print(i, r is buf, buf.shape, buf.size(0), len(buf), round(buf.sum().item(), 4))
+    buf = buf[:32].clone()
+""")

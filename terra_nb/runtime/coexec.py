@@ -611,6 +611,19 @@ class CoExecutor:
 
         patches.append((torch.Tensor, "_make_subclass", raw_make_subclass))
         torch.Tensor._make_subclass = staticmethod(make_subclass)  # type: ignore[method-assign, assignment]
+        # Tensor.set_ does not pass torch-function modes either (its binding has no check): on a
+        # real tensor it repointed the memory at once, ahead of a pending block that read the old
+        # memory; on a future it reached only __torch_dispatch__, and the wrapper kept its shape.
+        # Through the mode it is an op like resize_.
+        raw_set = torch.Tensor.set_
+
+        def set_(tensor, *args, **kwargs):
+            if _get_ident() == owner_thread and torch._C._is_torch_function_mode_enabled():
+                return torch.overrides.handle_torch_function(raw_set, (tensor,), tensor, *args, **kwargs)
+            return raw_set(tensor, *args, **kwargs)
+
+        patches.append((torch.Tensor, "set_", raw_set))
+        torch.Tensor.set_ = set_  # type: ignore[method-assign, assignment]
 
         def on_real_tensors(raw):
             def wrapper(*args, **kwargs):
