@@ -2738,3 +2738,31 @@ for i in range(8):
     print(i, r is buf, buf.shape, buf.size(0), len(buf), round(buf.sum().item(), 4))
     buf = buf[:32].clone()
 """)
+
+
+def test_an_in_place_op_on_a_kept_future_outside_a_cell_returns_it_with_its_new_shape():
+    """A future the program keeps past its cell (in a list in a dict) works as its value in plain code; an
+    in-place op on it returned the value instead of the tensor itself (``r is t`` False where
+    eager says True), and one that changes its shape (``unsqueeze_``, ``t_``) left the shape the
+    program reads as it was."""
+    train = """
+torch.manual_seed(0)
+w = torch.randn(64, 64)
+history = {"kept": []}  # (a cell's end makes its own lists real, not those inside others)
+x = torch.randn(64)
+for i in range(6):
+    x = torch.tanh(x @ w)
+    history["kept"].append(x * 2)
+"""
+    after = """
+kept = history["kept"]
+t = kept[-1]
+r = t.unsqueeze_(0)
+print(r is t, t.shape, t.dim(), tuple(t.sum(1).shape))
+u = kept[-2].t_()
+print(u is kept[-2], u.shape)
+v = kept[-3].add_(1)
+print(v is kept[-3], round(float(v.sum()), 4))
+"""
+    session = check_cells([(False, "import torch"), (True, train), (False, after)])
+    assert "coexec" in [it.mode for it in session.log.iterations]

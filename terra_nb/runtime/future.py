@@ -79,9 +79,18 @@ class FutureTensor(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        args, kwargs = real((args, kwargs or {}))
+        values, kwargs = real((args, kwargs or {}))
         with torch._C.DisableTorchFunctionSubclass():  # (called from the program's line: its warnings)
-            return call_from_program(func, args, kwargs)
+            out = call_from_program(func, values, kwargs)
+        if out is not None and args and type(args[0]) is FutureTensor and out is values[0]:
+            # The op returned its input (in place, or ``.contiguous()`` of a contiguous one): the
+            # program holds the future, so that is what it gets, as eager returns its input, with
+            # the metadata an in-place op may have changed (``unsqueeze_``, ``requires_grad_``).
+            fut = args[0]
+            owner = fut._tn_owner
+            if owner is not None and owner._owner in (-1, get_ident()):
+                return owner._follow_in_place(fut, out)
+        return out
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
