@@ -2766,3 +2766,24 @@ print(v is kept[-3], round(float(v.sum()), 4))
 """
     session = check_cells([(False, "import torch"), (True, train), (False, after)])
     assert "coexec" in [it.mode for it in session.log.iterations]
+
+
+def test_optimizer_state_the_program_holds_keeps_its_identity_through_auto_eager_turns():
+    """The state's futures give way to their values only where nothing else holds them: a moment
+    buffer the program took in a co-executed turn is still the optimizer's own in the eager ones
+    (``held is state["exp_avg"]``, eager's answer), and reads its updates."""
+    session = check_program(PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
+                                            "torch.optim.Adam(model.parameters(), lr=0.01)") + """
+held = None
+for i in range(200):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    if i == 4:
+        held = [s["exp_avg"] for s in opt.state.values()]
+    if i % 20 == 0 or i > 190:
+        print(i, round(loss.item(), 5), [h is s["exp_avg"] for h, s in zip(held or [], opt.state.values())],
+              [round(h.sum().item(), 6) for h in held or []])
+""", backend="auto")
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("eager") > 20, modes  # (auto chose eager on this CPU)

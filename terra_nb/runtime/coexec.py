@@ -2272,22 +2272,22 @@ class CoExecutor:
         the optimizers that stepped while co-executing made their state there (SGD's momentum
         buffers, Adam's moments) as futures, which they keep. A computed future works as its value,
         but each op on it passes the future's own dispatch (~10 µs: sdpoint's eager turns ran 6%
-        slower than eager for its 54 such ops a step); its value takes its place. (A reference the
-        program took to the future still reads and writes that same value.) Nothing may be
-        pending: a real tensor that a block still writes would be read before the write."""
+        slower than eager for its 54 such ops a step); its value takes its place, unless the program
+        holds the future too (``m is opt.state[p]["exp_avg"]`` must stay eager's answer). Nothing
+        may be pending: a real tensor that a block still writes would be read before the write."""
         if self.block.ops or self.runner.busy:
             return
         for optimizer in list(self._steps_of):
             for state in list(optimizer.state.values()):
                 if type(state) is not dict:
                     continue
-                for key, value in list(state.items()):
+                for key in list(state):
+                    value = state[key]
                     if type(value) is FutureTensor:
-                        if value._tn_val is not None:
+                        if _state_only(value):
                             state[key] = value._tn_val
                     elif type(value) is list and any(type(v) is FutureTensor for v in value):
-                        value[:] = [v._tn_val if type(v) is FutureTensor and v._tn_val is not None else v
-                                    for v in value]
+                        value[:] = [v._tn_val if type(v) is FutureTensor and _state_only(v) else v for v in value]
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
         """Every optimizer's step, while a cell runs (torch.optim's global post-step hook)."""
@@ -2689,6 +2689,14 @@ def _registers_python_for_backward(func, info: OpInfo, grad: tuple, frame) -> bo
     if any(owner is cls for cls in _PYTHON_BACKWARD):
         return True
     return frame.f_code in _CALL_IMPL and bool(frame.f_locals.get("non_full_backward_hooks"))
+
+
+def _state_only(fut: FutureTensor) -> bool:
+    """Whether computed future ``fut`` is held by its container alone: one reference there, the
+    caller's variable, this parameter, getrefcount's argument, its node's ring where pooled; no
+    weakref."""
+    return (fut._tn_val is not None and _getrefcount(fut) <= 4 + fut._tn_pooled
+            and not _getweakrefcount(fut))
 
 
 def _has_hooks(t: torch.Tensor) -> bool:
