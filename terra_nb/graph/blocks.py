@@ -6,7 +6,10 @@ the block, ``-1 - k`` is the block's ``k``-th input (state, a feed, or a value a
 produced). Floats are inputs too, in order, so a changing learning rate never changes the
 graph. ``outputs`` are the values that Python or later blocks still hold.
 
-The generated module's ``forward(*inputs, *floats)`` returns those outputs. Grad mode is part
+The generated module's ``forward(*inputs, *floats)`` returns those outputs. A block that is never
+compiled takes its ints as inputs too (``forward(*inputs, *floats, *ints)``, :func:`block_ints`):
+blocks that differ in ints alone (a data-dependent count of boxes in a ``view``, a sampler's
+growing length in a slice) share one generated code. Grad mode is part
 of the graph (``torch._C._set_grad_enabled`` calls, as Dynamo emits them), because the block
 runs on the GraphRunner's thread, not the user's. A node traced under ``torch.autocast`` calls
 its op through a wrapper that enters autocast as the trace saw it (:func:`_in_autocast`).
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from ..trace.ops import NONE, TENSOR, fill
+from ..trace.ops import NONE, TENSOR, fill, generalize, spec_ints
 from .tracegraph import Node
 
 
@@ -45,15 +48,34 @@ class BlockSpec:
         return sum(node.n_floats for node, _ in self.ops)
 
 
-def code_key(spec: BlockSpec) -> tuple:
+def code_key(spec: BlockSpec, ints: bool = False) -> tuple:
     """What the generated code of a block depends on: equal keys generate the same code.
 
     Per node: the op, its constants (the scan spec of its key; every float and generalised int is
-    a graph input), its grad mode and its output structure, and how its inputs are wired. Not the
-    shapes: shape variants of one op (a data-dependent number of boxes) share their code.
+    a graph input, and with ``ints`` every int too: :func:`block_ints`), its grad mode and its
+    output structure, and how its inputs are wired. Not the shapes: shape variants of one op (a
+    data-dependent number of boxes) share their code.
     """
-    return (tuple([((node.func, node.key[2], node.passed, node.grad, node.alias, node.out_struct, len(node.out_meta)),
-                    wiring) for node, wiring in spec.ops]), spec.n_inputs, spec.outputs)
+    return (tuple([((node.func, without_ints(node.key[2]) if ints else node.key[2], node.passed, node.grad,
+                     node.alias, node.out_struct, len(node.out_meta)),
+                    wiring) for node, wiring in spec.ops]), spec.n_inputs, spec.outputs, ints)
+
+
+def without_ints(spec):
+    """A spec with every int replaced by a marker: the op's structure apart from its sizes."""
+    count = len(spec_ints(spec))
+    return generalize(spec, frozenset(range(count))) if count else spec
+
+
+def _int_slots(node: Node) -> list[int]:
+    """The positions of ``node``'s scalars that are ints of the graph (not passed in as feeds)."""
+    passed = set(node.passed)
+    return [k for k, v in enumerate(node.scalars_seen) if type(v) is int and k not in passed]
+
+
+def block_ints(spec: BlockSpec) -> tuple:
+    """The ints a block's generated code takes as inputs where it is built with ``ints``."""
+    return tuple([node.scalars_seen[k] for node, _ in spec.ops for k in _int_slots(node)])
 
 
 def produces(node: Node) -> int:
@@ -116,11 +138,13 @@ def _in_autocast(func, amp: tuple):
     return _wrapped(func, "autocast", context)
 
 
-def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
-    """Generate the FX graph of a block; each call node carries ``meta['terra_op']`` (its index)."""
+def build_graph_module(spec: BlockSpec, ints: bool = False) -> torch.fx.GraphModule:
+    """Generate the FX graph of a block; each call node carries ``meta['terra_op']`` (its index).
+    With ``ints`` its ints are inputs after the floats (:func:`block_ints`), not constants."""
     g = torch.fx.Graph()
     inputs = [g.placeholder(f"in{k}") for k in range(spec.n_inputs)]
     floats = [g.placeholder(f"f{k}") for k in range(spec.n_floats)]
+    int_inputs = iter([g.placeholder(f"i{k}") for k in range(len(block_ints(spec)))] if ints else ())
     values: list[torch.fx.Node] = []
     entry_grad = g.call_function(torch.is_grad_enabled, ())
     grad_enabled = None
@@ -134,6 +158,9 @@ def build_graph_module(spec: BlockSpec) -> torch.fx.GraphModule:
         for j, k in enumerate(node.passed):
             svals[k] = floats[fbase + j]
         fbase += len(node.passed)
+        if ints:
+            for k in _int_slots(node):
+                svals[k] = next(int_inputs)
         args = fill(node.targs, tvals, svals)
         kwargs = fill(node.tkwargs, tvals, svals)
         fx_node = _emit(g, node, args, kwargs)

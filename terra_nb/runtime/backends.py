@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..graph.blocks import BlockSpec, build_graph_module
+from ..graph.blocks import BlockSpec, block_ints, build_graph_module
 
 BACKENDS = ("eager", "inductor", "cudagraphs", "auto")
 COMPILE_THREAD = "terra-compile"  # the name of the threads that compile blocks
@@ -63,11 +63,15 @@ class CompiledBlock:
     """The callable the GraphRunner runs for one block spec, switching to a compiled form when ready."""
 
     __slots__ = ("spec", "gm", "fn", "backend", "state", "compile_ms", "_trials", "_lock", "on_compiled", "runs", "done",
-                 "on_cuda", "forward")
+                 "on_cuda", "forward", "ints")
 
-    def __init__(self, spec: BlockSpec, backend: str, on_compiled=None, gm: torch.fx.GraphModule | None = None) -> None:
+    def __init__(self, spec: BlockSpec, backend: str, on_compiled=None, gm: torch.fx.GraphModule | None = None,
+                 ints: bool = False) -> None:
         self.spec = spec
-        self.gm = gm if gm is not None else build_graph_module(spec)  # (``gm``: the same code, generated before)
+        # ``ints``: a block that is never compiled takes its ints as inputs, so that its code serves
+        # the blocks that differ from it in ints (``gm``: that code, generated before)
+        self.ints = block_ints(spec) if ints else ()
+        self.gm = gm if gm is not None else build_graph_module(spec, ints)
         self.forward = self.gm.forward  # the generated code itself: nn.Module's __call__ costs 1.8 µs a block
         self.on_cuda = on_cuda(spec)
         self.fn: Callable = self.gm
@@ -98,7 +102,7 @@ class CompiledBlock:
             return self._measured(args)
         fn = self.fn
         if fn is self.gm:
-            return self.forward(*args)
+            return self.forward(*args, *self.ints) if self.ints else self.forward(*args)
         return _call_compiled(fn, self.gm, args)
 
     def _start_compile(self, args) -> None:

@@ -41,7 +41,7 @@ import torch.utils.dlpack
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
-from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, ignore_block_warnings, produces
+from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, ignore_block_warnings, produces, without_ints
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location, loops
 from ..trace.location import (
@@ -1201,11 +1201,13 @@ class CoExecutor:
         ops, n_inputs, outputs = key
         spec = BlockSpec(ops, n_inputs, outputs)
         # A block that is never compiled shares its generated code with the blocks that differ from
-        # it in shapes only (FX's code generation cost faster_rcnn ~3 ms a block, 3-4 blocks an
-        # iteration); a compiled one keeps its own (Dynamo would count shapes as recompiles).
-        code = code_key(spec) if stays_eager(spec, self.backend) else None
+        # it in shapes and ints only (FX's code generation cost faster_rcnn ~3 ms a block, 3-4
+        # blocks an iteration; a sampler whose length grows each step, a new block every step); a
+        # compiled one keeps its own (Dynamo would count shapes as recompiles).
+        eager = stays_eager(spec, self.backend)
+        code = code_key(spec, ints=True) if eager else None
         gm = self._code.get(code) if code is not None else None
-        compiled = CompiledBlock(spec, self.backend, on_compiled=self._on_compiled, gm=gm)
+        compiled = CompiledBlock(spec, self.backend, on_compiled=self._on_compiled, gm=gm, ints=eager)
         if code is not None and gm is None:
             self._code[code] = compiled.gm
         self.compiled[key] = compiled
@@ -1544,13 +1546,13 @@ class CoExecutor:
         """
         sibling = None
         unshaped = self.graph.unshaped
-        shape_free = _without_ints(unshaped(func, site, kspec))
+        shape_free = without_ints(unshaped(func, site, kspec))
         length_free = None
         for candidate in self.graph.by_site.get((func, site), ()):
             if candidate.synthesized or info.prop is not None or candidate.grad != grad:
                 continue
             theirs = unshaped(func, site, candidate.key[2])
-            if (len(candidate.in_meta) == len(in_meta) and _without_ints(theirs) == shape_free
+            if (len(candidate.in_meta) == len(in_meta) and without_ints(theirs) == shape_free
                     and all(a[1:] == b[1:] for a, b in zip(candidate.in_meta, in_meta))):
                 sibling = candidate
                 break
@@ -1559,7 +1561,7 @@ class CoExecutor:
             if length_free is None:
                 length_free = _without_lengths(shape_free)
             if (in_meta and candidate.in_meta and length_free != shape_free
-                    and _without_lengths(_without_ints(theirs)) == length_free
+                    and _without_lengths(without_ints(theirs)) == length_free
                     and len({m[1:] for m in in_meta} | {m[1:] for m in candidate.in_meta}) == 1):
                 sibling = candidate
                 break
@@ -1641,9 +1643,9 @@ class CoExecutor:
         node = self.graph.add_node(key, func, info)
         _f, site, kspec, in_meta, grad = key
         unshaped = self.graph.unshaped
-        shape_free = _without_ints(unshaped(func, site, kspec))
+        shape_free = without_ints(unshaped(func, site, kspec))
         for sibling in self.graph.by_site.get((func, site), ()):  # a shape variant joins its sibling's family
-            if (sibling is not node and _without_ints(unshaped(func, site, sibling.key[2])) == shape_free
+            if (sibling is not node and without_ints(unshaped(func, site, sibling.key[2])) == shape_free
                     and sibling.grad == grad
                     and len(sibling.in_meta) == len(in_meta)
                     and all(a[1:] == b[1:] for a, b in zip(sibling.in_meta, in_meta))):
@@ -2841,12 +2843,6 @@ def _out_shapes(func, args, kwargs, tensors: list, scalars: list) -> tuple | Non
         return None
     struct = out_structure(out)
     return tuple([t.shape for t in out_tensors(out, struct)]) if struct is not None else None
-
-
-def _without_ints(spec):
-    """A spec with every int replaced by a marker: the op's structure apart from its sizes."""
-    count = len(spec_ints(spec))
-    return generalize(spec, frozenset(range(count))) if count else spec
 
 
 def _optimizer_params(optimizer):
