@@ -2785,6 +2785,9 @@ u = kept[-2].t_()
 print(u is kept[-2], u.shape)
 v = kept[-3].add_(1)
 print(v is kept[-3], round(float(v.sum()), 4))
+s = kept[-4]
+s.set_(torch.arange(10.0))
+print(s.shape, len(s), round(float(s.sum()), 4))
 """
     session = check_cells([(False, "import torch"), (True, train), (False, after)])
     assert "coexec" in [it.mode for it in session.log.iterations]
