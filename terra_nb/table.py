@@ -101,6 +101,7 @@ def _text(shown: list[tuple | int]) -> str:
             lines.insert(at, f"... {_left_out(row)}")
     return "\n".join(lines)
 
+
 def _left_out(count: int) -> str:
     return f"{count} iteration{'s' if count != 1 else ''} not shown"
 

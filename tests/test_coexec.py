@@ -2694,9 +2694,9 @@ def test_optimizer_state_made_while_coexecuting_is_plain_tensors_where_python_ru
     """An optimizer's first co-executed step makes its state (SGD's momentum buffers, Adam's
     moments) as futures, kept for the optimizer's life. Once computed, a future works as its
     value, but each op on it goes through the future's own dispatch (about 10 µs): auto's eager
-    turns, and plain cells after, ran the optimizer slower than eager (sdpoint and dropblock 6% to
-    13% slower per iteration, 54 such ops each). Where Python runs the program itself, the state
-    holds the real tensors."""
+    turns, and plain cells after, ran the optimizer slower than eager (sdpoint 6% slower per
+    iteration, for 54 such ops a step). Where Python runs the program itself, the state holds the
+    real tensors."""
     source = PRELUDE.replace("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
                              "torch.optim.Adam(model.parameters(), lr=0.01)")  # (its moments: futures from the first step)
     train = """

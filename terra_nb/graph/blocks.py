@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from ..trace.ops import NONE, TENSOR, fill, generalize, spec_ints
+from ..trace.ops import NONE, TENSOR, fill, without_ints
 from .tracegraph import Node
 
 
@@ -48,23 +48,17 @@ class BlockSpec:
         return sum(node.n_floats for node, _ in self.ops)
 
 
-def code_key(spec: BlockSpec, ints: bool = False) -> tuple:
-    """What the generated code of a block depends on: equal keys generate the same code.
+def code_key(spec: BlockSpec) -> tuple:
+    """What the generated code of a block built with its ints as inputs depends on (blocks that
+    are never compiled): equal keys generate the same code.
 
-    Per node: the op, its constants (the scan spec of its key; every float and generalised int is
-    a graph input, and with ``ints`` every int too: :func:`block_ints`), its grad mode and its
-    output structure, and how its inputs are wired. Not the shapes: shape variants of one op (a
-    data-dependent number of boxes) share their code.
+    Per node: the op, its constants but ints (the scan spec of its key; every float, generalised
+    int and int is a graph input: :func:`block_ints`), its grad mode and its output structure,
+    and how its inputs are wired. Not the shapes: shape variants of one op (a data-dependent
+    number of boxes) share their code.
     """
-    return (tuple([((node.func, without_ints(node.key[2]) if ints else node.key[2], node.passed, node.grad,
-                     node.alias, node.out_struct, len(node.out_meta)),
-                    wiring) for node, wiring in spec.ops]), spec.n_inputs, spec.outputs, ints)
-
-
-def without_ints(spec):
-    """A spec with every int replaced by a marker: the op's structure apart from its sizes."""
-    count = len(spec_ints(spec))
-    return generalize(spec, frozenset(range(count))) if count else spec
+    return (tuple([((node.func, without_ints(node.key[2]), node.passed, node.grad, node.alias, node.out_struct,
+                     len(node.out_meta)), wiring) for node, wiring in spec.ops]), spec.n_inputs, spec.outputs)
 
 
 def _int_slots(node: Node) -> list[int]:

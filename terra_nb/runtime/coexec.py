@@ -41,7 +41,7 @@ import torch.utils.dlpack
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
-from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, ignore_block_warnings, produces, without_ints
+from ..graph.blocks import AMP_DEVICES, BlockSpec, any_autocast, code_key, ignore_block_warnings, produces
 from ..graph.tracegraph import DEFERRED, EXTERNAL, Node, TraceGraph
 from ..trace import location, loops
 from ..trace.location import (
@@ -84,6 +84,7 @@ from ..trace.ops import (
     template,
     values_decide_shape,
     with_floats,
+    without_ints,
 )
 from . import native
 from .backends import COMPILE_THREAD, CompiledBlock, check_backend, stays_eager
@@ -1205,7 +1206,7 @@ class CoExecutor:
         # blocks an iteration; a sampler whose length grows each step, a new block every step); a
         # compiled one keeps its own (Dynamo would count shapes as recompiles).
         eager = stays_eager(spec, self.backend)
-        code = code_key(spec, ints=True) if eager else None
+        code = code_key(spec) if eager else None
         gm = self._code.get(code) if code is not None else None
         compiled = CompiledBlock(spec, self.backend, on_compiled=self._on_compiled, gm=gm, ints=eager)
         if code is not None and gm is None:
@@ -2285,9 +2286,8 @@ class CoExecutor:
                     continue
                 for key in list(state):
                     value = state[key]
-                    if type(value) is FutureTensor:
-                        if _state_only(value):
-                            state[key] = value._tn_val
+                    if type(value) is FutureTensor and _state_only(value):
+                        state[key] = value._tn_val
                     elif type(value) is list and any(type(v) is FutureTensor for v in value):
                         value[:] = [v._tn_val if type(v) is FutureTensor and _state_only(v) else v for v in value]
 

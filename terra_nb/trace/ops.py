@@ -196,6 +196,12 @@ def spec_ints(spec) -> list:
     return out
 
 
+def without_ints(spec):
+    """A spec with every int replaced by the marker ``G``: the op's structure apart from its sizes."""
+    count = len(spec_ints(spec))
+    return generalize(spec, frozenset(range(count))) if count else spec
+
+
 def _walk_ints(spec, visit) -> None:
     if type(spec) is int:
         visit(spec)
