@@ -873,6 +873,38 @@ for i, (x, y) in enumerate(data):
     assert "coexec" in [it.mode for it in session.log.iterations]
 
 
+@pytest.mark.parametrize("op", ["v = h[step]", "v = h[:, step]", "v = h[step, 0]", "v = h.select(0, step)",
+                                "v = h.narrow(1, step, 2)", "v = h[-step]", "h[step] = w.sum()", "v = h[..., step * 2]"])
+def test_an_int_index_out_of_range_raises_at_its_line(op):
+    """``h[step]`` with a Python int that grows past the dimension: eager raises at the line, in
+    the iteration that goes past. The int had become a feed of the op's block (one node for every
+    step), and the block raised only when the cell ended: the program printed four more lines, and
+    the results of the iterations in between (``sums``) were lost values."""
+    source = f"""
+import torch
+torch.manual_seed(0)
+h = torch.zeros(6, 8)
+w = torch.randn(4)
+sums = []
+for step in range(10):
+    sums.append((w * step).sum())
+    {op}
+    print(step)
+"""
+    printed, namespace = run_eager_raising(source)
+    session = terra_nb.Session()
+    out = io.StringIO()
+    namespace_t: dict = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(out), pytest.raises(type(namespace["error"])) as info:
+        session.run_cell(source, namespace_t)
+    assert out.getvalue() == printed
+    assert namespace_t["step"] == namespace["step"]
+    assert_same_state(state_of(namespace), state_of(namespace_t))
+    drop_engine_frames(info.value)
+    assert traceback.extract_tb(info.value.__traceback__)[-1].line == op
+    assert "coexec" in [it.mode for it in session.log.iterations]
+
+
 def test_an_error_inside_a_block_ends_the_traceback_at_the_ops_line_in_its_function():
     with pytest.raises(IndexError) as info:
         run_terra(INDEX_ERROR_IN_A_FUNCTION)

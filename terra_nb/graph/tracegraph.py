@@ -138,6 +138,8 @@ class TraceGraph:
         self.int_masks: dict[tuple, frozenset] = {}
         # sites whose nodes are keyed by their output shapes too (slice bounds made feeds)
         self.shape_keyed: set[tuple] = set()
+        # sites whose ints index a dimension and are feeds (``xs[step]``): their range is checked
+        self.index_ints: set[tuple] = set()
         self.version = 0
         self._tails: dict[tuple, tuple] = {}
         self.python_hooks = False  # the program registered an autograd hook (see CoExecutor._hooks_registered)

@@ -803,10 +803,14 @@ class CoExecutor:
         __tracebackhide__ = True
         if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
             if node.immediate is CHECK_INDEX:
-                idx = _index_of(node.info.name, tensors)
-                out = _out_of_range(node.info.name, args, kwargs or {}, tensors, idx)
-                if node.caught and out is False and not self._unwritten(idx):
-                    out = None  # (a block may write it yet: its values are not known without waiting)
+                name = node.info.name
+                if node.mask and name in _INDEX_INTS and _ints_out_of_range(name, args, kwargs or {}):
+                    out = True
+                else:
+                    idx = _index_of(name, tensors) if _checks_index(name, tensors) else None
+                    out = _out_of_range(name, args, kwargs or {}, tensors, idx)
+                    if node.caught and out is False and not self._unwritten(idx):
+                        out = None  # (a block may write it yet: its values are not known without waiting)
                 if out is False or (out is None and not node.caught):  # (None: not known without waiting)
                     return self._defer(node, tensors, scalars)
             elif not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
@@ -1533,6 +1537,12 @@ class CoExecutor:
                 if name in _INDEX_INTS and differ - slices and sibling.kind != "sync" and caught_here(frame, self.roots):
                     sibling.kind = "sync"
                 self.graph.generalize_ints(func, site, differ, by_shape)
+                if name in _INDEX_INTS and differ - slices:
+                    # a feed that indexes a dimension may be out of range where the trace's were not
+                    self.graph.index_ints.add((func, site))
+                    for node in self.graph.by_site.get((func, site), ()):
+                        if node.kind in DEFERRED and not node.immediate:
+                            node.immediate = CHECK_INDEX
                 self.compiled.clear()  # blocks that baked the old ints are stale
                 return sibling
         return None
@@ -1627,6 +1637,8 @@ class CoExecutor:
                              for j, t in enumerate(outs)]
         node.targs, node.tkwargs = targs, tkwargs
         node.passed, node.int_pos, node.scalars_seen = sibling.passed, sibling.int_pos, list(scalars)
+        if sibling.immediate is CHECK_INDEX or sibling.immediate is GRAD_READ:
+            node.immediate = sibling.immediate  # (what the op reads, not its shapes, decides these)
         # Layers called from one loop (an nn.Sequential) share a site: trust the producers seen now.
         if len(sibling.sources) == len(tensors):
             known = sibling.sources
@@ -1696,7 +1708,8 @@ class CoExecutor:
                           and all(_is_small_cpu(t) for t in tensors) and all(_is_small_cpu(t) for t in outs))
         if node.kind in DEFERRED and info.prop == "grad" and not info.setter and struct is TENSOR:
             node.immediate = GRAD_READ  # (a .grad read: _validated_op looks at the real .grad first)
-        elif node.kind in DEFERRED and not node.immediate and _checks_index(info.name, tensors):
+        elif node.kind in DEFERRED and not node.immediate and (
+                _checks_index(info.name, tensors) or (func, site) in self.graph.index_ints):
             node.immediate = CHECK_INDEX
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
@@ -2667,6 +2680,67 @@ def _out_of_range(name: str, args: tuple, kwargs: dict, tensors: list, idx) -> b
             return False
         lo, hi = int(values.min()), int(values.max())
     return lo < low or hi >= bound
+
+
+def _ints_out_of_range(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether an int this call indexes a dimension with is out of range for it (``xs[i]``,
+    ``x[:, i]``, ``x[..., i]``, ``x.select(d, i)``, ``x.narrow(d, start, n)``, ``x[i] = v``): then
+    the op runs at once and raises at its line, as eager does. Forms not checked here answer False."""
+    x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    if not isinstance(x, torch.Tensor):
+        return False
+    shape = x._tn_meta[0] if type(x) is FutureTensor else x.shape
+    if name in ("select", "narrow"):
+        rest = list(args[1:]) + [kwargs[k] for k in ("dim", "index", "start", "length") if k in kwargs]
+        if len(rest) < 2 or any(_int_of(v) is None for v in rest) or not shape:
+            return False
+        dim, start = _int_of(rest[0]), _int_of(rest[1])
+        if not -len(shape) <= dim < len(shape):
+            return False
+        size = shape[dim]
+        if name == "select":
+            return not -size <= start < size
+        length = _int_of(rest[2]) if len(rest) > 2 else 0
+        if not -size <= start <= size:
+            return True
+        return length < 0 or start % size + length > size if size else length > 0
+    if len(args) < 2:
+        return False
+    key = args[1]
+    items = key if type(key) is tuple else (key,)
+    spans = []  # the dimensions each item consumes
+    for k in items:
+        if k is None or k is Ellipsis or type(k) is bool:
+            spans.append(0)
+        elif type(k) is slice or _int_of(k) is not None:
+            spans.append(1)
+        elif isinstance(k, torch.Tensor):
+            meta = k._tn_meta if type(k) is FutureTensor else (k.shape, k.dtype)
+            spans.append(len(meta[0]) if meta[1] is torch.bool else 1)
+        else:
+            return False  # (a list of indices: advanced indexing, not checked here)
+    dim = 0
+    for k, span in zip(items, spans):
+        if k is Ellipsis:
+            dim = len(shape) - sum(spans[items.index(k) + 1:])  # (the dims after it: theirs)
+            continue
+        i = _int_of(k) if type(k) is not slice and span == 1 else None
+        if i is not None:
+            if dim >= len(shape):
+                return False  # (too many indices: torch says so, its error)
+            if not -shape[dim] <= i < shape[dim]:
+                return True
+        dim += span
+    return False
+
+
+def _int_of(v) -> int | None:
+    """``v`` as an index int (a Python or numpy int, not a bool), or None."""
+    if type(v) is bool or isinstance(v, torch.Tensor):
+        return None
+    if isinstance(v, int):
+        return int(v)
+    return int(v) if NUMPY_SCALARS.get(type(v)) is int else None
 
 
 # Calls that register Python code for backward to run: tensor hooks, and the Functions that module
