@@ -20,6 +20,12 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+try:
+    from IPython.core.magic import output_can_be_silenced
+except ImportError:  # IPython < 8.8: there a closing ``;`` silences no cell magic's value (%%time's neither)
+    def output_can_be_silenced(magic_func):  # type: ignore[misc]
+        return magic_func
+
 from .runtime.backends import BACKENDS
 from .session import session
 from .table import IterationTable
@@ -49,6 +55,7 @@ class TerraMagics(Magics):
     @argument("--quiet", action="store_true", help="show nothing (use -o to keep the report)")
     @argument("-o", dest="output", default=None, metavar="NAME", help="store the cell's CellReport in NAME")
     @cell_magic("terra")  # type: ignore[arg-type]
+    @output_can_be_silenced  # (a closing ``;`` in the cell hides its value, as in a plain cell)
     def terra(self, line: str, cell: str):
         """Run the cell co-executed: Python runs for real, tensor operations run as graph blocks."""
         __tracebackhide__ = True
@@ -68,7 +75,7 @@ class TerraMagics(Magics):
         # IPython's own syntax in the cell (``%time``, ``!ls``, ``files = !ls``) becomes Python, as
         # in a plain cell; each line stays on its line, so tracebacks point at the user's.
         raw, cell = cell, shell.transform_cell(cell)
-        filename = shell.compile.cache(cell, shell.execution_count, raw_code=raw)
+        filename = shell.compile.cache(cell, _input_number(shell), raw_code=raw)
         cell_number = sess.cells + 1
         handle, listener, cleared = None, None, _ClearWatch(shell.display_pub)
         if not args.quiet:
@@ -174,6 +181,16 @@ class TerraMagics(Magics):
                 display(JSON(sess.to_json()))
             return
         display(GraphExplorer.from_session(sess))
+
+
+def _input_number(shell) -> int:
+    """The number of the cell that runs the magic, its ``In[N]``: the one IPython named its code by,
+    kept in the run's result. ``shell.execution_count`` is the next cell's by then where the cell is
+    kept in the history (IPython counts a cell before it runs it)."""
+    result = shell.displayhook.exec_result  # (None outside a cell's run: a direct run_cell_magic)
+    if result is not None and result.execution_count is not None:
+        return result.execution_count
+    return shell.execution_count
 
 
 def _notebook_cell_id(shell) -> str | None:

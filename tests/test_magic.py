@@ -1,5 +1,7 @@
 """%load_ext terra_nb, %%terra and %terra through IPython's own test shell."""
 
+import re
+
 import pytest
 from IPython import get_ipython
 from IPython.core.error import UsageError
@@ -216,6 +218,60 @@ def test_an_error_a_block_raises_shows_the_ops_line_last(ip, index):
         assert text.rindex(f"emb({ids}).sum()") > text.rindex("loss.item()")
     else:  # the op's line, then torch's frames below it, as in eager's
         assert f"----> 3     loss = emb({ids}).sum()" in text and "----> 5" not in text
+
+
+def test_an_error_a_block_raises_as_the_cell_ends_shows_only_the_cells_frames(ip):
+    """An op's error that no sync in the loop meets: its block raises as the cell ends, in the
+    exit of the engine's ``with``. The traceback showed contextlib's ``__exit__`` frame (``-->
+    144 next(self.gen)``) before the op's line; it shows the cell's frames only, as for others."""
+    ip.run_cell("emb = torch.nn.Embedding(10, 4)")
+    cell = "for i in range(12):\n    loss = emb(torch.tensor([1, 2, 3]) * (1 if i < 10 else 10)).sum()\n"
+    with capture_output() as out:
+        result = ip.run_cell("%%terra --no-widget --quiet --always-coexec\n" + cell, store_history=True)
+    assert isinstance(result.error_in_exec, IndexError)
+    text = out.stdout + out.stderr
+    frames = re.findall(r"^(?:Cell In\[|File ).*$", text, re.MULTILINE)
+    assert [frame.split(",")[1] for frame in frames] == [" line 1", " line 2"], text  # (the magic's call, the op's)
+    assert "----> 2     loss = emb(torch.tensor([1, 2, 3]) * (1 if i < 10 else 10)).sum()" in text
+
+
+def test_a_cells_traceback_names_the_cell_by_its_own_number(ip):
+    """A cell that raises, run as In[N] (a notebook's cells are kept in the history): its
+    traceback said ``Cell In[N+1]``, the next cell's number (IPython counts a cell before its
+    magic runs), and terra_nb's note ``<ipython-input-N+1-...>``. Both say N, as the plain cell's."""
+    ip.run_cell("x = torch.ones(2)\nemb = torch.nn.Embedding(10, 4)", store_history=True)
+    cells = ["for i in range(5):\n    x = x + 1\n    if i == 3: 1/0\n",
+             "for i in range(12):\n    loss = emb(torch.tensor([1, 2, 3]) * (1 if i < 10 else 10)).sum()\n"
+             "    print(loss.item())\n"]
+    for cell in cells:
+        with capture_output() as plain:
+            expected = ip.run_cell(cell, store_history=True)
+        with capture_output() as out:
+            result = ip.run_cell("%%terra --no-widget --quiet --always-coexec\n" + cell, store_history=True)
+        assert type(result.error_in_exec) is type(expected.error_in_exec) is not type(None)
+        assert set(re.findall(r"Cell In\[(\d+)\]", plain.stdout)) == {str(expected.execution_count)}
+        assert set(re.findall(r"Cell In\[(\d+)\]", out.stdout)) == {str(result.execution_count)}, out.stdout
+        notes = set(re.findall(r"<ipython-input-(\d+)-", out.stdout))  # (the embedding's note names the cell)
+        assert notes == ({str(result.execution_count)} if "emb(" in cell else set()), out.stdout
+
+
+def test_a_semicolon_after_the_cells_last_expression_hides_its_value(ip):
+    """``x;`` as a cell's last line shows nothing and leaves ``_`` and ``Out`` as they were, in a
+    plain cell and under ``%%time``; a ``%%terra`` cell showed ``Out[N]: tensor([1., 1.])`` and
+    stored it. It shows nothing now; without the semicolon it shows the value, as a plain cell."""
+    ip.run_cell("x = torch.ones(2)", store_history=True)
+    ip.run_cell("x", store_history=True)
+    before, out_before = ip.user_ns["_"], dict(ip.user_ns["Out"])
+    for cell in ("x;", "x;  # the value, not shown", "y = x * 2\ny;"):
+        with capture_output() as out:
+            result = ip.run_cell("%%terra --no-widget --quiet\n" + cell, store_history=True)
+        assert result.error_in_exec is None and result.result is None
+        assert out.stdout == "" and out.outputs == [], out.stdout
+        assert ip.user_ns["_"] is before and ip.user_ns["Out"] == out_before
+    with capture_output() as out:
+        result = ip.run_cell("%%terra --no-widget --quiet\nx", store_history=True)
+    assert f"Out[{result.execution_count}]: tensor([1., 1.])" in out.stdout
+    assert ip.user_ns["Out"][result.execution_count] is ip.user_ns["_"] is result.result
 
 
 def test_ipython_syntax_in_a_cell_runs_as_in_a_plain_cell(ip):

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dis
 import linecache
 import os
@@ -213,6 +214,14 @@ class SourceLine:
 
 
 _RUN_UNTIL_COMPLETE = asyncio.BaseEventLoop.run_until_complete.__code__
+# the standard library's frames that only pass the engine's call on to the engine: the event loop it
+# runs a cell's top-level await on, and the entry and exit of its ``with`` blocks (the exit of
+# ``executor.active(...)`` is where a block's error surfaces as the cell ends)
+_ENGINE_PASSAGES = frozenset({
+    _RUN_UNTIL_COMPLETE,
+    contextlib._GeneratorContextManager.__enter__.__code__,
+    contextlib._GeneratorContextManager.__exit__.__code__,
+})
 _HANDLE_TORCH_FUNCTION = torch.overrides.handle_torch_function.__code__
 
 
@@ -276,9 +285,8 @@ def drop_engine_frames(exc: BaseException, start: str | None = None) -> None:
         engine = False
         while tb is not None:
             filename = tb.tb_frame.f_code.co_filename
-            # (the event loop the engine runs a cell's top-level await on is the engine's too)
             ours = (filename.startswith(_PACKAGE_DIR + os.sep) or tb.tb_frame.f_code in _STAND_IN_CODES
-                    or (engine and tb.tb_frame.f_code is _RUN_UNTIL_COMPLETE))
+                    or (engine and tb.tb_frame.f_code in _ENGINE_PASSAGES))
             if ours and handed:
                 handed[-1] = True
             if (kept or start is None or filename == start) and not ours:
