@@ -2844,3 +2844,99 @@ for i in range(200):
 """, backend="auto")
     modes = [it.mode for it in session.log.iterations]
     assert modes.count("eager") > 20, modes  # (auto chose eager on this CPU)
+
+
+# Tensors that share memory with numpy: a deferred op read, or wrote, that memory later than eager
+# did, while Python read or wrote it through numpy in between. Each prints what it reads through
+# numpy, so a value one step behind shows.
+SHARED_WITH_NUMPY = {
+    "in_place_ops_on_a_from_numpy_tensor": """
+arr = np.zeros(3, dtype=np.float32)
+for i in range(8):
+    t = torch.from_numpy(arr)
+    t.add_(w)
+    t.mul_(0.5)
+    print(i, arr, t.tolist())
+""",
+    "in_place_op_on_a_from_numpy_tensor_made_before_the_loop": """
+arr = np.zeros(3, dtype=np.float32)
+t = torch.from_numpy(arr)
+for i in range(8):
+    t.add_(w * i)
+    print(i, arr)
+""",
+    "a_numpy_view_of_a_tensor_the_loop_writes": """
+t = torch.zeros(3)
+a = t.numpy()
+for i in range(8):
+    t.add_(w)
+    print(i, a)
+""",
+    "a_numpy_view_of_a_weight_the_optimizer_writes": """
+lin = nn.Linear(3, 2)
+opt = torch.optim.SGD(lin.parameters(), lr=0.01)
+wv = lin.weight.detach().numpy()
+for i in range(8):
+    loss = lin(w * i).square().sum()
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, wv.round(4))
+""",
+    "index_add_into_a_tensor_numpy_views": """
+counts = torch.zeros(3)
+view = counts.numpy()
+for i in range(8):
+    counts.index_add_(0, torch.tensor([i % 3]), torch.ones(1))
+    print(i, view.tolist())
+""",
+    "a_buffer_refilled_through_numpy_under_as_tensor": """
+buf = np.zeros((4, 3), dtype=np.float32)
+x = torch.as_tensor(buf)
+acc = torch.zeros(4, 2)
+for i in range(8):
+    buf[:] = i
+    acc = acc + x @ w2
+    print(i, round(acc.sum().item(), 4), x is torch.as_tensor(x))
+""",
+    "an_array_written_through_numpy_between_ops": """
+t = torch.zeros(3)
+a = t.numpy()
+acc = torch.zeros(3)
+for i in range(8):
+    a += 1
+    acc = acc * 2 + t
+print(acc)
+""",
+    "a_view_of_a_from_numpy_tensor_read_after_numpy_writes": """
+arr = np.zeros(4, dtype=np.float32)
+t = torch.from_numpy(arr)
+for i in range(8):
+    v = t[1:3]
+    arr[:] = i
+    print(i, v.tolist(), (v * 2).sum().item())
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_WITH_NUMPY))
+def test_tensors_that_share_memory_with_numpy_read_and_write_it_when_eager_does(name):
+    """A deferred write into a ``from_numpy`` tensor went into a snapshot of it and was lost; a
+    deferred write into a tensor that numpy views came after the program's next ``print`` of the
+    array; ``torch.as_tensor(array)`` made a copy where eager shares the array's memory."""
+    check_program("""
+import numpy as np
+import torch
+import torch.nn as nn
+torch.manual_seed(0)
+w = torch.randn(3)
+w2 = torch.randn(3, 2)
+""" + SHARED_WITH_NUMPY[name])
+
+
+def test_a_from_numpy_tensor_of_an_earlier_plain_cell_is_read_when_eager_reads_it():
+    """The tensor was made outside any co-executed cell, so nothing marked it as numpy's memory:
+    the blocks read the array after the program had changed it again (71 where eager has 57)."""
+    check_cells([
+        (False, "import numpy as np, torch\narr = np.zeros(1, dtype=np.float32)\nt = torch.from_numpy(arr)\nacc = torch.zeros(1)\n"),
+        (True, "for i in range(6):\n    arr[0] = i\n    acc = acc * 2 + t\n"),
+        (False, "print(acc)\n"),
+    ])

@@ -49,7 +49,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "caught", "line_root", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "caught", "line_root", "views", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -64,6 +64,7 @@ class Node:
         self.out_struct: tuple | None = None
         self.out_meta: list = []
         self.alias = -1
+        self.views = -1  # the input its output is a view of (x[1:], x.t()), or -1
         self.targs: tuple = ()
         self.tkwargs: dict = {}
         self.passed: tuple = ()  # scalar positions that are graph inputs: floats, generalized ints

@@ -36,7 +36,7 @@ enum {
     S_input, S_tn_src, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
-    S_func, S_pending, S_grad, S_setter, S_ran_now, S_captured, N_NAMES
+    S_func, S_pending, S_grad, S_setter, S_ran_now, S_captured, S_memory_epoch, N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
     "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
@@ -45,7 +45,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_src", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
-    "func", "_pending", "grad", "setter", "_ran_now", "captured",
+    "func", "_pending", "grad", "setter", "_ran_now", "captured", "_memory_epoch",
 };
 static PyObject *str[N_NAMES];
 /* The names above that are the executor's attributes (slots of its class). */
@@ -53,7 +53,7 @@ static const int EXECUTOR_SLOTS[] = {
     S_state, S_mode, S_cursor, S_block, S_anchor, S_explicit_iterations, S_cell_token, S_op_counter,
     S_anchor_limit, S_anchor_first, S_ops_coexec, S_validated, S_deferred_total, S_max_block, S_root_codes,
     S_ok_parent, S_ok_lasti, S_ok_tail, S_graph, S_iter_index, S_meta_funcs, S_passthrough, S_runner,
-    S_compiled, S_iter_blocks, S_block_ids, S_cell,
+    S_compiled, S_iter_blocks, S_block_ids, S_cell, S_memory_epoch,
 };
 #define N_EXECUTOR_SLOTS ((int)(sizeof(EXECUTOR_SLOTS) / sizeof(EXECUTOR_SLOTS[0])))
 
@@ -105,6 +105,7 @@ typedef struct {
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *grad_read;     /* coexec.GRAD_READ: a node's ``immediate`` when it reads a .grad */
     PyObject *check_index;   /* coexec.CHECK_INDEX: ... when its index may be out of range (Python checks it) */
+    PyObject *shares_memory; /* CoExecutor._shares_python_memory */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
@@ -268,7 +269,7 @@ wire_input(FastPath *fp, PyObject *blk, PyObject *t, Py_ssize_t *w)
         PyObject *numpy = inst_get(t, str[S_tn_numpy]);
         if (numpy == NULL && PyErr_Occurred())
             return -1;
-        if (numpy != NULL && numpy != Py_False) {
+        if (numpy == Py_True) {
             PyObject *r = PyObject_CallMethodOneArg(blk, str[S_input], t);
             if (r == NULL)
                 return -1;
@@ -879,7 +880,22 @@ meta_matches(FastPath *fp, PyObject *t, PyObject *m)
         if (eq <= 0)
             return eq;
     }
-    return 1;
+    /* memory Python shares (a numpy array's): the Python path takes its ops (see
+     * CoExecutor._shares_python_memory, whose answer the tensor keeps: True, or the epoch it was
+     * found not to be shared in) */
+    PyObject *mark = inst_get(t, str[S_tn_numpy]);
+    if (mark == NULL && PyErr_Occurred())
+        return -1;
+    if (mark == Py_True)
+        return 0;
+    if (mark != NULL && mark == SLOT(fp->executor, fp->ex_off[S_memory_epoch]))
+        return 1;
+    PyObject *r = PyObject_CallOneArg(fp->shares_memory, t);
+    if (r == NULL)
+        return -1;
+    int shared = r == Py_True;
+    Py_DECREF(r);
+    return !shared;
 }
 
 static PyObject *
@@ -1638,6 +1654,7 @@ fp_traverse(FastPath *fp, visitproc visit, void *arg)
     Py_VISIT(fp->executor);
     Py_VISIT(fp->slow);
     Py_VISIT(fp->make_future);
+    Py_VISIT(fp->shares_memory);
     Py_VISIT(fp->profile);
     return 0;
 }
@@ -1684,6 +1701,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->grad_read);
     Py_CLEAR(fp->check_index);
+    Py_CLEAR(fp->shares_memory);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
     Py_CLEAR(fp->canonical_offsets);
@@ -1760,6 +1778,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(run_meta, "run_meta");
     TAKE(grad_read, "GRAD_READ");
     TAKE(check_index, "CHECK_INDEX");
+    TAKE(shares_memory, "shares_memory");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");
     TAKE(canonical_offsets, "canonical_offsets");

@@ -161,12 +161,18 @@ class PendingBlock:
         self.floats: list = []
         self.futs: list = []  # every future the block's ops answered with, by value index
 
-    def input(self, t) -> int:
+    def input(self, t, snapshot: bool | None = None) -> int:
+        """``t``'s index among the block's inputs; ``snapshot``: whether it is memory numpy shares
+        (None: as the tensor's mark says, see CoExecutor._shares_python_memory)."""
         k = self.input_ids.get(id(t))
         if k is None:
+            if snapshot if snapshot is not None else getattr(t, "_tn_numpy", False) is True:
+                # Memory numpy shares may change before the block runs: each read takes a snapshot
+                # of its own (Python may change it between two ops of the block).
+                self.inputs.append(t.clone())
+                return len(self.inputs) - 1
             k = self.input_ids[id(t)] = len(self.inputs)
-            # A tensor that shares memory with numpy may change before the block runs: snapshot it.
-            self.inputs.append(t.clone() if getattr(t, "_tn_numpy", False) else t)
+            self.inputs.append(t)
             if type(t) is not FutureTensor and t.__dict__.get("_tn_local"):
                 t._tn_local = False  # a block may write it now: Python must wait before reading it
         return k
@@ -246,6 +252,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "make_future": executor._make_future, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
         "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
+        "shares_memory": executor._shares_python_memory,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -261,7 +268,8 @@ class CoExecutor:
     __slots__ = ("state", "mode", "cursor", "block", "anchor", "explicit_iterations", "_cell_token", "op_counter",
                  "_anchor_limit", "_anchor_first", "ops_coexec", "_validated", "deferred_total", "max_block",
                  "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail", "graph", "iter_index", "meta_funcs",
-                 "passthrough", "runner", "compiled", "iter_blocks", "block_ids", "cell", "__dict__", "__weakref__")
+                 "passthrough", "runner", "compiled", "iter_blocks", "block_ids", "cell", "_memory_epoch", "__dict__",
+                 "__weakref__")
 
     _ticks: dict[int, int]  # auto's choice (see _reset_choice)
     _once: dict[int, int]
@@ -298,6 +306,7 @@ class CoExecutor:
         self.block = PendingBlock()
         self.recording: list | None = None
         self.cell = 0
+        self._memory_epoch = object()  # see _shares_python_memory
         self.deferred_total = 0
         self.profiler: ProfilingMode | None = None  # set by the benchmark
         self._depth = 0
@@ -487,6 +496,7 @@ class CoExecutor:
 
     def begin_cell(self, cell: int) -> None:
         self.cell = cell
+        self._memory_epoch = object()  # (a plain cell before may have given numpy a tensor's memory)
         self.anchor = None
         self._turn_ends, self._turn_starts = set(), set()
         self._anchor_limit = -1
@@ -580,6 +590,16 @@ class CoExecutor:
                 setattr(generators, name, _default_generator_syncs(original, self, owner_thread))
         patches.append((torch, "from_numpy", torch.from_numpy))
         torch.from_numpy = tagging(torch.from_numpy)
+        # Tensor.numpy gives numpy the tensor's memory (torch makes its storage one it cannot
+        # resize): every tensor found not to share memory with Python is asked again.
+        raw_numpy = torch.Tensor.numpy
+
+        def numpy(tensor, *args, **kwargs):
+            self._memory_epoch = object()
+            return raw_numpy(tensor, *args, **kwargs)
+
+        patches.append((torch.Tensor, "numpy", raw_numpy))
+        torch.Tensor.numpy = numpy  # type: ignore[method-assign, assignment]
         # nn.Parameter wraps its data in C++, past the mode: give it the real tensor.
         raw_new = torch.nn.Parameter.__dict__["__new__"]  # the staticmethod itself, restored as it was
         parameter_new = torch.nn.Parameter.__new__
@@ -778,7 +798,7 @@ class CoExecutor:
                             tm = t._tn_meta
                             if tm is not m and tm != m:
                                 break
-                        elif type(t) not in PLAIN_TYPES or plain_meta(t) != m:
+                        elif type(t) not in PLAIN_TYPES or plain_meta(t) != m or self._shares_python_memory(t):
                             break  # (a subclass of the program's: its metadata names its type)
                     else:
                         if node.kind in DEFERRED and not node.immediate:
@@ -801,11 +821,12 @@ class CoExecutor:
 
     def _validated_op(self, node: Node, func, args, kwargs, tensors: list, scalars: list, frame):
         __tracebackhide__ = True
-        if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)):
+        if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)) and not self._reaches_python_memory(node, tensors):
             if node.immediate is CHECK_INDEX:
                 name = node.info.name
+                out: bool | None = True
                 if node.mask and name in _INDEX_INTS and _ints_out_of_range(name, args, kwargs or {}):
-                    out = True
+                    pass
                 else:
                     idx = _index_of(name, tensors) if _checks_index(name, tensors) else None
                     out = _out_of_range(name, args, kwargs or {}, tensors, idx)
@@ -821,6 +842,41 @@ class CoExecutor:
             if src not in sources[slot]:
                 sources[slot].add(src)
         return self._run_now(node, func, node.info, args, kwargs or {}, tensors, frame, scalars)
+
+    def _shares_python_memory(self, t) -> bool:
+        """Whether real tensor ``t``'s memory is Python's too: a numpy array's (``torch.from_numpy``,
+        ``torch.as_tensor``, ``t.numpy()``), a buffer's (``torch.frombuffer``). torch marks such a
+        storage as one it cannot resize. Python reads and writes that memory where the engine does
+        not see it: a block reads a snapshot of it (PendingBlock.input), and an op that writes it,
+        or returns a view of it, runs at once (_reaches_python_memory). The answer is kept on the
+        tensor: True, or the epoch it was found not to be shared in (a new cell, or a numpy export
+        since, asks again). The C path asks the same, and takes no op on such a tensor."""
+        mark = t.__dict__.get("_tn_numpy")
+        if mark is True:
+            return True
+        epoch = self._memory_epoch
+        if mark is epoch:
+            return False
+        try:
+            shared = not t.untyped_storage().resizable()
+        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+            shared = False  # (no storage: a subclass of the program's, a sparse tensor)
+        t._tn_numpy = True if shared else epoch
+        return shared
+
+    def _mark_shared(self, out) -> None:
+        """A feed's tensor may be a Python object's memory (``torch.as_tensor(array)``), as in eager:
+        found now, its reads are snapshots from then on."""
+        if type(out) is torch.Tensor:
+            self._shares_python_memory(out)
+
+    def _reaches_python_memory(self, node: Node, tensors: list) -> bool:
+        """Whether the op writes into, or returns a view of, a real tensor whose memory Python
+        shares (_shares_python_memory): Python may read or write it right after, so it runs now."""
+        k = node.alias if node.alias >= 0 else node.views
+        if k < 0 and _writes_into(node.info):
+            k = 0
+        return 0 <= k < len(tensors) and type(tensors[k]) is not FutureTensor and self._shares_python_memory(tensors[k])
 
     def _unwritten(self, t) -> bool:
         """Whether no block still to run may write tensor ``t``: no block is queued, and the one
@@ -948,7 +1004,9 @@ class CoExecutor:
             else:
                 src = getattr(t, "_tn_src", EXTERNAL)
                 k = blk.input_ids.get(id(t))
-                wiring.append(-1 - (blk.input(t) if k is None else k))
+                # (a property, its .grad, is the tensor's own, not a snapshot's)
+                wiring.append(-1 - (blk.input(t, node.info.prop is None and self._shares_python_memory(t))
+                                    if k is None else k))
             if src not in sources[slot]:
                 sources[slot].add(src)
             slot += 1
@@ -1082,7 +1140,7 @@ class CoExecutor:
         elif _writes_into(info) and tensors and type(tensors[0]) is FutureTensor:
             self._follow_in_place(tensors[0], tensors[0]._tn_val)  # (see _new_node)
         if node.kind == "feed":
-            out = _snapshot(out)
+            self._mark_shared(out)
         if struct is not None:
             self._track_locals(node, tensors, out_tensors(out, struct))
             getter_src = _out_src(node, tensors)
@@ -1411,8 +1469,7 @@ class CoExecutor:
         elif node.kind == "op" and node.alias < 0 and [meta_of(t) for t in outs] != node.out_meta:
             node.kind = "sync"  # same inputs, another output shape: the shape depends on data
         if node.kind == "feed":
-            out = _snapshot(out)
-            outs = out_tensors(out, struct)  # type: ignore[arg-type]
+            self._mark_shared(out)
         self._track_locals(node, tensors, outs)
         if node.alias < 0:
             getter_src = _out_src(node, tensors, sources)
@@ -1619,7 +1676,7 @@ class CoExecutor:
             outs = out_tensors(out, struct)
         node = self.graph.add_node((func, site, kspec, in_meta, grad), func, info)
         node.family = sibling.family
-        node.spec, node.kind, node.alias = sibling.spec, sibling.kind, sibling.alias
+        node.spec, node.kind, node.alias, node.views = sibling.spec, sibling.kind, sibling.alias, sibling.views
         # (the meta run's structure: a sequence as long as this call's, unbind of a new length)
         node.out_struct = struct if deferred and sibling.alias < 0 and sibling.out_struct is not NONE else sibling.out_struct
         node.flat = sibling.flat
@@ -1713,6 +1770,8 @@ class CoExecutor:
             node.immediate = CHECK_INDEX
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
+            if node.alias < 0:
+                node.views = next((i for i, t in enumerate(tensors) if _is_alias_of(outs[0], t)), -1)
             if node.alias >= 0 and node.kind in DEFERRED and node.out_meta[0] != in_meta[node.alias]:
                 # It changes its input's metadata in place (x.requires_grad_(), x.unsqueeze_(0)): a
                 # future keeps the metadata it was made with, so the op runs for real, on the value.
@@ -2588,6 +2647,14 @@ def _restride(fut: FutureTensor, value: torch.Tensor) -> None:
         torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
 
 
+def _is_alias_of(out, t) -> bool:
+    """Whether ``out`` is a view of ``t``'s memory."""
+    try:
+        return torch._C._is_alias_of(out, t)  # type: ignore[attr-defined]
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False  # (no storage)
+
+
 def _writes_into(info: OpInfo) -> bool:
     """Whether the call writes into its first argument and returns None: ``x[i] = v``, a
     property's setter (``x.requires_grad = True``, ``x.data = y``)."""
@@ -2691,16 +2758,17 @@ def _ints_out_of_range(name: str, args: tuple, kwargs: dict) -> bool:
         return False
     shape = x._tn_meta[0] if type(x) is FutureTensor else x.shape
     if name in ("select", "narrow"):
-        rest = list(args[1:]) + [kwargs[k] for k in ("dim", "index", "start", "length") if k in kwargs]
-        if len(rest) < 2 or any(_int_of(v) is None for v in rest) or not shape:
+        rest = [_int_of(v) for v in list(args[1:]) + [kwargs[k] for k in ("dim", "index", "start", "length") if k in kwargs]]
+        ints = [v for v in rest if v is not None]
+        if len(ints) < 2 or len(ints) < len(rest) or not shape:
             return False
-        dim, start = _int_of(rest[0]), _int_of(rest[1])
+        dim, start = ints[0], ints[1]
         if not -len(shape) <= dim < len(shape):
             return False
         size = shape[dim]
         if name == "select":
             return not -size <= start < size
-        length = _int_of(rest[2]) if len(rest) > 2 else 0
+        length = ints[2] if len(ints) > 2 else 0
         if not -size <= start <= size:
             return True
         return length < 0 or start % size + length > size if size else length > 0
@@ -2978,8 +3046,4 @@ def _merge_modes(modes: list[str]) -> str:
     return "trace"
 
 
-def _snapshot(out):
-    """A feed's tensors may share memory with Python data that can still change: copy them."""
-    if isinstance(out, torch.Tensor):
-        return out.clone() if out.is_leaf and not out.requires_grad else out
-    return out
+
