@@ -2940,3 +2940,20 @@ def test_a_from_numpy_tensor_of_an_earlier_plain_cell_is_read_when_eager_reads_i
         (True, "for i in range(6):\n    arr[0] = i\n    acc = acc * 2 + t\n"),
         (False, "print(acc)\n"),
     ])
+
+
+def test_an_optimizer_made_anew_every_iteration():
+    """Each iteration makes its own optimizer. The engine keeps each optimizer's steps in an array
+    and the loop turns at each step by the array's id: a new optimizer's array took a dead one's
+    id, met that one's turns, and the engine raised an IndexError of its own (in most runs)."""
+    check_program("""
+import torch
+w = torch.ones(3, requires_grad=True)
+for i in range(30):
+    f = (w * i).detach()
+    p = torch.tensor([1.0, 2.0], requires_grad=True)
+    o = torch.optim.SGD([p], lr=0.1)
+    (p * f[:2]).sum().backward()
+    o.step()
+    print(i, p.tolist())
+""")

@@ -2380,7 +2380,10 @@ class CoExecutor:
         if at and at[-1] == now_op:
             return
         at.append(now_op)
-        turns = self._mark_turns.setdefault(id(at), [])
+        if len(at) == 1:  # (an optimizer made anew: its array may have a dead one's id)
+            turns = self._mark_turns[id(at)] = []
+        else:
+            turns = self._mark_turns.setdefault(id(at), [])
         turns.append((self._cell_token, dict(self._turns), self._anchor_runs))
         del turns[:-3]
         # (the last mark of its kind made in this cell: a new cell's first step of an optimizer a
