@@ -2906,6 +2906,16 @@ for i in range(8):
     acc = acc * 2 + t
 print(acc)
 """,
+    "a_result_whose_value_numpy_views": """
+for i in range(8):
+    y = w * i
+    a = y.numpy()
+    y.add_(1)
+    print(i, a)
+    a += 1
+    z = (y * 2).sum()
+    print(z.item())
+""",
     "a_view_of_a_from_numpy_tensor_read_after_numpy_writes": """
 arr = np.zeros(4, dtype=np.float32)
 t = torch.from_numpy(arr)

@@ -853,9 +853,17 @@ meta_matches(FastPath *fp, PyObject *t, PyObject *m)
         PyObject *tm = FUT(fp, t, U_meta);
         if (tm == NULL)
             return PyErr_Occurred() ? -1 : 0;
-        if (tm == m)
-            return 1;
-        return PyObject_RichCompareBool(tm, m, Py_EQ);
+        int eq = tm == m ? 1 : PyObject_RichCompareBool(tm, m, Py_EQ);
+        PyObject *val = FUT(fp, t, U_val);
+        if (eq == 1 && val != NULL && val != Py_None) {
+            /* a value numpy shares (the program called .numpy() on it): the Python path */
+            PyObject *mark = inst_get(val, str[S_tn_numpy]);
+            if (mark == NULL && PyErr_Occurred())
+                return -1;
+            if (mark == Py_True)
+                return 0;
+        }
+        return eq;
     }
     if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) != 4)
         return 0;

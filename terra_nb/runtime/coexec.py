@@ -169,7 +169,7 @@ class PendingBlock:
             if snapshot if snapshot is not None else getattr(t, "_tn_numpy", False) is True:
                 # Memory numpy shares may change before the block runs: each read takes a snapshot
                 # of its own (Python may change it between two ops of the block).
-                self.inputs.append(t.clone())
+                self.inputs.append((t._tn_val if type(t) is FutureTensor else t).clone())
                 return len(self.inputs) - 1
             k = self.input_ids[id(t)] = len(self.inputs)
             self.inputs.append(t)
@@ -596,7 +596,10 @@ class CoExecutor:
 
         def numpy(tensor, *args, **kwargs):
             self._memory_epoch = object()
-            return raw_numpy(tensor, *args, **kwargs)
+            out = raw_numpy(tensor, *args, **kwargs)
+            if type(tensor) is FutureTensor and tensor._tn_val is not None:
+                tensor._tn_val._tn_numpy = True  # (its value's: the future stays a future)
+            return out
 
         patches.append((torch.Tensor, "numpy", raw_numpy))
         torch.Tensor.numpy = numpy  # type: ignore[method-assign, assignment]
@@ -796,7 +799,7 @@ class CoExecutor:
                     for t, m in zip(tensors, node.in_meta):
                         if type(t) is FutureTensor:
                             tm = t._tn_meta
-                            if tm is not m and tm != m:
+                            if tm is not m and tm != m or _value_shared(t):
                                 break
                         elif type(t) not in PLAIN_TYPES or plain_meta(t) != m or self._shares_python_memory(t):
                             break  # (a subclass of the program's: its metadata names its type)
@@ -876,7 +879,10 @@ class CoExecutor:
         k = node.alias if node.alias >= 0 else node.views
         if k < 0 and _writes_into(node.info):
             k = 0
-        return 0 <= k < len(tensors) and type(tensors[k]) is not FutureTensor and self._shares_python_memory(tensors[k])
+        if not 0 <= k < len(tensors):
+            return False
+        t = tensors[k]
+        return _value_shared(t) if type(t) is FutureTensor else self._shares_python_memory(t)
 
     def _unwritten(self, t) -> bool:
         """Whether no block still to run may write tensor ``t``: no block is queued, and the one
@@ -1000,7 +1006,7 @@ class CoExecutor:
                     wiring.append(t._tn_vidx)
                 else:
                     k = blk.input_ids.get(id(t))
-                    wiring.append(-1 - (blk.input(t) if k is None else k))
+                    wiring.append(-1 - (blk.input(t, node.info.prop is None and _value_shared(t)) if k is None else k))
             else:
                 src = getattr(t, "_tn_src", EXTERNAL)
                 k = blk.input_ids.get(id(t))
@@ -2648,6 +2654,12 @@ def _restride(fut: FutureTensor, value: torch.Tensor) -> None:
     Python key: RuntimeError where they need more elements than it has)."""
     with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
         torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+
+
+def _value_shared(fut: FutureTensor) -> bool:
+    """Whether the future's value is memory numpy shares (the program called ``.numpy()`` on it)."""
+    val = fut._tn_val
+    return val is not None and val.__dict__.get("_tn_numpy") is True
 
 
 def _is_alias_of(out, t) -> bool:
