@@ -169,7 +169,7 @@ class PendingBlock:
             if snapshot if snapshot is not None else getattr(t, "_tn_numpy", False) is True:
                 # Memory numpy shares may change before the block runs: each read takes a snapshot
                 # of its own (Python may change it between two ops of the block).
-                self.inputs.append((t._tn_val if type(t) is FutureTensor else t).clone())
+                self.inputs.append((t._tn_val if type(t) is FutureTensor else t).clone())  # type: ignore[union-attr]
                 return len(self.inputs) - 1
             k = self.input_ids[id(t)] = len(self.inputs)
             self.inputs.append(t)
