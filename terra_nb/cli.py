@@ -73,31 +73,42 @@ def _run(args) -> int:
     if problem:  # before anything of the script runs
         print(f"terra-nb run: {problem}", file=sys.stderr)
         return 2
-    if args.eager:
-        import runpy
+    from .session import Session, run_script, script_filename
 
-        sys.argv = [args.script, *script_args]
-        runpy.run_path(args.script, run_name="__main__")
-        return 0
-    from .session import Session
-
-    session = Session(backend=args.backend, trace_iters=args.trace_iters, runner=args.runner,
-                      always_coexec=args.always_coexec)
+    script = script_filename(args.script)  # before the script runs: it may change the working directory
+    session = None if args.eager else Session(backend=args.backend, trace_iters=args.trace_iters,
+                                              runner=args.runner, always_coexec=args.always_coexec)
     status = 0
     try:
-        session.run_path(args.script, script_args, baseline=args.baseline)
+        if session is None:
+            run_script(args.script, script_args)
+        else:
+            session.run_path(args.script, script_args, baseline=args.baseline)
     except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        status = _exit_status(exc.code)
     except Exception as exc:  # as Python ends a script that raises: its traceback, status 1
-        _print_script_error(exc, os.path.abspath(args.script))
+        _print_script_error(exc, script)
         status = 1
     finally:
         sys.stdout.flush()
-        _report(session, quiet=args.quiet)
-        if args.export:
-            for path in session.export(args.export):
-                print(f"terra-nb: wrote {path}", file=sys.stderr)
+        if session is not None:
+            _report(session, quiet=args.quiet)
+            if args.export:
+                for path in session.export(args.export):
+                    print(f"terra-nb: wrote {path}", file=sys.stderr)
     return status
+
+
+def _exit_status(code: object) -> int:
+    """The status Python exits with when a script raises ``SystemExit(code)``: None is 0, an int
+    itself, and anything else (``sys.exit("fatal: ...")``) is printed to stderr, status 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    sys.stdout.flush()
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _run_options_problem(args) -> str | None:

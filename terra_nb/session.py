@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
+import contextlib
 import functools
+import importlib.machinery
 import inspect
 import linecache
 import os
@@ -144,27 +147,9 @@ class Session:
         """Run a script as ``__main__`` (as ``python path`` would), co-executed wherever its loops are."""
         with open(path, encoding="utf-8") as f:
             source = f.read()
-        old_argv, old_path0 = sys.argv, sys.path[0] if sys.path else None
-        sys.argv = [path, *(argv or [])]
-        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-        # The script's namespace is the __main__ module while it runs, as under ``python path``:
-        # pickle finds the script's classes there (a DataLoader's spawned workers need them), and a
-        # spawned process runs the script, not terra-nb, as its main.
-        module = types.ModuleType("__main__")
-        module.__dict__.update(__file__=path, __builtins__=__builtins__)
-        old_main = sys.modules.get("__main__")
-        sys.modules["__main__"] = module
-        try:
-            return self.run_cell(source, module.__dict__, mode=mode, filename=os.path.abspath(path), baseline=baseline,
+        with _as_main(path, argv) as module:
+            return self.run_cell(source, module.__dict__, mode=mode, filename=module.__file__, baseline=baseline,
                                  top_level_await=False)
-        finally:
-            if old_main is not None:
-                sys.modules["__main__"] = old_main
-            else:
-                sys.modules.pop("__main__", None)
-            sys.argv = old_argv
-            if sys.path and sys.path[0] != old_path0:
-                sys.path.pop(0)
 
     def call(self, fn, *args, **kwargs):
         """Call ``fn`` as one iteration (what ``@coexecute`` does)."""
@@ -339,6 +324,51 @@ def coexecute(fn=None, *, session_: Session | None = None):
     return wrapper
 
 
+def script_filename(path: str) -> str:
+    """The name ``python path`` gives a script, its ``__file__`` and its code's filename: absolute
+    (since Python 3.11), the path as typed after the working directory (``./a.py`` is ``/cwd/./a.py``)."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def run_script(path: str, argv: list[str] | None = None) -> None:
+    """Run a script as ``__main__`` as ``python path`` does, with no co-execution (``terra-nb run --eager``)."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    with _as_main(path, argv) as module:
+        # (dont_inherit: this module's ``from __future__ import annotations`` is not the script's)
+        exec(compile(source, module.__file__, "exec", dont_inherit=True), module.__dict__)
+
+
+@contextlib.contextmanager
+def _as_main(path: str, argv: list[str] | None):
+    """A module that is ``__main__`` while the script runs in it, with what ``python path`` gives:
+    ``sys.argv[0]`` as typed, the script's folder first on ``sys.path``, and the module's globals."""
+    filename = script_filename(path)
+    old_argv = sys.argv
+    sys.argv = [path, *(argv or [])]
+    # (Python resolves symbolic links for it: a linked script imports beside its target)
+    folder = os.path.dirname(os.path.realpath(filename))
+    sys.path.insert(0, folder)
+    # The script's namespace is the __main__ module while it runs, as under ``python path``:
+    # pickle finds the script's classes there (a DataLoader's spawned workers need them), and a
+    # spawned process runs the script, not terra-nb, as its main.
+    module = types.ModuleType("__main__")
+    module.__dict__.update(__file__=filename, __cached__=None, __annotations__={}, __builtins__=builtins,
+                           __loader__=importlib.machinery.SourceFileLoader("__main__", filename))
+    old_main = sys.modules.get("__main__")
+    sys.modules["__main__"] = module
+    try:
+        yield module
+    finally:
+        if old_main is not None:
+            sys.modules["__main__"] = old_main
+        else:
+            sys.modules.pop("__main__", None)
+        sys.argv = old_argv
+        if sys.path and sys.path[0] is folder:  # (by identity: where the folder was first already, it stays)
+            sys.path.pop(0)
+
+
 def _user_frame_line(tb, filename: str) -> int | None:
     line = None
     while tb is not None:
@@ -358,8 +388,9 @@ def _split_last_expression(source: str, filename: str, top_level_await: bool):
         statement = tree.body.pop()
         assert isinstance(statement, ast.Expr)
         expr = ast.Expression(statement.value)
-        last = compile(expr, filename, "eval", flags=flags)
-    return compile(tree, filename, "exec", flags=flags), last
+        last = compile(expr, filename, "eval", flags=flags, dont_inherit=True)
+    # (dont_inherit: this module's ``from __future__ import annotations`` is not the program's)
+    return compile(tree, filename, "exec", flags=flags, dont_inherit=True), last
 
 
 def _finish(value):

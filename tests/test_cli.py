@@ -136,6 +136,95 @@ def test_a_scripts_top_level_await_is_a_syntax_error_as_python_says(tmp_path):
     assert "start" not in coexec.stdout
 
 
+def _plain_and_run(script, *args, cwd):
+    """``python SCRIPT ARGS`` and ``terra-nb run SCRIPT -- ARGS`` (co-executed, and --eager), from ``cwd``."""
+    plain = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    runs = {how: _cli("run", script, *options, "--", *args, cwd=cwd)
+            for how, options in (("coexec", ["--backend", "eager", "--always-coexec"]), ("eager", ["--eager"]))}
+    return plain, runs
+
+
+EXITING = textwrap.dedent("""
+    import sys
+    import torch
+
+    acc = torch.zeros(1)
+    for i in range(5):
+        acc = acc + 1
+        if i == 3:
+            sys.exit(eval(sys.argv[1]))
+""")
+
+
+@pytest.mark.parametrize("code", ["f'fatal at {i}'", "2.5", "3", "None"])
+def test_a_scripts_exit_message_is_printed_and_its_status_is_pythons(tmp_path, code):
+    """``sys.exit("fatal at 3")`` in a script's loop: Python prints the message to stderr and exits
+    1; ``terra-nb run`` exited 1 and printed nothing (the reason the script gave for stopping, lost)."""
+    (tmp_path / "exiting.py").write_text(EXITING)
+    plain, runs = _plain_and_run("exiting.py", code, cwd=tmp_path)
+    for how, run in runs.items():
+        assert run.returncode == plain.returncode, (how, run.stderr)
+        assert run.stderr.startswith(plain.stderr), (how, run.stderr)
+    assert plain.stderr == {"3": "", "None": ""}.get(code, f"{eval(code, {'i': 3})}\n")
+
+
+WHERE = textwrap.dedent("""
+    import os, sys
+    import torch
+
+    here = os.path.dirname(__file__)
+    print(repr(__file__), sys.argv, sys.path[0] == os.path.realpath(here))
+    os.chdir("/")
+    acc = torch.zeros(1)
+    for i in range(3):
+        acc = acc + i
+    print(open(os.path.join(here, "data.txt")).read(), acc)
+""")
+
+
+def test_a_script_finds_its_files_by_its_file_as_under_python(tmp_path):
+    """``__file__`` was the path as typed (``scripts/where.py``), where Python makes it absolute: a
+    script that found its data by ``os.path.dirname(__file__)`` lost it once it changed directory."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "where.py").write_text(WHERE)
+    (tmp_path / "scripts" / "data.txt").write_text("its data")
+    plain, runs = _plain_and_run("scripts/where.py", "an-arg", cwd=tmp_path)
+    assert plain.returncode == 0 and str(tmp_path / "scripts" / "where.py") in plain.stdout, plain.stderr
+    for how, run in runs.items():
+        assert run.returncode == 0, (how, run.stderr)
+        assert run.stdout == plain.stdout, how
+
+
+def test_a_scripts_error_after_it_changed_directory_shows_its_frames(tmp_path):
+    """A script that ``os.chdir``-ed and then raised showed only ``ValueError: boom``: its frames were
+    looked for under its path made absolute from the new working directory."""
+    (tmp_path / "chdir_raise.py").write_text("import os\nos.chdir('/')\nraise ValueError('boom')\n")
+    plain, runs = _plain_and_run("./chdir_raise.py", cwd=tmp_path)
+    assert plain.returncode == 1 and 'chdir_raise.py", line 3, in <module>' in plain.stderr
+    for how, run in runs.items():
+        assert run.returncode == 1, (how, run.stderr)
+        assert run.stderr.startswith(plain.stderr), (how, run.stderr)
+
+
+GLOBALS = textwrap.dedent("""
+    import builtins, importlib.machinery
+    print(sorted(name for name in globals() if not name.startswith("__terra_")))
+    print(__builtins__ is builtins, __cached__, __spec__, __package__, __doc__, __annotations__)
+    print(type(__loader__) is importlib.machinery.SourceFileLoader, __loader__.name, __loader__.path == __file__)
+""")
+
+
+def test_a_scripts_globals_are_pythons(tmp_path):
+    """A script's ``__main__`` lacked ``__cached__`` and ``__annotations__``, its ``__loader__`` was None
+    (a script reading its own source through it failed) and its ``__builtins__`` a dict."""
+    (tmp_path / "names.py").write_text(GLOBALS)
+    plain, runs = _plain_and_run("names.py", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    for how, run in runs.items():
+        assert run.returncode == 0, (how, run.stderr)
+        assert run.stdout == plain.stdout, how
+
+
 def test_run_reports_a_missing_script(tmp_path):
     result = _cli("run", str(tmp_path / "nope.py"))
     assert result.returncode == 2 and "no such script" in result.stderr
