@@ -31,7 +31,7 @@ def run_eager(source: str) -> tuple[str, dict]:
     namespace: dict = {"__name__": "__main__"}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(source, "<eager>", "exec"), namespace)
+        exec(compile(source, "<eager>", "exec", dont_inherit=True), namespace)  # (not this module's __future__)
     return out.getvalue(), namespace
 
 
@@ -129,7 +129,7 @@ def check_cells(cells: list[tuple[bool, str]], runner: str = "auto", backend: st
     expected = io.StringIO()
     with contextlib.redirect_stdout(expected):
         for _, cell in cells:
-            exec(cell, eager_ns)
+            exec(compile(cell, "<eager>", "exec", dont_inherit=True), eager_ns)
     session = terra_nb.Session(runner=runner, backend=backend)
     terra_ns: dict = {"__name__": "__main__"}
     printed = io.StringIO()
@@ -138,7 +138,7 @@ def check_cells(cells: list[tuple[bool, str]], runner: str = "auto", backend: st
             if coexecuted:
                 session.run_cell(cell, terra_ns)
             else:
-                exec(cell, terra_ns)
+                exec(compile(cell, "<plain>", "exec", dont_inherit=True), terra_ns)
     assert printed.getvalue() == expected.getvalue()
     assert_same_state(state_of(eager_ns), state_of(terra_ns))
     return session

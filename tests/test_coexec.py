@@ -2967,3 +2967,27 @@ for i in range(30):
     o.step()
     print(i, p.tolist())
 """)
+
+
+def test_a_cells_annotations_are_evaluated_as_in_a_plain_cell():
+    """The engine compiled the program's code with its own module's ``from __future__ import
+    annotations``: ``f.__annotations__`` held strings where eager holds the classes, and a
+    dataclass's fields' types were strings."""
+    check_program("""
+import dataclasses
+import torch
+
+@dataclasses.dataclass
+class Stats:
+    total: float = 0.0
+
+def step(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return x * scale
+
+stats = Stats()
+x = torch.ones(3)
+for i in range(6):
+    x = step(x, 1.5)
+    stats.total += x.sum().item()
+print(step.__annotations__, [f.type for f in dataclasses.fields(Stats)], __annotations__ if "__annotations__" in dir() else None)
+""")
