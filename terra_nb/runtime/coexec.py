@@ -1413,7 +1413,8 @@ class CoExecutor:
         if node.alias < 0:
             getter_src = _out_src(node, tensors, sources)
             for j, t in enumerate(outs):
-                t._tn_src = getter_src or (node.family, j)
+                if not any(t is x for x in tensors):  # (an input returned keeps its provenance, as in _ran_now)
+                    t._tn_src = getter_src or (node.family, j)
         known_edge = self._known_edge(self.cursor, node)
         self.graph.observe(node, self.cursor, tensors, scalars, sources)
         self._advance(node)
@@ -1700,6 +1701,11 @@ class CoExecutor:
             node.immediate = CHECK_INDEX
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
+            if node.alias >= 0 and _returns_input_only_sometimes(info.name, args, kwargs):
+                # Its input itself for this call, a new tensor for another with the same key
+                # (dropout at another rate, contiguous of a transposed input): the block computes
+                # the output, which is the input itself where eager's is.
+                node.alias = -1
             if node.alias >= 0 and node.kind in DEFERRED and node.out_meta[0] != in_meta[node.alias]:
                 # It changes its input's metadata in place (x.requires_grad_(), x.unsqueeze_(0)): a
                 # future keeps the metadata it was made with, so the op runs for real, on the value.
@@ -2573,6 +2579,36 @@ def _restride(fut: FutureTensor, value: torch.Tensor) -> None:
     Python key: RuntimeError where they need more elements than it has)."""
     with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
         torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+
+
+# Ops that return their input itself for some calls and a new tensor for others of one node key
+# (an op that always returns it, in place, is its node's alias). Dropout returns its input where
+# its rate, a float and so a feed, is 0, and in training only (``training``, whose default each
+# value is, is a constant of the key). Traced at rate 0 (a warm-up, an eval pass at step 0), the node
+# returned its input for every rate after, and nothing was ever dropped.
+_DROPOUTS = {"dropout": True, "dropout1d": True, "dropout2d": True, "dropout3d": True, "feature_dropout": True,
+             "alpha_dropout": False, "feature_alpha_dropout": False}
+# ``contiguous`` (and ``to`` with a memory format) returns its input where its strides already are
+# the format's, ``resolve_conj`` / ``resolve_neg`` where it has no conjugate or negative bit: none
+# of which is in the input's metadata. Traced on a contiguous tensor, a transposed one of the same
+# shape got itself back, and an in-place op on the "copy" wrote into it. (``reshape`` and
+# ``flatten`` never return their input object: a view or a copy, the block's.)
+_LAYOUT_DECIDES = frozenset({"contiguous", "resolve_conj", "resolve_neg"})
+
+
+def _returns_input_only_sometimes(name: str, args: tuple, kwargs: dict | None) -> bool:
+    """Whether a call of op ``name`` that returned its input may return a new tensor at another call
+    of its node (see _DROPOUTS, _LAYOUT_DECIDES)."""
+    kwargs = kwargs or {}
+    training = _DROPOUTS.get(name)
+    if training is not None:
+        training = args[2] if len(args) > 2 else kwargs.get("training", kwargs.get("train", training))
+        inplace = args[3] if len(args) > 3 else kwargs.get("inplace", False)
+        return bool(training) and not inplace
+    if name == "to":
+        return any(type(v) is torch.memory_format and v is not torch.preserve_format
+                   for v in itertools.chain(args, kwargs.values()))
+    return name in _LAYOUT_DECIDES
 
 
 def _writes_into(info: OpInfo) -> bool:
