@@ -246,6 +246,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "make_future": executor._make_future, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
         "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
+        "CHECK_VIEW": CHECK_VIEW,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -809,6 +810,12 @@ class CoExecutor:
                     out = None  # (a block may write it yet: its values are not known without waiting)
                 if out is False or (out is None and not node.caught):  # (None: not known without waiting)
                     return self._defer(node, tensors, scalars)
+            elif node.immediate is CHECK_VIEW:
+                views = _views(node, func, args, kwargs or {}, tensors)
+                if views or (views is None and not node.raised):
+                    return self._defer(node, tensors, scalars)
+                if views is False:
+                    self._raised_at(node.func, node.site)
             elif not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
                 return self._defer(node, tensors, scalars)
         sources = node.sources
@@ -1384,7 +1391,11 @@ class CoExecutor:
         # before the call: an op that changes its input's metadata in place (requires_grad_,
         # unsqueeze_, resize_) is keyed by what the skeleton will see when it comes again
         in_meta = tuple([meta_of(t) for t in tensors])
-        out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
+        try:
+            out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
+        except Exception:
+            self._raised(func, site, kspec, in_meta, grad)
+            raise
         struct = out_structure(out)
         if not tensors and (struct is None or struct is NONE):
             try:
@@ -1431,6 +1442,27 @@ class CoExecutor:
             self._validated = 0
         return out
 
+    def _raised(self, func, site: tuple, kspec, in_meta: tuple, grad: tuple) -> None:
+        """A traced call raised (``x.view(-1)`` of a transposed ``x`` inside the program's try): where
+        a node has its key (the call succeeded elsewhere), the edge to it is a path the program
+        takes, and the skeleton checks the call there as anywhere else. Without it, the view after
+        ``base.t()`` was never seen after ``t``, and fell back every time it came (every other
+        iteration, forever, where the program alternates). The cursor stays: the op did nothing."""
+        self._raised_at(func, site)
+        try:
+            node = self.graph.index.get((func, site, kspec, in_meta, grad))
+        except TypeError:
+            return
+        if node is not None:
+            self.graph.step(self.cursor, node)
+
+    def _raised_at(self, func, site: tuple) -> None:
+        """A call at this site raised: its nodes, and those made there later, say so (``raised``:
+        a view of a future there waits for its value from now on, see CHECK_VIEW)."""
+        self.graph.raised_sites.add((func, site))
+        for node in self.graph.by_site.get((func, site), ()):
+            node.raised = True
+
     def _track_locals(self, node: Node, tensors: list, outs: list) -> None:
         """Keep the skeleton-local mark (see _all_local) true: set it, pass it on, or clear it."""
         if not tensors:
@@ -1438,7 +1470,8 @@ class CoExecutor:
                 self._mark_local(outs)
                 if len(self._locals) > 4096:
                     self._locals = [r for r in self._locals if r() is not None]
-        elif (node.immediate and node.immediate is not CHECK_INDEX) or node.kind == "fetch":
+        elif (node.immediate and node.immediate is not CHECK_INDEX and node.immediate is not CHECK_VIEW) \
+                or node.kind == "fetch":
             if node.immediate and _all_local(tensors):
                 self._mark_local([t for t in outs if not t.__dict__.get("_tn_local")])
         else:  # any other use (a view, a setter like ``p.grad = t``) may let a block write it
@@ -1636,6 +1669,9 @@ class CoExecutor:
         node.sources = [set(s) | {t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)}
                         for s, t in zip(known, tensors)]
         node.module, node.line = sibling.module, sibling.line
+        if sibling.immediate is CHECK_INDEX or sibling.immediate is CHECK_VIEW:
+            # (in the program's try, as its sibling: a view of a new shape there is checked too)
+            node.immediate, node.caught, node.raised = sibling.immediate, sibling.caught, sibling.raised
         node.synthesized = True
         self.log.add(Event("node", self.cell, self.iter_index, info.name, str(node.line or ""),
                            block=node.id, nodes=(node.module,), backend=node.kind))
@@ -1654,6 +1690,7 @@ class CoExecutor:
                 node.family = sibling.family
                 break
         node.spec = spec
+        node.raised = (func, site) in self.graph.raised_sites
         node.flat = len(spec) if type(spec) is tuple and spec and all(x is T for x in spec) else -1
         node.int_pos = tuple(i for i, v in enumerate(scalars) if type(v) is int)
         mask = self.graph.int_masks.get((func, node.site), frozenset())
@@ -1673,6 +1710,8 @@ class CoExecutor:
             node.caught = True
             if not _checks_index(info.name, tensors):
                 node.kind = "sync"
+        elif info.name in _VIEWS and caught_here(frame, self.roots):
+            node.caught = True  # (a view its input's strides may refuse: CHECK_VIEW, below)
         elif struct is NONE:
             node.kind = "effect"
         if not self.graph.python_hooks and _registers_python_for_backward(func, info, grad, frame):
@@ -1699,6 +1738,8 @@ class CoExecutor:
             node.immediate = GRAD_READ  # (a .grad read: _validated_op looks at the real .grad first)
         elif node.kind in DEFERRED and not node.immediate and _checks_index(info.name, tensors):
             node.immediate = CHECK_INDEX
+        elif node.kind in DEFERRED and node.caught and info.name in _VIEWS:
+            node.immediate = CHECK_VIEW
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
             if node.alias >= 0 and _returns_input_only_sometimes(info.name, args, kwargs):
@@ -2563,6 +2604,40 @@ GRAD_READ = "grad read"
 CHECK_INDEX = "check index"
 _INDEX_CHECKED = frozenset({"embedding", "embedding_bag", "cross_entropy", "nll_loss", "gather", "index_select",
                             "__getitem__"})
+
+# A node's ``immediate`` when it is a view in the program's try: ``x.view(-1)`` raises where x's
+# strides do not allow it (a transpose), and strides are not in a node's key. Deferred, the error
+# came at a later sync, outside the try. The view is deferred where it is known to succeed, and
+# elsewhere runs at once, after the blocks before it, raising at its line as eager's does
+# (_views; _fastpath.c's view_unknown is its first part). A future's strides are not known before
+# its block runs (its wrapper's are the trace's): such a view is deferred until one raised at its
+# site (``node.raised``), and waits from then on. (Each view of a future waiting inside a ``try``
+# around a whole training loop, a common form, would cost a sync each.)
+CHECK_VIEW = "check view"
+_VIEWS = frozenset({"view", "view_as"})
+
+
+def _views(node: Node, func, args: tuple, kwargs: dict, tensors: list) -> bool | None:
+    """Whether a view in the program's try (CHECK_VIEW) succeeds: its input is real (or a future
+    whose value is known) and contiguous, or its view, taken now, succeeds. None where its input is
+    a future not yet computed (not known without waiting)."""
+    x = tensors[0]
+    if type(x) is FutureTensor:
+        x = x._tn_val
+        if x is None:
+            return None
+    if x.is_contiguous():
+        return True  # (the node's key holds the shape it was viewed as from this shape)
+    try:
+        if node.info.name == "view_as":
+            other = tensors[1]
+            x.view(other._tn_meta[0] if type(other) is FutureTensor else other.shape)
+        else:
+            func(x, *args[1:], **kwargs)
+    except RuntimeError:
+        return False
+    return True
+
 
 # Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
 # inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
