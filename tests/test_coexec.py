@@ -2940,8 +2940,8 @@ def test_contiguous_of_a_tensor_contiguous_only_sometimes_copies_as_in_eager(nam
     """``x.contiguous()`` returns ``x`` itself where ``x`` is contiguous and a copy where it is
     not; strides are not in a node's key. Traced on a contiguous ``x``, the node returned its
     input, and a transposed ``x`` of the same shape got itself back: the in-place op on the
-    "copy" wrote into ``base``. (``reshape`` and ``flatten`` always return another tensor object,
-    so their results were always the block's, a view or a copy as eager's.)"""
+    "copy" wrote into ``base``. (``reshape`` always returns another tensor object, so its result
+    was always the block's, a view or a copy as eager's.)"""
     monkeypatch.setenv("TERRA_NB_NATIVE", native)
     check_program(CONTIGUOUS_SOMETIMES[name])
 

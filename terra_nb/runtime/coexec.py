@@ -2658,16 +2658,17 @@ def _restride(fut: FutureTensor, value: torch.Tensor) -> None:
 
 # Ops that return their input itself for some calls and a new tensor for others of one node key
 # (an op that always returns it, in place, is its node's alias). Dropout returns its input where
-# its rate, a float and so a feed, is 0, and in training only (``training``, whose default each
-# value is, is a constant of the key). Traced at rate 0 (a warm-up, an eval pass at step 0), the node
-# returned its input for every rate after, and nothing was ever dropped.
+# its rate, a float and so a feed, is 0, in training only (each value here is the op's default for
+# ``training``, a constant of the key). Traced at rate 0 (a warm-up, an eval pass at step 0), the
+# node returned its input for every rate after, and nothing was ever dropped.
 _DROPOUTS = {"dropout": True, "dropout1d": True, "dropout2d": True, "dropout3d": True, "feature_dropout": True,
              "alpha_dropout": False, "feature_alpha_dropout": False}
 # ``contiguous`` (and ``to`` with a memory format) returns its input where its strides already are
 # the format's, ``resolve_conj`` / ``resolve_neg`` where it has no conjugate or negative bit: none
 # of which is in the input's metadata. Traced on a contiguous tensor, a transposed one of the same
-# shape got itself back, and an in-place op on the "copy" wrote into it. (``reshape`` and
-# ``flatten`` never return their input object: a view or a copy, the block's.)
+# shape got itself back, and an in-place op on the "copy" wrote into it. (``reshape`` never returns
+# its input object, but a view or a copy, the block's; ``flatten`` returns it where the shape, in the
+# key, says so: a 1-d tensor.)
 _LAYOUT_DECIDES = frozenset({"contiguous", "resolve_conj", "resolve_neg"})
 
 
