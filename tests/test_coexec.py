@@ -2991,3 +2991,226 @@ for i in range(6):
     stats.total += x.sum().item()
 print(step.__annotations__, [f.type for f in dataclasses.fields(Stats)], __annotations__ if "__annotations__" in dir() else None)
 """)
+
+
+DROPOUT_RATES = {
+    "functional_alternating": """
+import torch, torch.nn.functional as F
+torch.manual_seed(0)
+for i in range(8):
+    out = F.dropout(torch.ones(4), 0.5 * (i % 2))
+    print(i, out.tolist())
+""",
+    "alpha_dropout_from_zero": """
+import torch, torch.nn.functional as F
+torch.manual_seed(0)
+for i in range(8):
+    out = F.alpha_dropout(torch.ones(4), 0.0 if i < 3 else 0.5, training=True)
+    print(i, out.tolist())
+""",
+    "module_warm_up": """
+import torch, torch.nn as nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for i in range(10):
+    model[1].p = 0.0 if i < 5 else 0.3
+    loss = model(torch.ones(2, 4)).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    print(i, round(loss.item(), 5))
+""",
+    "eval_pass_at_step_zero": """
+import torch, torch.nn as nn, torch.nn.functional as F
+torch.manual_seed(0)
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.p = nn.Linear(8, 8), 0.2
+    def forward(self, x):
+        h = F.dropout(self.fc(x), self.p if self.training else 0.0)
+        h += x  # (in place: on the dropout's input itself where it returned it)
+        return h
+model = Block()
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+x = torch.randn(4, 8)
+for step in range(8):
+    model.train(step > 0)
+    loss = model(x).pow(2).mean()
+    if step > 0:
+        opt.zero_grad(); loss.backward(); opt.step()
+    print(step, round(loss.item(), 5))
+""",
+    "rate_falls_to_zero": """
+import torch, torch.nn.functional as F
+torch.manual_seed(0)
+w = torch.randn(6, 6)
+for i in range(8):
+    x = w @ w
+    h = F.dropout(x, 0.5 if i < 4 else 0.0)
+    h.mul_(2)  # eager doubles x too where dropout returned it
+    print(i, round(x.sum().item(), 3), round(h.sum().item(), 3))
+""",
+}
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("name", sorted(DROPOUT_RATES))
+def test_a_dropout_whose_rate_is_zero_only_sometimes_drops_as_in_eager(name, native, monkeypatch):
+    """``F.dropout(x, p)`` returns ``x`` itself where ``p`` is 0 and a new tensor otherwise, and
+    ``p`` is a float, a feed of the node. Traced at ``p == 0`` (a warm-up, an eval pass at step
+    0), the node returned its input, and every later call with ``p > 0`` returned the input too:
+    nothing was ever dropped (the output stayed all ones). A node traced at ``p > 0`` gives a
+    result the block computes, which is the input itself where ``p`` is 0, as in eager."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(DROPOUT_RATES[name])
+
+
+CONTIGUOUS_SOMETIMES = {
+    "alternating": """
+import torch
+base = torch.ones(2, 2)
+for i in range(8):
+    x = base.t() if i % 2 else base
+    x.contiguous().add_(1)
+    print(i, base.sum().item())
+""",
+    "transposed_first": """
+import torch
+base = torch.ones(2, 2)
+for i in range(8):
+    x = base if i % 2 else base.t()
+    x.contiguous().add_(1)
+    print(i, base.sum().item())
+""",
+    "transpose_of_a_varying_dim": """
+import torch
+base = torch.ones(3, 3)
+for i in range(10):
+    k = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1][i]
+    y = base.transpose(0, k).contiguous()
+    y.add_(1)
+    print(i, base.sum().item())
+""",
+    "of_futures": """
+import torch
+torch.manual_seed(0)
+w = torch.randn(3, 3)
+for i in range(8):
+    h = w * 2
+    x = h.t() if i % 3 == 1 else h
+    y = x.contiguous()
+    y.mul_(3)
+    print(i, round(h.sum().item(), 4), round(y.sum().item(), 4))
+""",
+    "to_channels_last": """
+import torch
+base = torch.ones(1, 2, 2, 2)
+for i in range(8):
+    x = base if i % 2 else base.contiguous(memory_format=torch.channels_last)
+    x.to(memory_format=torch.channels_last).add_(1)
+    print(i, base.sum().item(), x.sum().item())
+""",
+}
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("name", sorted(CONTIGUOUS_SOMETIMES))
+def test_contiguous_of_a_tensor_contiguous_only_sometimes_copies_as_in_eager(name, native, monkeypatch):
+    """``x.contiguous()`` returns ``x`` itself where ``x`` is contiguous and a copy where it is
+    not; strides are not in a node's key. Traced on a contiguous ``x``, the node returned its
+    input, and a transposed ``x`` of the same shape got itself back: the in-place op on the
+    "copy" wrote into ``base``. (``reshape`` always returns another tensor object, so its result
+    was always the block's, a view or a copy as eager's.)"""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(CONTIGUOUS_SOMETIMES[name])
+
+
+
+VIEW_INSIDE_TRY = {
+    "of_a_future": """
+import torch
+x = torch.ones(2, 3)
+for i in range(8):
+    y = (x.t() if i % 2 else x.t().contiguous()) * 2
+    try:
+        y.view(-1)
+        print(i, "view")
+    except RuntimeError:
+        print(i, "error")
+""",
+    "reshape_where_it_cannot_view": """
+import torch
+torch.manual_seed(0)
+base = torch.randn(3, 3)
+for i in range(30):
+    x = base.t() if i % 2 else base
+    try:
+        flat = x.view(-1)
+    except RuntimeError:
+        flat = x.reshape(-1)
+    s = flat.sum()
+print(s.item())
+""",
+    "of_new_shapes": """
+import torch
+for i in range(14):
+    x = torch.ones(2, 3 + i % 3)
+    y = (x.t() if i % 2 else x.t().contiguous()) * 2
+    try:
+        y.view(-1)
+        print(i, "view")
+    except RuntimeError:
+        print(i, "error")
+""",
+    "of_a_real_tensor_first_refused_when_co_executed": """
+import torch
+torch.manual_seed(0)
+xs = [torch.randn(3, 4) for _ in range(10)]
+xs[6] = torch.randn(4, 3).t()
+for i in range(10):
+    try:
+        z, how = xs[i].view(-1) * 2, "view"
+    except RuntimeError:
+        z, how = xs[i].reshape(-1) * 2, "reshape"
+    print(i, how, round(z.sum().item(), 4))
+""",
+}
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("name", sorted(VIEW_INSIDE_TRY))
+def test_a_view_that_its_strides_refuse_inside_try_raises_there(name, native, monkeypatch):
+    """``y.view(-1)`` raises where ``y``'s strides do not allow it (a transpose), and strides are
+    not in a node's key. Inside the program's ``try``, a later call was deferred on the node of a
+    contiguous one, and its error came at a later sync, outside the try (a crash). Now a real
+    input's strides are checked at each call, and a future's once a view at that line has raised.
+    The view that raised while traced was no edge of the graph either: ``x.view(-1)`` after
+    ``x = base.t()`` was a path never seen, and fell back every other iteration, forever."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    session = check_program(VIEW_INSIDE_TRY[name])
+    fallbacks = [e for e in session.log.of_kind("fallback") if e.iteration > 4 and e.reason.startswith("view")]
+    assert not fallbacks, fallbacks
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_views_of_futures_inside_try_are_deferred_until_one_raises_there(native, monkeypatch):
+    """A future's strides are not known before its block runs, so a view of one inside the
+    program's try cannot be checked without waiting; a ``try`` around a whole training loop is
+    common, and a sync at each such view would undo co-execution. Such views are deferred until a
+    view at their line has raised (while traced, or checked on a real input), and wait from then on."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    session = check_program("""
+import torch
+torch.manual_seed(0)
+w = torch.randn(3, 3)
+for i in range(30):
+    h = w * 2
+    try:
+        flat = h.view(-1)
+    except RuntimeError:
+        flat = h.reshape(-1)
+    s = flat.sum()
+print(s.item())
+""")
+    syncs = [e for e in session.log.of_kind("sync") if e.reason.startswith("view")]
+    assert not syncs and not any(key[2].startswith("view") for key in session.log.sync_counts), syncs

@@ -49,7 +49,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "caught", "line_root", "views", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "caught", "raised", "line_root", "views", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -78,6 +78,7 @@ class Node:
         self.line: SourceLine | None = None
         self.line_root = None  # the root code (a cell's, a @coexecute function's) that ``line`` was taken in
         self.caught = False  # an op whose index may be out of range, in the program's try (see CHECK_INDEX)
+        self.raised = False  # a call at its site raised (a view its input's strides refused: see CHECK_VIEW)
         self.scalars_seen: list = []
         self.scalars_vary: set[int] = set()
         self.ext_last: list = [None] * len(in_meta)
@@ -144,6 +145,7 @@ class TraceGraph:
         self.version = 0
         self._tails: dict[tuple, tuple] = {}
         self.python_hooks = False  # the program registered an autograd hook (see CoExecutor._hooks_registered)
+        self.raised_sites: set[tuple] = set()  # (func, site) where a call raised (see CoExecutor._raised_at)
         # the leaves that traced backwards accumulate into, by id (see CoExecutor.active)
         self.grad_leaves: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 

@@ -36,7 +36,7 @@ enum {
     S_input, S_tn_src, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
-    S_func, S_pending, S_grad, S_setter, S_ran_now, S_captured, S_memory_epoch, N_NAMES
+    S_func, S_pending, S_grad, S_setter, S_ran_now, S_captured, S_memory_epoch, S_is_contiguous, N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
     "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
@@ -45,7 +45,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_src", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
-    "func", "_pending", "grad", "setter", "_ran_now", "captured", "_memory_epoch",
+    "func", "_pending", "grad", "setter", "_ran_now", "captured", "_memory_epoch", "is_contiguous",
 };
 static PyObject *str[N_NAMES];
 /* The names above that are the executor's attributes (slots of its class). */
@@ -61,12 +61,12 @@ static const int EXECUTOR_SLOTS[] = {
 enum {
     N_key, N_flat, N_grad, N_mask, N_tail, N_in_meta, N_kind, N_immediate, N_grad_op, N_barrier,
     N_sources, N_passed, N_alias, N_out_struct, N_out_meta, N_pool, N_count, N_succ, N_pred,
-    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_hot, N_last_op, N_src_seen, N_NSLOTS
+    N_cell_mark, N_seen_at, N_info, N_family, N_fast, N_hot, N_last_op, N_src_seen, N_raised, N_NSLOTS
 };
 static const char *NODE_SLOTS[N_NSLOTS] = {
     "key", "flat", "grad", "mask", "tail", "in_meta", "kind", "immediate", "grad_op", "barrier",
     "sources", "passed", "alias", "out_struct", "out_meta", "pool", "count", "succ", "pred",
-    "cell_mark", "seen_at", "info", "family", "fast", "hot", "last_op", "src_seen",
+    "cell_mark", "seen_at", "info", "family", "fast", "hot", "last_op", "src_seen", "raised",
 };
 /* Slots of FutureTensor. */
 enum { U_meta, U_src, U_val, U_owner, U_blk, U_pooled, U_vidx, U_NSLOTS };
@@ -106,6 +106,7 @@ typedef struct {
     PyObject *grad_read;     /* coexec.GRAD_READ: a node's ``immediate`` when it reads a .grad */
     PyObject *check_index;   /* coexec.CHECK_INDEX: ... when its index may be out of range (Python checks it) */
     PyObject *shares_memory; /* CoExecutor._shares_python_memory */
+    PyObject *check_view;    /* coexec.CHECK_VIEW: ... when it is a view in the program's try (Python checks its strides) */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
@@ -335,6 +336,33 @@ grad_read_now(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt)
     int none = grad == Py_None;
     Py_DECREF(grad);
     return none;
+}
+
+/* Whether a validated view in the program's try (a node whose ``immediate`` is CHECK_VIEW) goes to
+ * the Python path, coexec._views' first part in C: not where its input is known contiguous (real,
+ * or a future whose value is known), nor where it is a future not yet computed and no call raised
+ * at its site yet (node.raised: deferred). 1 (Python checks it, or runs it now), 0 (defer), -1 on error. */
+static int
+view_unknown(FastPath *fp, PyObject *node, PyObject *const *tensors, Py_ssize_t nt)
+{
+    if (nt < 1)
+        return 1;
+    PyObject *x = tensors[0];
+    if (Py_TYPE(x) == (PyTypeObject *)fp->future_type) {
+        x = FUT(fp, x, U_val);
+        if (x == NULL || x == Py_None) {
+            PyObject *raised = NODE(fp, node, N_raised);
+            return raised == NULL ? 1 : PyObject_IsTrue(raised);
+        }
+    }
+    if (Py_TYPE(x) != (PyTypeObject *)fp->tensor_type && Py_TYPE(x) != (PyTypeObject *)fp->parameter_type)
+        return 1;
+    PyObject *r = PyObject_CallMethodNoArgs(x, str[S_is_contiguous]);
+    if (r == NULL)
+        return -1;
+    int contiguous = r == Py_True;
+    Py_DECREF(r);
+    return !contiguous;
 }
 
 /* A validated op's bookkeeping, as CoExecutor._advance does it in its common case (inline): count
@@ -1504,6 +1532,10 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
                 goto error;
         } else if (deferred && immediate == fp->check_index) {
             now = 1;  /* CoExecutor._validated_op checks the index's range: it defers or runs the op */
+        } else if (deferred && immediate == fp->check_view) {
+            now = view_unknown(fp, node, tensors, nt);  /* (coexec._views: 0 where it defers) */
+            if (now < 0)
+                goto error;
         }
         int local = 0;
         if (now && (deferred ? immediate == Py_True : kind == fp->fetch_kind)) {
@@ -1710,6 +1742,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->grad_read);
     Py_CLEAR(fp->check_index);
     Py_CLEAR(fp->shares_memory);
+    Py_CLEAR(fp->check_view);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
     Py_CLEAR(fp->canonical_offsets);
@@ -1787,6 +1820,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(grad_read, "GRAD_READ");
     TAKE(check_index, "CHECK_INDEX");
     TAKE(shares_memory, "shares_memory");
+    TAKE(check_view, "CHECK_VIEW");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");
     TAKE(canonical_offsets, "canonical_offsets");

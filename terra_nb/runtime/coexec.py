@@ -253,6 +253,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
         "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
         "shares_memory": executor._shares_python_memory,
+        "CHECK_VIEW": CHECK_VIEW,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -837,6 +838,12 @@ class CoExecutor:
                         out = None  # (a block may write it yet: its values are not known without waiting)
                 if out is False or (out is None and not node.caught):  # (None: not known without waiting)
                     return self._defer(node, tensors, scalars)
+            elif node.immediate is CHECK_VIEW:
+                views = _views(node, func, args, kwargs or {}, tensors)
+                if views or (views is None and not node.raised):
+                    return self._defer(node, tensors, scalars)
+                if views is False:
+                    self._raised_at(node.func, node.site)
             elif not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
                 return self._defer(node, tensors, scalars)
         sources = node.sources
@@ -1452,7 +1459,11 @@ class CoExecutor:
         # before the call: an op that changes its input's metadata in place (requires_grad_,
         # unsqueeze_, resize_) is keyed by what the skeleton will see when it comes again
         in_meta = tuple([meta_of(t) for t in tensors])
-        out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
+        try:
+            out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
+        except Exception:
+            self._raised(func, site, kspec, in_meta, grad)
+            raise
         struct = out_structure(out)
         if not tensors and (struct is None or struct is NONE):
             try:
@@ -1480,7 +1491,8 @@ class CoExecutor:
         if node.alias < 0:
             getter_src = _out_src(node, tensors, sources)
             for j, t in enumerate(outs):
-                t._tn_src = getter_src or (node.family, j)
+                if not any(t is x for x in tensors):  # (an input returned keeps its provenance, as in _ran_now)
+                    t._tn_src = getter_src or (node.family, j)
         known_edge = self._known_edge(self.cursor, node)
         self.graph.observe(node, self.cursor, tensors, scalars, sources)
         self._advance(node)
@@ -1497,6 +1509,27 @@ class CoExecutor:
             self._validated = 0
         return out
 
+    def _raised(self, func, site: tuple, kspec, in_meta: tuple, grad: tuple) -> None:
+        """A traced call raised (``x.view(-1)`` of a transposed ``x`` inside the program's try): where
+        a node has its key (the call succeeded elsewhere), the edge to it is a path the program
+        takes, and the skeleton checks the call there as anywhere else. Without it, the view after
+        ``base.t()`` was never seen after ``t``, and fell back every time it came (every other
+        iteration, forever, where the program alternates). The cursor stays: the op did nothing."""
+        self._raised_at(func, site)
+        try:
+            node = self.graph.index.get((func, site, kspec, in_meta, grad))
+        except TypeError:
+            return
+        if node is not None:
+            self.graph.step(self.cursor, node)
+
+    def _raised_at(self, func, site: tuple) -> None:
+        """A call at this site raised: its nodes, and those made there later, say so (``raised``:
+        a view of a future there waits for its value from now on, see CHECK_VIEW)."""
+        self.graph.raised_sites.add((func, site))
+        for node in self.graph.by_site.get((func, site), ()):
+            node.raised = True
+
     def _track_locals(self, node: Node, tensors: list, outs: list) -> None:
         """Keep the skeleton-local mark (see _all_local) true: set it, pass it on, or clear it."""
         if not tensors:
@@ -1504,7 +1537,8 @@ class CoExecutor:
                 self._mark_local(outs)
                 if len(self._locals) > 4096:
                     self._locals = [r for r in self._locals if r() is not None]
-        elif (node.immediate and node.immediate is not CHECK_INDEX) or node.kind == "fetch":
+        elif (node.immediate and node.immediate is not CHECK_INDEX and node.immediate is not CHECK_VIEW) \
+                or node.kind == "fetch":
             if node.immediate and _all_local(tensors):
                 self._mark_local([t for t in outs if not t.__dict__.get("_tn_local")])
         else:  # any other use (a view, a setter like ``p.grad = t``) may let a block write it
@@ -1700,8 +1734,6 @@ class CoExecutor:
                              for j, t in enumerate(outs)]
         node.targs, node.tkwargs = targs, tkwargs
         node.passed, node.int_pos, node.scalars_seen = sibling.passed, sibling.int_pos, list(scalars)
-        if sibling.immediate is CHECK_INDEX or sibling.immediate is GRAD_READ:
-            node.immediate = sibling.immediate  # (what the op reads, not its shapes, decides these)
         # Layers called from one loop (an nn.Sequential) share a site: trust the producers seen now.
         if len(sibling.sources) == len(tensors):
             known = sibling.sources
@@ -1710,6 +1742,10 @@ class CoExecutor:
         node.sources = [set(s) | {t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)}
                         for s, t in zip(known, tensors)]
         node.module, node.line = sibling.module, sibling.line
+        if sibling.immediate in (CHECK_INDEX, CHECK_VIEW, GRAD_READ):
+            # (what the op reads, not its shapes, decides these: an index, a view's strides in the
+            # program's try, a .grad)
+            node.immediate, node.caught, node.raised = sibling.immediate, sibling.caught, sibling.raised
         node.synthesized = True
         self.log.add(Event("node", self.cell, self.iter_index, info.name, str(node.line or ""),
                            block=node.id, nodes=(node.module,), backend=node.kind))
@@ -1728,6 +1764,7 @@ class CoExecutor:
                 node.family = sibling.family
                 break
         node.spec = spec
+        node.raised = (func, site) in self.graph.raised_sites
         node.flat = len(spec) if type(spec) is tuple and spec and all(x is T for x in spec) else -1
         node.int_pos = tuple(i for i, v in enumerate(scalars) if type(v) is int)
         mask = self.graph.int_masks.get((func, node.site), frozenset())
@@ -1747,6 +1784,8 @@ class CoExecutor:
             node.caught = True
             if not _checks_index(info.name, tensors):
                 node.kind = "sync"
+        elif info.name in _VIEWS and caught_here(frame, self.roots):
+            node.caught = True  # (a view its input's strides may refuse: CHECK_VIEW, below)
         elif struct is NONE:
             node.kind = "effect"
         if not self.graph.python_hooks and _registers_python_for_backward(func, info, grad, frame):
@@ -1774,8 +1813,15 @@ class CoExecutor:
         elif node.kind in DEFERRED and not node.immediate and (
                 _checks_index(info.name, tensors) or (func, site) in self.graph.index_ints):
             node.immediate = CHECK_INDEX
+        elif node.kind in DEFERRED and node.caught and info.name in _VIEWS:
+            node.immediate = CHECK_VIEW
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
+            if node.alias >= 0 and _returns_input_only_sometimes(info.name, args, kwargs):
+                # Its input itself for this call, a new tensor for another with the same key
+                # (dropout at another rate, contiguous of a transposed input): the block computes
+                # the output, which is the input itself where eager's is.
+                node.alias = -1
             if node.alias < 0:
                 node.views = next((i for i, t in enumerate(tensors) if _is_alias_of(outs[0], t)), -1)
             if node.alias >= 0 and node.kind in DEFERRED and node.out_meta[0] != in_meta[node.alias]:
@@ -2639,6 +2685,40 @@ CHECK_INDEX = "check index"
 _INDEX_CHECKED = frozenset({"embedding", "embedding_bag", "cross_entropy", "nll_loss", "gather", "index_select",
                             "__getitem__"})
 
+# A node's ``immediate`` when it is a view in the program's try: ``x.view(-1)`` raises where x's
+# strides do not allow it (a transpose), and strides are not in a node's key. Deferred, the error
+# came at a later sync, outside the try. The view is deferred where it is known to succeed, and
+# elsewhere runs at once, after the blocks before it, raising at its line as eager's does
+# (_views; _fastpath.c's view_unknown is its first part). A future's strides are not known before
+# its block runs (its wrapper's are the trace's): such a view is deferred until one raised at its
+# site (``node.raised``), and waits from then on. (Each view of a future waiting inside a ``try``
+# around a whole training loop, a common form, would cost a sync each.)
+CHECK_VIEW = "check view"
+_VIEWS = frozenset({"view", "view_as"})
+
+
+def _views(node: Node, func, args: tuple, kwargs: dict, tensors: list) -> bool | None:
+    """Whether a view in the program's try (CHECK_VIEW) succeeds: its input is real (or a future
+    whose value is known) and contiguous, or its view, taken now, succeeds. None where its input is
+    a future not yet computed (not known without waiting)."""
+    x = tensors[0]
+    if type(x) is FutureTensor:
+        x = x._tn_val
+        if x is None:
+            return None
+    if x.is_contiguous():
+        return True  # (the node's key holds the shape it was viewed as from this shape)
+    try:
+        if node.info.name == "view_as":
+            other = tensors[1]
+            x.view(other._tn_meta[0] if type(other) is FutureTensor else other.shape)
+        else:
+            func(x, *args[1:], **kwargs)
+    except RuntimeError:
+        return False
+    return True
+
+
 # Ops on one-element CPU tensors that the skeleton runs at once instead of deferring, when their
 # inputs are real: optimizer step counters (``step_t += 1``), so that ``step_t.item()`` needs no
 # wait. Random ops are not here: they must draw from the generator in program order.
@@ -2668,6 +2748,35 @@ def _is_alias_of(out, t) -> bool:
         return torch._C._is_alias_of(out, t)  # type: ignore[attr-defined]
     except (RuntimeError, TypeError, NotImplementedError):
         return False  # (no storage)
+# Ops that return their input itself for some calls and a new tensor for others of one node key
+# (an op that always returns it, in place, is its node's alias). Dropout returns its input where
+# its rate, a float and so a feed, is 0, in training only (each value here is the op's default for
+# ``training``, a constant of the key). Traced at rate 0 (a warm-up, an eval pass at step 0), the
+# node returned its input for every rate after, and nothing was ever dropped.
+_DROPOUTS = {"dropout": True, "dropout1d": True, "dropout2d": True, "dropout3d": True, "feature_dropout": True,
+             "alpha_dropout": False, "feature_alpha_dropout": False}
+# ``contiguous`` (and ``to`` with a memory format) returns its input where its strides already are
+# the format's, ``resolve_conj`` / ``resolve_neg`` where it has no conjugate or negative bit: none
+# of which is in the input's metadata. Traced on a contiguous tensor, a transposed one of the same
+# shape got itself back, and an in-place op on the "copy" wrote into it. (``reshape`` never returns
+# its input object, but a view or a copy, the block's; ``flatten`` returns it where the shape, in the
+# key, says so: a 1-d tensor.)
+_LAYOUT_DECIDES = frozenset({"contiguous", "resolve_conj", "resolve_neg"})
+
+
+def _returns_input_only_sometimes(name: str, args: tuple, kwargs: dict | None) -> bool:
+    """Whether a call of op ``name`` that returned its input may return a new tensor at another call
+    of its node (see _DROPOUTS, _LAYOUT_DECIDES)."""
+    kwargs = kwargs or {}
+    training = _DROPOUTS.get(name)
+    if training is not None:
+        training = args[2] if len(args) > 2 else kwargs.get("training", kwargs.get("train", training))
+        inplace = args[3] if len(args) > 3 else kwargs.get("inplace", False)
+        return bool(training) and not inplace
+    if name == "to":
+        return any(type(v) is torch.memory_format and v is not torch.preserve_format
+                   for v in itertools.chain(args, kwargs.values()))
+    return name in _LAYOUT_DECIDES
 
 
 def _writes_into(info: OpInfo) -> bool:
