@@ -3214,3 +3214,55 @@ print(s.item())
 """)
     syncs = [e for e in session.log.of_kind("sync") if e.reason.startswith("view")]
     assert not syncs and not any(key[2].startswith("view") for key in session.log.sync_counts), syncs
+
+
+# Python of the program's that an op runs: its forward read a global the program changed before
+# the block ran, and its side effects (a counter, a list) came after the lines that read them.
+PROGRAMS_CODE_IN_AN_OP = {
+    "a_custom_autograd_function_reading_a_global": """
+cfg = {"s": 1.0}
+class Scale(torch.autograd.Function):
+    calls = 0
+    @staticmethod
+    def forward(ctx, x):
+        Scale.calls += 1
+        return x * cfg["s"]
+    @staticmethod
+    def backward(ctx, g):
+        return g * cfg["s"]
+w = torch.ones(3, requires_grad=True)
+for it in range(6):
+    cfg["s"] = float(it)
+    y = Scale.apply(w)
+    cfg["s"] = 100.0
+    print(it, Scale.calls)
+    y.sum().backward()
+    print(it, y.sum().item(), w.grad.tolist())
+""",
+    "a_custom_op_reading_a_global": """
+cfg = {"s": 1.0}
+seen = []
+@torch.library.custom_op("terra_nb_tests::scale_by_cfg", mutates_args=())
+def scale(x: torch.Tensor) -> torch.Tensor:
+    seen.append(cfg["s"])
+    return x * cfg["s"]
+@scale.register_fake
+def _(x):
+    return torch.empty_like(x)
+x = torch.ones(3)
+for it in range(6):
+    cfg["s"] = float(it)
+    y = scale(x * 2)
+    cfg["s"] = 100.0
+    print(it, len(seen))
+    print(it, y.sum().item())
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS_CODE_IN_AN_OP))
+def test_an_op_that_runs_the_programs_python_runs_when_eager_runs_it(name):
+    """A custom autograd Function's forward, a ``torch.library.custom_op``'s body: deferred, they ran
+    when the block ran, after the program had changed what they read (300.0 where eager has 9.0)
+    and after the lines that read what they did."""
+    check_program("import torch\n" + PROGRAMS_CODE_IN_AN_OP[name])

@@ -1775,7 +1775,7 @@ class CoExecutor:
         elif struct is None or (struct is NONE and info.prop is not None and not info.setter):
             node.kind = "fetch"
         elif (info.data_dependent or values_decide_shape(info, args, tensors, kwargs) or not literal_spec(spec)
-              or _under_saved_hooks(grad)):
+              or _under_saved_hooks(grad) or _runs_programs_python(func)):
             node.kind = "sync"
         elif _may_raise_on_values(info, tensors) and caught_here(frame, self.roots):
             # In the program's try: where the values that may raise are an index whose range the
@@ -2734,6 +2734,24 @@ def _restride(fut: FutureTensor, value: torch.Tensor) -> None:
     Python key: RuntimeError where they need more elements than it has)."""
     with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
         torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+
+
+def _runs_programs_python(func) -> bool:
+    """Whether the op is Python of the program's: a custom autograd Function's ``apply`` (its
+    forward), an op defined with ``torch.library.custom_op``. Such Python may read what the program
+    changes next and do what the program reads next (a counter, a list, a print): it runs at once,
+    as in eager. (Deferred, it ran with the block, after the lines that followed it.)"""
+    owner = getattr(func, "__self__", None)
+    if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
+        return True
+    if isinstance(func, torch._ops.OpOverload) and func.namespace not in _TORCH_NAMESPACES:
+        from torch._library.custom_ops import OPDEFS
+        return f"{func.namespace}::{func._opname}" in OPDEFS
+    return False
+
+
+_TORCH_NAMESPACES = frozenset({"aten", "prims", "quantized", "_quantized", "profiler", "_c10d_functional",
+                               "c10d_functional", "_dtensor", "inductor", "higher_order"})
 
 
 def _value_shared(fut: FutureTensor) -> bool:
