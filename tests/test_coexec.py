@@ -3266,3 +3266,22 @@ def test_an_op_that_runs_the_programs_python_runs_when_eager_runs_it(name):
     when the block ran, after the program had changed what they read (300.0 where eager has 9.0)
     and after the lines that read what they did."""
     check_program("import torch\n" + PROGRAMS_CODE_IN_AN_OP[name])
+
+
+def test_a_dispatch_mode_of_the_programs_sees_the_ops_it_surrounds():
+    """``FlopCounterMode`` (a TorchDispatchMode) counts the ops run inside its ``with``: deferred,
+    they ran in a block after it had closed, and it counted 0 (or a block's ops from outside it)."""
+    check_program("""
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+torch.manual_seed(0)
+w = torch.randn(8, 8, requires_grad=True)
+for it in range(8):
+    x = torch.randn(4, 8)
+    h = (x @ w).relu()
+    with FlopCounterMode(display=False) as fc:
+        y = h @ w
+    loss = y.sum()
+    loss.backward()
+    print(it, fc.get_total_flops(), round(loss.item(), 4))
+""")

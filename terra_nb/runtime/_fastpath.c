@@ -74,12 +74,13 @@ static const char *FUTURE_SLOTS[U_NSLOTS] = {"_tn_meta", "_tn_src", "_tn_val", "
 enum { B_ops, B_inputs, B_input_ids, B_floats, B_futs, B_kind, B_NSLOTS };
 static const char *BLOCK_SLOTS[B_NSLOTS] = {"ops", "inputs", "input_ids", "floats", "futs", "kind"};
 
-#define N_MISSES 17
+#define N_MISSES 18
 static const char *MISS_REASONS[N_MISSES] = {
     "not skeleton", "mode not auto", "no frame", "no cursor", "no successor here", "another code here",
     "no entries", "more than 64 tensors", "a mask not a frozenset", "unexpected slots",
     "no entry matched", "the anchor's function, run eagerly", "autocast on", "keyword arguments not in a dict",
     "saved-tensor hooks on", "inside a torch.func transform", "a Python function, run eagerly",
+    "a dispatch mode of the program's on",
 };
 #define MISS(reason) do { fp->misses[reason]++; goto out; } while (0)
 
@@ -102,6 +103,8 @@ typedef struct {
     PyObject *is_grad_enabled, *is_inference, *any_autocast;
     PyObject *saved_hooks;   /* torch._C._autograd._top_saved_tensors_default_hooks */
     PyObject *functorch_level;  /* torch._C._functorch.maybe_current_level */
+    PyObject *dispatch_modes;   /* torch._C._len_torch_dispatch_stack */
+    PyObject *zero;             /* 0 */
     PyObject *run_meta;      /* coexec._run_meta(func, args, kwargs) */
     PyObject *grad_read;     /* coexec.GRAD_READ: a node's ``immediate`` when it reads a .grad */
     PyObject *check_index;   /* coexec.CHECK_INDEX: ... when its index may be out of range (Python checks it) */
@@ -1441,6 +1444,13 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     Py_DECREF(level);
     if (in_transform)
         MISS(15);  /* CoExecutor.on_op runs the transform's ops now */
+    PyObject *modes = PyObject_Vectorcall(fp->dispatch_modes, NULL, 0, NULL);
+    if (modes == NULL)
+        goto error;
+    int moded = modes != fp->zero;
+    Py_DECREF(modes);
+    if (moded)
+        MISS(17);  /* so does a TorchDispatchMode's region (FlopCounterMode): its ops run now */
 
     Py_ssize_t n_entries = PyList_GET_SIZE(entries);
     for (Py_ssize_t e = 0; e < n_entries; e++) {
@@ -1738,6 +1748,8 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->any_autocast);
     Py_CLEAR(fp->saved_hooks);
     Py_CLEAR(fp->functorch_level);
+    Py_CLEAR(fp->dispatch_modes);
+    Py_CLEAR(fp->zero);
     Py_CLEAR(fp->run_meta);
     Py_CLEAR(fp->grad_read);
     Py_CLEAR(fp->check_index);
@@ -1816,6 +1828,8 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(any_autocast, "any_autocast");
     TAKE(saved_hooks, "saved_hooks");
     TAKE(functorch_level, "functorch_level");
+    TAKE(dispatch_modes, "dispatch_modes");
+    TAKE(zero, "zero");
     TAKE(run_meta, "run_meta");
     TAKE(grad_read, "GRAD_READ");
     TAKE(check_index, "CHECK_INDEX");

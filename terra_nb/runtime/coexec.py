@@ -113,6 +113,8 @@ _saved_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", l
 SAVED_HOOKS = "saved_tensors_hooks"
 _STRIDED = torch.strided
 _functorch_level = torch._C._functorch.maybe_current_level  # None outside torch.func's transforms
+_dispatch_modes = torch._C._len_torch_dispatch_stack  # 0 outside a TorchDispatchMode's region
+_disable_current_modes = torch.utils._python_dispatch._disable_current_modes
 _get_default_dtype = torch.get_default_dtype
 _FLOAT32 = torch.float32
 
@@ -251,7 +253,8 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "TENSOR": TENSOR, "NONE": NONE, "EXTERNAL": EXTERNAL, "T": T, "F": F, "G": G, "FN": FN, "MUT": MUT,
         "make_future": executor._make_future, "build_out": build_out,
         "is_grad_enabled": _is_grad_enabled, "is_inference": _is_inference, "any_autocast": any_autocast, "run_meta": _run_meta,
-        "saved_hooks": _saved_hooks, "functorch_level": _functorch_level, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
+        "saved_hooks": _saved_hooks, "functorch_level": _functorch_level,
+        "dispatch_modes": _dispatch_modes, "zero": 0, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
         "shares_memory": executor._shares_python_memory,
         "CHECK_VIEW": CHECK_VIEW,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
@@ -759,13 +762,15 @@ class CoExecutor:
             self._wait_held()
         if self._interrupted:
             self._raise_interrupt()
-        if _functorch_level() is not None:
+        if _functorch_level() is not None or _dispatch_modes():
             # Inside a torch.func transform (vmap, grad, jvp...): its tensors are the transform's
             # wrappers, valid only until it returns, so its ops run now, as eager runs them;
             # what it returns is a real tensor, fed to the ops after it. The blocks before run
-            # first (with the transform's dispatch off): its random ops draw after theirs.
+            # first (with the transform's dispatch off): its random ops draw after theirs. So do
+            # the ops inside a TorchDispatchMode of the program's (FlopCounterMode counts the ops of
+            # its region, and none of the blocks before: they run with it off).
             if self.block.ops or self.runner.busy:
-                with torch._C._DisableFuncTorch():
+                with torch._C._DisableFuncTorch(), _disable_current_modes():
                     self.materialize()
             return func(*real(args), **real(kwargs) if kwargs else {})
         if self.state is SKELETON and self.mode == "auto":
