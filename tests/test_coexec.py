@@ -3285,3 +3285,47 @@ for it in range(8):
     loss.backward()
     print(it, fc.get_total_flops(), round(loss.item(), 4))
 """)
+
+
+# Global numeric settings the program changes around an op: deferred, the op ran under the settings
+# as they were when its block ran (after the program had set them back), not bitwise eager's.
+SETTINGS_AROUND_AN_OP = {
+    "flush_denormal": """
+for it in range(8):
+    x = torch.rand(4) + 0.5
+    torch.set_flush_denormal(True)
+    tiny = x * 1e-39
+    torch.set_flush_denormal(False)
+    print(it, (tiny != 0).sum().item())
+""",
+    "mkldnn_flags": """
+conv = torch.nn.Conv2d(3, 8, 3)
+for it in range(8):
+    x = torch.randn(2, 3, 9, 9)
+    with torch.backends.mkldnn.flags(enabled=False):
+        y = conv(x)
+    print(it, repr(y.sum().item()))
+""",
+    "sdpa_kernel": """
+from torch.nn.attention import sdpa_kernel, SDPBackend
+for it in range(8):
+    q, k, v = torch.randn(3, 2, 4, 37, 64).unbind(0)
+    with sdpa_kernel(SDPBackend.MATH):
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    print(it, repr(o.sum().item()))
+""",
+    "num_threads": """
+x = torch.randn(1_000_003)
+threads = torch.get_num_threads()
+for it in range(6):
+    torch.set_num_threads(1)
+    s = (x * (1 + it * 1e-3)).sum()
+    torch.set_num_threads(threads)
+    print(it, repr(s.item()))
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS_AROUND_AN_OP))
+def test_an_op_runs_under_the_settings_the_program_set_around_it(name):
+    check_program("import torch\ntorch.manual_seed(0)\n" + SETTINGS_AROUND_AN_OP[name])

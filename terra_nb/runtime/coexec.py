@@ -581,6 +581,30 @@ class CoExecutor:
                 original = getattr(owner, name)
                 patches.append((owner, name, original))
                 setattr(owner, name, syncing(original))
+        # Global numeric settings: an op runs under those the program had set at its line, so the
+        # pending ops run before a setting changes (a ``with torch.backends.mkldnn.flags(...)``
+        # or ``sdpa_kernel(...)`` region's, ``torch.set_num_threads``: reductions split by thread
+        # count). Deferred, an op ran under the settings of its block's time, not bitwise eager's.
+        # The pending blocks run in the program's thread, with this mode off the stack: some of
+        # these are the thread's own (flush-denormal, the thread count), which the runner's
+        # thread would not have.
+        def settling(original):
+            def wrapper(*args, **kwargs):
+                if _get_ident() == owner_thread and (self.block.ops or self.runner.busy):
+                    depth = _len_mode_stack()
+                    if depth and isinstance(torch._C._get_function_stack_at(depth - 1), TerraMode):
+                        with torch.overrides._pop_mode_temporarily():
+                            self.materialize()
+                    else:
+                        self.materialize()
+                return original(*args, **kwargs)
+            return wrapper
+
+        for owner, name in _NUMERIC_SETTERS:
+            original = getattr(owner, name, None)
+            if original is not None:
+                patches.append((owner, name, original))
+                setattr(owner, name, settling(original))
         # The default generator's own methods read or set the stream the pending blocks draw from
         # (``torch.default_generator.get_state()`` came before the draws the program made above it;
         # ``torch.cuda``'s RNG functions call them on the device's default generator).
@@ -2739,6 +2763,15 @@ def _restride(fut: FutureTensor, value: torch.Tensor) -> None:
     Python key: RuntimeError where they need more elements than it has)."""
     with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY), torch._C._AutoDispatchBelowADInplaceOrView():
         torch.ops.aten.as_strided_.default(fut, value.shape, value.stride())
+
+
+_NUMERIC_SETTERS = [(torch, "set_flush_denormal"), (torch._C, "set_flush_denormal"), (torch, "set_num_threads"),
+                    *((torch._C, name) for name in (
+                        "_set_mkldnn_enabled", "_set_mkldnn_deterministic", "_set_sdp_use_flash", "_set_sdp_use_math",
+                        "_set_sdp_use_mem_efficient", "_set_sdp_use_cudnn", "_set_sdp_use_overrideable",
+                        "_set_sdp_use_fa3", "_set_sdp_priority_order", "_set_cudnn_enabled", "_set_cudnn_benchmark",
+                        "_set_cudnn_deterministic", "_set_cudnn_allow_tf32", "_set_cublas_allow_tf32",
+                        "_set_deterministic_algorithms", "_set_float32_matmul_precision"))]
 
 
 def _runs_programs_python(func) -> bool:
