@@ -2812,3 +2812,34 @@ for i in range(200):
 """, backend="auto")
     modes = [it.mode for it in session.log.iterations]
     assert modes.count("eager") > 20, modes  # (auto chose eager on this CPU)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_a_backward_error_the_program_catches_is_caught_where_eager_raises_it(runner, native, monkeypatch):
+    """``try: loss.backward() except RuntimeError:`` where a tensor backward needs was modified in
+    place on some paths. The backward was deferred: its error surfaced at a later sync, outside
+    the try, and the program crashed where eager skipped the step. Here the path that raises (sin
+    saves ``a``, then ``a.mul_``) was never traced whole (each of its edges was, on other paths),
+    so no trace saw it raise before the skeleton met it."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(PRELUDE + """
+w = torch.randn(6, requires_grad=True)
+caught = []
+for i in range(16):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    a = w * 2
+    b = (torch.sin(a) if i % 2 else torch.relu(a)) * 3  # sin saves a, relu its output
+    if i % 3 == 2:
+        a.mul_(2)
+    opt.zero_grad()
+    try:
+        (loss + b.sum()).backward()
+    except RuntimeError as e:
+        caught.append((i, str(e)[:40]))
+        continue
+    opt.step()
+    print(i, round(loss.item(), 5), w.grad.sum().item())
+print(caught)
+""", runner=runner)

@@ -47,6 +47,7 @@ from ..trace import location, loops
 from ..trace.location import (
     RootRegistry,
     call_from_program,
+    catches,
     caught_here,
     frame_offset,
     location_key,
@@ -1674,6 +1675,15 @@ class CoExecutor:
                 node.kind = "sync"
         elif struct is NONE:
             node.kind = "effect"
+        if node.barrier and node.kind in DEFERRED and catches(frame, self.roots, RuntimeError):
+            # backward (autograd.grad) inside a try of the program's that catches its errors: runs
+            # at once (a sync of the blocks before it). Whether it raises depends on the path the
+            # program took, not on anything the node's key holds (a tensor it saved, modified in
+            # place on one path: the version counter), and a path of known edges may raise where
+            # no trace did. Deferred, the error surfaced at a later sync, outside the try. A loop
+            # with no such try keeps its backward deferred.
+            node.caught = True
+            node.kind = "sync"
         if not self.graph.python_hooks and _registers_python_for_backward(func, info, grad, frame):
             self._hooks_registered()
         if node.barrier and not self.graph.python_hooks and _reaches_hooked_leaves(tensors, self.graph.grad_leaves):
