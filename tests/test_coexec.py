@@ -2843,3 +2843,39 @@ for i in range(16):
     print(i, round(loss.item(), 5), w.grad.sum().item())
 print(caught)
 """, runner=runner)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_a_gradient_read_twice_is_one_object_while_eager_keeps_it(runner, native, monkeypatch):
+    """``w.grad is w.grad``, and a gradient kept from an earlier iteration compared with the one read
+    now: each ``.grad`` read was a new future, so the first said False from the first co-executed
+    iteration and the second always did. Eager's ``.grad`` is one object until a setter replaces
+    it (``zero_grad()``'s ``p.grad = None``, ``p.grad = z``, ``del p.grad``) or a backward makes a new
+    one (nothing to sum into, or ``create_graph=True``); backward otherwise sums into it in place."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(PRELUDE + """
+w = torch.ones(3, requires_grad=True)
+kept_w = kept_b = None
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y) + (w * i).sum()
+    opt.zero_grad(set_to_none=(i % 4 == 0))  # (a new .grad after set_to_none, the same one else)
+    if i % 6 == 5:
+        del model[0].bias.grad
+    loss.backward(create_graph=(i == 9))
+    g = model[0].weight.grad
+    same = [w.grad is w.grad, g is model[0].weight.grad, kept_w is w.grad, kept_b is model[2].bias.grad,
+            model[0].bias.grad is model[0].bias.grad]
+    if i % 3 == 0:
+        kept_w, kept_b = w.grad, model[2].bias.grad
+    if i % 5 == 2:
+        z = torch.zeros(3)
+        w.grad = z
+        same.append(w.grad is z)
+    opt.step()
+    print(i, same, round(g.sum().item(), 5), kept_b.sum().item(), w.grad.sum().item())
+    if i == 9:
+        opt.zero_grad(set_to_none=True)
+        w.grad = None  # (create_graph's gradients refer to their parameters: a cycle otherwise)
+""", runner=runner)
+
