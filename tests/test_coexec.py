@@ -2879,3 +2879,22 @@ for i, (x, y) in enumerate(data):
         w.grad = None  # (create_graph's gradients refer to their parameters: a cycle otherwise)
 """, runner=runner)
 
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_views_base_is_the_tensor_the_program_holds(native, monkeypatch):
+    """``out[1:]._base is out``: a ``_base`` read was deferred like an op, and answered with a new
+    future (False from the first co-executed iteration). It runs for real now, and its answer is
+    the object the program holds for that base: a future (of a view of a view too), or the real
+    tensor."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(PRELUDE + """
+w = torch.ones(6, requires_grad=True)
+for i, (x, y) in enumerate(data):
+    out = model(x) * i
+    v = out[1:]
+    vv = v[:, 1:].t()
+    print(i, v._base is out, vv._base is out, x[2:]._base is x, out._base, (w[1:] * 2)._base is None,
+          v._base.shape, round(v._base.sum().item(), 4))
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+""")

@@ -1121,6 +1121,8 @@ class CoExecutor:
             self.log.add(Event("sync", self.cell, self.iter_index, text[0], text[1], waited_ms))
         if (node.grad_op or info.name == "__delete__") and tensors and type(tensors[0]) is not FutureTensor:
             out = self._grad_ran(node, tensors, out)
+        elif info.prop == "_base" and out is not None and tensors:
+            out = self._held_base(tensors[0], out)
         return out
 
     def _no_grad_yet(self, t) -> bool:
@@ -1200,6 +1202,32 @@ class CoExecutor:
             entry[1] = None
         entry[2] = None
         return out
+
+    def _held_base(self, view: Tensor, base: Tensor) -> Tensor:
+        """``view._base``, read for real (``base``): the object the program holds for that tensor,
+        the future whose value it is where there is one, else ``base``. Searched among the futures
+        that the producers of the view's input (its base, or a view of it: theirs in turn) keep in
+        their rings: a ``_base`` read is rare, and this is where its base came from."""
+        src = view._tn_src if type(view) is FutureTensor else getattr(view, "_tn_src", None)
+        if type(src) is not tuple or len(src) != 2:
+            return base
+        by_family: dict = {}
+        for node in self.graph.nodes:
+            by_family.setdefault(node.family, []).append(node)
+        seen = {src[0]}
+        families = [src[0]]
+        while families:
+            producers = {p for family in families for node in by_family.get(family, ()) if node.sources
+                         for p in node.sources[0] if type(p) is tuple and len(p) == 2 and p[0] not in seen}
+            for family, j in producers:
+                for node in by_family.get(family, ()):
+                    ring = node.pool[j] if j < len(node.pool) else ()
+                    for fut in ring[1:]:
+                        if fut._tn_val is base:
+                            return fut
+            families = list({family for family, _ in producers})
+            seen.update(families)
+        return base
 
     def _follow_in_place(self, fut: FutureTensor, out):
         """An op that changed a future's value in place ran for real (``k.requires_grad_()``,
@@ -1516,6 +1544,8 @@ class CoExecutor:
             self._validated = 0
         if (node.grad_op or info.name == "__delete__") and given and type(given[0]) is not FutureTensor:
             out = self._grad_ran(node, given, out)
+        elif info.prop == "_base" and out is not None and given:
+            out = self._held_base(given[0], out)
         return out
 
     def _track_locals(self, node: Node, tensors: list, outs: list) -> None:
@@ -1764,6 +1794,11 @@ class CoExecutor:
             node.kind = "effect"
         if node.barrier and info.name == "backward" and kwargs.get("create_graph", len(args) > 3 and args[3] is True):
             self._regrads.add(node.family)  # (its .grad are new tensors: see _note_backward)
+        if info.prop == "_base" and node.kind in DEFERRED:
+            # A view's base: the object the program holds for it, which the value's ``_base`` (its
+            # base's value) finds (_held_base). Deferred, each read was a new future, never the
+            # tensor the program holds (``out[1:]._base is out`` False).
+            node.kind = "sync"
         if info.name == "__delete__" and node.kind in DEFERRED and _descriptor_name(func) == "grad":
             node.kind = "sync"  # ``del p.grad``: run for real, so that the gradient table sees it (_grad_ran)
         if node.barrier and node.kind in DEFERRED and catches(frame, self.roots, RuntimeError):
