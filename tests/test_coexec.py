@@ -3329,3 +3329,89 @@ for it in range(6):
 @pytest.mark.parametrize("name", sorted(SETTINGS_AROUND_AN_OP))
 def test_an_op_runs_under_the_settings_the_program_set_around_it(name):
     check_program("import torch\ntorch.manual_seed(0)\n" + SETTINGS_AROUND_AN_OP[name])
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_a_backward_error_the_program_catches_is_caught_where_eager_raises_it(runner, native, monkeypatch):
+    """``try: loss.backward() except RuntimeError:`` where a tensor backward needs was modified in
+    place on some paths. The backward was deferred: its error surfaced at a later sync, outside
+    the try, and the program crashed where eager skipped the step. Here the path that raises (sin
+    saves ``a``, then ``a.mul_``) was never traced whole (each of its edges was, on other paths),
+    so no trace saw it raise before the skeleton met it."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(PRELUDE + """
+w = torch.randn(6, requires_grad=True)
+caught = []
+for i in range(16):
+    x, y = data[i % len(data)]
+    loss = F.cross_entropy(model(x), y)
+    a = w * 2
+    b = (torch.sin(a) if i % 2 else torch.relu(a)) * 3  # sin saves a, relu its output
+    if i % 3 == 2:
+        a.mul_(2)
+    opt.zero_grad()
+    try:
+        (loss + b.sum()).backward()
+    except RuntimeError as e:
+        caught.append((i, str(e)[:40]))
+        continue
+    opt.step()
+    print(i, round(loss.item(), 5), w.grad.sum().item())
+print(caught)
+""", runner=runner)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("runner", ["auto", "thread"])
+def test_a_gradient_read_twice_is_one_object_while_eager_keeps_it(runner, native, monkeypatch):
+    """``w.grad is w.grad``, and a gradient kept from an earlier iteration compared with the one read
+    now: each ``.grad`` read was a new future, so the first said False from the first co-executed
+    iteration and the second always did. Eager's ``.grad`` is one object until a setter replaces
+    it (``zero_grad()``'s ``p.grad = None``, ``p.grad = z``, ``del p.grad``) or a backward makes a new
+    one (nothing to sum into, or ``create_graph=True``); backward otherwise sums into it in place."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(PRELUDE + """
+w = torch.ones(3, requires_grad=True)
+kept_w = kept_b = None
+for i, (x, y) in enumerate(data):
+    loss = F.cross_entropy(model(x), y) + (w * i).sum()
+    opt.zero_grad(set_to_none=(i % 4 == 0))  # (a new .grad after set_to_none, the same one else)
+    if i % 6 == 5:
+        del model[0].bias.grad
+    loss.backward(create_graph=(i == 9))
+    g = model[0].weight.grad
+    same = [w.grad is w.grad, g is model[0].weight.grad, kept_w is w.grad, kept_b is model[2].bias.grad,
+            model[0].bias.grad is model[0].bias.grad]
+    if i % 3 == 0:
+        kept_w, kept_b = w.grad, model[2].bias.grad
+    if i % 5 == 2:
+        z = torch.zeros(3)
+        w.grad = z
+        same.append(w.grad is z)
+    opt.step()
+    print(i, same, round(g.sum().item(), 5), kept_b.sum().item(), w.grad.sum().item())
+    if i == 9:
+        opt.zero_grad(set_to_none=True)
+        w.grad = None  # (create_graph's gradients refer to their parameters: a cycle otherwise)
+""", runner=runner)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_views_base_is_the_tensor_the_program_holds(native, monkeypatch):
+    """``out[1:]._base is out``: a ``_base`` read was deferred like an op, and answered with a new
+    future (False from the first co-executed iteration). It runs for real now, and its answer is
+    the object the program holds for that base: a future (of a view of a view too), or the real
+    tensor."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    check_program(PRELUDE + """
+w = torch.ones(6, requires_grad=True)
+for i, (x, y) in enumerate(data):
+    out = model(x) * i
+    v = out[1:]
+    vv = v[:, 1:].t()
+    print(i, v._base is out, vv._base is out, x[2:]._base is x, out._base, (w[1:] * 2)._base is None,
+          v._base.shape, round(v._base.sum().item(), 4))
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+""")

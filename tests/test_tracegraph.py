@@ -330,3 +330,91 @@ def test_only_except_clauses_count_as_catching():
     regions = _except_regions(program.__code__)
     caught = [any(start <= offset < end for start, end in regions) for offset in adds]
     assert caught == [True, False, False, True]
+
+
+def test_a_try_catches_what_its_clauses_name_or_an_enclosing_try_does():
+    """``catches`` reads the types an except clause names (a tuple, a module's attribute, a
+    subclass of the exception, ``Exception``), follows an exception that no clause matches to the
+    enclosing try (in the frame or a caller's, up to the root) and takes a finally or a with
+    block's exit to raise again: a ``try ... except KeyboardInterrupt`` around a loop does not
+    catch a backward's ``RuntimeError``."""
+    import sys
+
+    from terra_nb.trace.location import RootRegistry, catches
+
+    roots = RootRegistry()
+    seen: list = []
+
+    def probe():
+        seen.append(catches(sys._getframe(1), roots, RuntimeError))
+
+    def helper():
+        probe()
+
+    def program():
+        try:
+            probe()
+        except RuntimeError:
+            pass
+        try:
+            probe()
+        except (KeyError, RuntimeError) as e:
+            print(e)
+        try:
+            probe()
+        except KeyboardInterrupt:
+            pass
+        try:
+            probe()
+        except torch.cuda.OutOfMemoryError:  # (a subclass of RuntimeError)
+            pass
+        try:
+            probe()
+        except ValueError:
+            pass
+        except Exception:
+            pass
+        try:
+            probe()
+        except:  # noqa: E722
+            pass
+        try:
+            try:
+                probe()
+            except KeyError:
+                pass
+        except RuntimeError:
+            pass
+        try:
+            try:
+                probe()
+            except KeyError:
+                pass
+        except ValueError:
+            pass
+        try:
+            with open(__file__):
+                probe()
+        except RuntimeError:
+            pass
+        try:
+            probe()
+        finally:
+            pass
+        try:
+            try:
+                probe()
+            finally:
+                seen.append("finally")
+        except RuntimeError:
+            pass
+        try:
+            helper()
+        except RuntimeError:
+            pass
+        helper()
+
+    roots.add(program.__code__)
+    program()
+    assert [s for s in seen if s != "finally"] == [True, True, False, True, True, True, True, False, True, False,
+                                                   True, True, False]

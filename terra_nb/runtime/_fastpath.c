@@ -36,7 +36,7 @@ enum {
     S_input, S_tn_src, S_tn_local,
     S_dtype, S_device, S_requires_grad, S_prop, S_shape, S_tn_numpy, S_slice, S_meta_funcs,
     S_passthrough, S_runner, S_inline_seconds, S_compiled, S_new_block, S_iter_blocks, S_block_ids, S_cell,
-    S_func, S_pending, S_grad, S_setter, S_ran_now, S_captured, S_memory_epoch, S_is_contiguous, N_NAMES
+    S_func, S_pending, S_grad, S_setter, S_ran_now, S_captured, S_memory_epoch, S_is_contiguous, S_grad_objs, S_grad_entry, N_NAMES
 };
 static const char *NAMES[N_NAMES] = {
     "state", "mode", "cursor", "block", "anchor", "explicit_iterations",
@@ -45,7 +45,7 @@ static const char *NAMES[N_NAMES] = {
     "graph", "iter_index", "_validated_op", "flush", "_advance", "step",
     "input", "_tn_src", "_tn_local", "dtype", "device", "requires_grad", "prop",
     "shape", "_tn_numpy", "slice", "meta_funcs", "passthrough", "runner", "inline_seconds", "compiled", "_new_block", "iter_blocks", "block_ids", "cell",
-    "func", "_pending", "grad", "setter", "_ran_now", "captured", "_memory_epoch", "is_contiguous",
+    "func", "_pending", "grad", "setter", "_ran_now", "captured", "_memory_epoch", "is_contiguous", "_grad_objs", "_grad_entry",
 };
 static PyObject *str[N_NAMES];
 /* The names above that are the executor's attributes (slots of its class). */
@@ -53,7 +53,7 @@ static const int EXECUTOR_SLOTS[] = {
     S_state, S_mode, S_cursor, S_block, S_anchor, S_explicit_iterations, S_cell_token, S_op_counter,
     S_anchor_limit, S_anchor_first, S_ops_coexec, S_validated, S_deferred_total, S_max_block, S_root_codes,
     S_ok_parent, S_ok_lasti, S_ok_tail, S_graph, S_iter_index, S_meta_funcs, S_passthrough, S_runner,
-    S_compiled, S_iter_blocks, S_block_ids, S_cell, S_memory_epoch,
+    S_compiled, S_iter_blocks, S_block_ids, S_cell, S_memory_epoch, S_grad_objs,
 };
 #define N_EXECUTOR_SLOTS ((int)(sizeof(EXECUTOR_SLOTS) / sizeof(EXECUTOR_SLOTS[0])))
 
@@ -110,6 +110,7 @@ typedef struct {
     PyObject *check_index;   /* coexec.CHECK_INDEX: ... when its index may be out of range (Python checks it) */
     PyObject *shares_memory; /* CoExecutor._shares_python_memory */
     PyObject *check_view;    /* coexec.CHECK_VIEW: ... when it is a view in the program's try (Python checks its strides) */
+    PyObject *unfollowed;    /* coexec._UNFOLLOWED: the gradient table's object for a .grad it does not follow */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
     PyObject *profile;       /* None, or {iteration: [seconds, ops]} */
@@ -308,10 +309,12 @@ wire_input(FastPath *fp, PyObject *blk, PyObject *t, Py_ssize_t *w)
 /* Whether a validated .grad read (a node whose ``immediate`` is GRAD_READ) goes to the Python
    path, CoExecutor._validated_op, rather than being deferred: when its tensor is skeleton-local,
    or when the real .grad may be None (_no_grad_yet: no block queued, a real tensor, .grad None).
-   1: the Python path, 0: defer, -1: an error. */
+   1: the Python path, 0: defer, -1: an error. *real: the real .grad (a new reference) where it was
+   read and is deferred (no block queued), else NULL. */
 static int
-grad_read_now(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt)
+grad_read_now(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt, PyObject **real)
 {
+    *real = NULL;
     if (nt != 1)
         return 1;
     PyObject *t = tensors[0];
@@ -336,9 +339,97 @@ grad_read_now(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt)
     PyObject *grad = PyObject_GetAttr(t, str[S_grad]);
     if (grad == NULL)
         return -1;
-    int none = grad == Py_None;
-    Py_DECREF(grad);
-    return none;
+    if (grad == Py_None) {
+        Py_DECREF(grad);
+        return 1;
+    }
+    *real = grad;
+    return 0;
+}
+
+/* The gradient table's entry of real tensor owner, a new reference: [a weak reference to owner,
+   the object the program got for its .grad, the pending block where it was recorded]. Where it has
+   none, CoExecutor._grad_entry makes it. */
+static PyObject *
+grad_entry(FastPath *fp, PyObject *owner)
+{
+    PyObject *table = SLOT(fp->executor, fp->ex_off[S_grad_objs]);
+    if (table != NULL && PyDict_CheckExact(table)) {
+        PyObject *key = PyLong_FromVoidPtr(owner);
+        if (key == NULL)
+            return NULL;
+        PyObject *entry = PyDict_GetItemWithError(table, key);  /* borrowed */
+        Py_DECREF(key);
+        if (entry == NULL && PyErr_Occurred())
+            return NULL;
+        if (entry != NULL && PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 3
+                && PyWeakref_CheckRef(PyList_GET_ITEM(entry, 0))
+                && PyWeakref_GET_OBJECT(PyList_GET_ITEM(entry, 0)) == owner) {
+            Py_INCREF(entry);
+            return entry;
+        }
+    }
+    PyObject *entry = PyObject_CallMethodOneArg(fp->executor, str[S_grad_entry], owner);
+    if (entry != NULL && (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 3)) {
+        Py_DECREF(entry);
+        PyErr_SetString(PyExc_TypeError, "a gradient table's entry is not a list of 3");
+        return NULL;
+    }
+    return entry;
+}
+
+/* CoExecutor._grad_object: what a deferred read of real tensor owner's .grad returns, the object
+   the program got for that gradient last while it is still that object, else out (its new future,
+   which the table keeps). real: the real .grad, or NULL where blocks are queued. Steals out. */
+static PyObject *
+grad_object(FastPath *fp, PyObject *owner, PyObject *out, PyObject *real)
+{
+    PyObject *entry = grad_entry(fp, owner);
+    if (entry == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyObject *obj = PyList_GET_ITEM(entry, 1);
+    if (obj == fp->unfollowed) {
+        Py_DECREF(entry);
+        return out;
+    }
+    PyObject *blk = SLOT(fp->executor, fp->ex_off[S_block]);
+    if (obj != Py_None) {
+        int same = real == NULL || PyList_GET_ITEM(entry, 2) == blk || obj == real
+            || (Py_TYPE(obj) == (PyTypeObject *)fp->future_type && FUT(fp, obj, U_val) == real);
+        if (same) {
+            Py_INCREF(obj);
+            Py_DECREF(out);
+            Py_DECREF(entry);
+            return obj;
+        }
+    }
+    Py_INCREF(out);
+    PyList_SetItem(entry, 1, out);  /* (steals) */
+    Py_INCREF(blk);
+    PyList_SetItem(entry, 2, blk);
+    Py_DECREF(entry);
+    return out;
+}
+
+/* CoExecutor._grad_set: a deferred ``p.grad = x`` (x, or None) of real tensor p. */
+static int
+grad_set(FastPath *fp, PyObject *const *tensors, Py_ssize_t nt)
+{
+    PyObject *entry = grad_entry(fp, tensors[0]);
+    if (entry == NULL)
+        return -1;
+    if (PyList_GET_ITEM(entry, 1) != fp->unfollowed) {
+        PyObject *value = nt > 1 ? tensors[1] : Py_None;
+        PyObject *blk = SLOT(fp->executor, fp->ex_off[S_block]);
+        Py_INCREF(value);
+        PyList_SetItem(entry, 1, value);
+        Py_INCREF(blk);
+        PyList_SetItem(entry, 2, blk);
+    }
+    Py_DECREF(entry);
+    return 0;
 }
 
 /* Whether a validated view in the program's try (a node whose ``immediate`` is CHECK_VIEW) goes to
@@ -1250,6 +1341,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
     PyObject *result = NULL;
     PyObject *state = NULL, *mode = NULL, *cursor = NULL, *key = NULL, *spec = NULL, *scalars = NULL;
     PyObject *parent = NULL, *code = NULL, *lasti_obj = NULL, *entries = NULL, *tlist = NULL;
+    PyObject *real = NULL;  /* a .grad read's real .grad (grad_read_now) */
     PyObject *stack_tensors[MAX_TENSORS];
     PyObject **tensors = stack_tensors;
     Py_ssize_t nt = 0;
@@ -1537,7 +1629,7 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         PyObject *immediate = NODE(fp, node, N_immediate);
         int now = deferred ? immediate == Py_True : 1;
         if (deferred && immediate == fp->grad_read) {
-            now = grad_read_now(fp, tensors, nt);
+            now = grad_read_now(fp, tensors, nt, &real);
             if (now < 0)
                 goto error;
         } else if (deferred && immediate == fp->check_index) {
@@ -1567,6 +1659,13 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
         }
         if (!now) {
             result = defer(fp, node, tensors, nt, scalars);
+            if (result != NULL && nt > 0 && Py_TYPE(tensors[0]) != (PyTypeObject *)fp->future_type) {
+                /* the gradient table follows what the program gets for a real tensor's .grad */
+                if (immediate == fp->grad_read)
+                    result = grad_object(fp, tensors[0], result, real);
+                else if (node_int(NODE(fp, node, N_grad_op)) == 1 && grad_set(fp, tensors, nt) < 0)
+                    Py_CLEAR(result);
+            }
         } else if (local && !PyFunction_Check(func)) {  /* (a Python-level one: as in the eager branch) */
             result = run_local(fp, node, func, args, kwargs, tensors, nt, scalars, (PyObject *)frame);
         } else {
@@ -1595,6 +1694,7 @@ out:
     Py_XDECREF(lasti_obj);
     Py_XDECREF(entries);
     Py_XDECREF(tlist);
+    Py_XDECREF(real);
     if (tensors != stack_tensors)
         PyMem_Free(tensors);
     return result;
@@ -1755,6 +1855,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->check_index);
     Py_CLEAR(fp->shares_memory);
     Py_CLEAR(fp->check_view);
+    Py_CLEAR(fp->unfollowed);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
     Py_CLEAR(fp->canonical_offsets);
@@ -1835,6 +1936,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(check_index, "CHECK_INDEX");
     TAKE(shares_memory, "shares_memory");
     TAKE(check_view, "CHECK_VIEW");
+    TAKE(unfollowed, "UNFOLLOWED");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");
     TAKE(canonical_offsets, "canonical_offsets");

@@ -47,6 +47,7 @@ from ..trace import location, loops
 from ..trace.location import (
     RootRegistry,
     call_from_program,
+    catches,
     caught_here,
     frame_offset,
     location_key,
@@ -257,6 +258,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "dispatch_modes": _dispatch_modes, "zero": 0, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
         "shares_memory": executor._shares_python_memory,
         "CHECK_VIEW": CHECK_VIEW,
+        "UNFOLLOWED": _UNFOLLOWED,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
     # The Python path, bound to the mode: the calls the C path does not take go there.
@@ -272,7 +274,8 @@ class CoExecutor:
     __slots__ = ("state", "mode", "cursor", "block", "anchor", "explicit_iterations", "_cell_token", "op_counter",
                  "_anchor_limit", "_anchor_first", "ops_coexec", "_validated", "deferred_total", "max_block",
                  "_root_codes", "_ok_parent", "_ok_lasti", "_ok_tail", "graph", "iter_index", "meta_funcs",
-                 "passthrough", "runner", "compiled", "iter_blocks", "block_ids", "cell", "_memory_epoch", "__dict__",
+                 "passthrough", "runner", "compiled", "iter_blocks", "block_ids", "cell", "_memory_epoch", "_grad_objs",
+                 "__dict__",
                  "__weakref__")
 
     _ticks: dict[int, int]  # auto's choice (see _reset_choice)
@@ -308,6 +311,11 @@ class CoExecutor:
         self.state = TRACE
         self.cursor: Node = self.graph.root
         self.block = PendingBlock()
+        # id of a real tensor -> [a weak reference to it, the object the program got for its .grad,
+        # the pending block where the skeleton recorded that object (None: the real .grad is it)];
+        # see _grad_object
+        self._grad_objs: dict[int, list] = {}
+        self._regrads: set = set()  # the families of backward(create_graph=True): it replaces .grad
         self.recording: list | None = None
         self.cell = 0
         self._memory_epoch = object()  # see _shares_python_memory
@@ -409,6 +417,7 @@ class CoExecutor:
         self.state = SKELETON if mode == "auto" else TRACE
         self._validated = 0
         self.cursor = self.graph.root
+        self._grad_objs.clear()  # (plain code since the last cell may have set any .grad)
         if not self.graph.python_hooks and any(_has_hooks(t) for t in list(self.graph.grad_leaves.values())):
             self._hooks_registered()  # a hook registered on a parameter since the last cell
         patches = self._patch_torch()
@@ -437,6 +446,7 @@ class CoExecutor:
             try:
                 self.flush()
                 error = self.runner.wait()
+                self._grad_objs.clear()  # (plain code comes next: nothing follows its .grad)
                 self._realize_optimizer_state()  # (for the plain code after the cell)
             finally:
                 if previous_handler is not None and signal.getsignal(signal.SIGINT) is self._interrupt_handler:
@@ -873,8 +883,14 @@ class CoExecutor:
                     return self._defer(node, tensors, scalars)
                 if views is False:
                     self._raised_at(node.func, node.site)
-            elif not (node.immediate is GRAD_READ and self._no_grad_yet(tensors[0])):
+            elif node.immediate is not GRAD_READ:
                 return self._defer(node, tensors, scalars)
+            elif not self._no_grad_yet(tensors[0]):
+                out = self._defer(node, tensors, scalars)
+                owner = tensors[0]
+                if type(owner) is FutureTensor:
+                    return out
+                return self._grad_object(owner, out, None if self.runner.busy else owner.grad)
         sources = node.sources
         for slot, t in enumerate(tensors):
             src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
@@ -1113,6 +1129,8 @@ class CoExecutor:
         self.deferred_total += 1
         if len(blk.ops) >= self.max_block or node.barrier:
             self.flush()
+        if grad_op == 1 and type(tensors[0]) is not FutureTensor:
+            self._grad_set(tensors)  # (p.grad = x: the table follows)
         return out
 
     def _make_future(self, node: Node, j: int, getter_src):
@@ -1205,6 +1223,10 @@ class CoExecutor:
             if text is None:  # one reason and one location string per node and line, for its events
                 text = self._sync_text[(node, where)] = (f"{info.name}: Python needs a value", where)
             self.log.add(Event("sync", self.cell, self.iter_index, text[0], text[1], waited_ms))
+        if (node.grad_op or info.name == "__delete__") and tensors and type(tensors[0]) is not FutureTensor:
+            out = self._grad_ran(node, tensors, out)
+        elif info.prop == "_base" and out is not None and tensors:
+            out = self._held_base(tensors[0], out)
         return out
 
     def _no_grad_yet(self, t) -> bool:
@@ -1219,6 +1241,97 @@ class CoExecutor:
         # (busy first: while a block runs on the GraphRunner's thread, its backward may be writing
         # this .grad, and reading it meanwhile races with the autograd engine)
         return not self.runner.busy and type(t) is not FutureTensor and t.grad is None
+
+    def _grad_entry(self, owner) -> list:
+        """The gradient table's entry of real tensor ``owner`` (see ``_grad_object``), made where it
+        has none. A non-leaf's ``.grad`` is not followed: retain_grad's hook makes a new tensor at
+        each backward, which no op the skeleton sees would say. (The C path calls this where it
+        finds no entry.)"""
+        table = self._grad_objs
+        key = id(owner)
+        entry = table.get(key)
+        if entry is not None and entry[0]() is owner:
+            return entry
+
+        def forget(ref, key=key):  # (the tensor is gone: so is its entry, and what it kept)
+            if (e := table.get(key)) is not None and e[0] is ref:
+                del table[key]
+
+        entry = table[key] = [weakref.ref(owner, forget), None if owner.is_leaf else _UNFOLLOWED, None]
+        return entry
+
+    def _grad_object(self, owner, out, real):
+        """What a deferred read of real tensor ``owner``'s ``.grad`` returns: the object the program
+        got for that gradient last (a future, or the tensor itself) while the gradient is still that
+        object, as eager's reads return one object until a setter (``p.grad = None``: zero_grad) or
+        a backward with nothing to sum into makes a new one (backward sums into an existing
+        ``.grad`` in place); else ``out``, the read's new future, which the table keeps. A future per
+        read made ``w.grad is w.grad`` False, and a gradient kept from an earlier iteration was
+        never the one read now. ``real``: the real ``.grad`` where no block is queued (None where
+        one is): unless the table's object was recorded in the pending block, it must be that
+        tensor, or a future of it; where blocks are queued, the table's account stands.
+        (_fastpath.c's grad_object does the same.)"""
+        entry = self._grad_entry(owner)
+        obj = entry[1]
+        if obj is _UNFOLLOWED:
+            return out
+        if obj is not None and (real is None or entry[2] is self.block or obj is real
+                                or (type(obj) is FutureTensor and obj._tn_val is real)):
+            return obj
+        entry[1], entry[2] = out, self.block
+        return out
+
+    def _grad_set(self, tensors: list) -> None:
+        """A deferred ``p.grad = x`` (``x`` or None) of real tensor ``p``: the table's object is
+        ``x`` (eager's ``p.grad is x``), recorded in the pending block. (_fastpath.c's grad_set.)"""
+        entry = self._grad_entry(tensors[0])
+        if entry[1] is not _UNFOLLOWED:
+            entry[1], entry[2] = tensors[1] if len(tensors) > 1 else None, self.block
+
+    def _grad_ran(self, node: Node, tensors: list, out):
+        """A ``.grad`` of real tensor ``tensors[0]`` read, set or deleted for real (traced, or run
+        now): the table's object is what the program holds for it. A read returns the table's
+        object where that is a future of this very tensor (the program got it before)."""
+        entry = self._grad_entry(tensors[0])
+        obj = entry[1]
+        if obj is _UNFOLLOWED:
+            return out
+        if node.grad_op == 2:
+            if out is not None and obj is not None and (obj is out or (type(obj) is FutureTensor and obj._tn_val is out)):
+                return obj
+            entry[1] = out
+        elif node.grad_op == 1:
+            entry[1] = tensors[1] if len(tensors) > 1 else None
+        elif _descriptor_name(node.func) == "grad":  # del p.grad
+            entry[1] = None
+        entry[2] = None
+        return out
+
+    def _held_base(self, view: Tensor, base: Tensor) -> Tensor:
+        """``view._base``, read for real (``base``): the object the program holds for that tensor,
+        the future whose value it is where there is one, else ``base``. Searched among the futures
+        that the producers of the view's input (its base, or a view of it: theirs in turn) keep in
+        their rings: a ``_base`` read is rare, and this is where its base came from."""
+        src = view._tn_src if type(view) is FutureTensor else getattr(view, "_tn_src", None)
+        if type(src) is not tuple or len(src) != 2:
+            return base
+        by_family: dict = {}
+        for node in self.graph.nodes:
+            by_family.setdefault(node.family, []).append(node)
+        seen = {src[0]}
+        families = [src[0]]
+        while families:
+            producers = {p for family in families for node in by_family.get(family, ()) if node.sources
+                         for p in node.sources[0] if type(p) is tuple and len(p) == 2 and p[0] not in seen}
+            for family, j in producers:
+                for node in by_family.get(family, ()):
+                    ring = node.pool[j] if j < len(node.pool) else ()
+                    for fut in ring[1:]:
+                        if fut._tn_val is base:
+                            return fut
+            families = list({family for family, _ in producers})
+            seen.update(families)
+        return base
 
     def _follow_in_place(self, fut: FutureTensor, out):
         """An op that changed a future's value in place ran for real (``k.requires_grad_()``,
@@ -1481,6 +1594,7 @@ class CoExecutor:
     def _trace(self, func, info, args, kwargs, tensors: list, scalars: list, spec, kspec, site: tuple, grad: tuple, frame):
         __tracebackhide__ = True
         sources = [t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL) for t in tensors]
+        given = tensors
         if any(type(t) is FutureTensor for t in tensors):
             self.materialize()
             tensors = [t.value() if type(t) is FutureTensor else t for t in tensors]
@@ -1536,6 +1650,10 @@ class CoExecutor:
             # knows what follows: see the skeleton's edge check in _on_op)
             self.state = SKELETON
             self._validated = 0
+        if (node.grad_op or info.name == "__delete__") and given and type(given[0]) is not FutureTensor:
+            out = self._grad_ran(node, given, out)
+        elif info.prop == "_base" and out is not None and given:
+            out = self._held_base(given[0], out)
         return out
 
     def _raised(self, func, site: tuple, kspec, in_meta: tuple, grad: tuple) -> None:
@@ -1817,6 +1935,24 @@ class CoExecutor:
             node.caught = True  # (a view its input's strides may refuse: CHECK_VIEW, below)
         elif struct is NONE:
             node.kind = "effect"
+        if node.barrier and info.name == "backward" and kwargs.get("create_graph", len(args) > 3 and args[3] is True):
+            self._regrads.add(node.family)  # (its .grad are new tensors: see _note_backward)
+        if info.prop == "_base" and node.kind in DEFERRED:
+            # A view's base: the object the program holds for it, which the value's ``_base`` (its
+            # base's value) finds (_held_base). Deferred, each read was a new future, never the
+            # tensor the program holds (``out[1:]._base is out`` False).
+            node.kind = "sync"
+        if info.name == "__delete__" and node.kind in DEFERRED and _descriptor_name(func) == "grad":
+            node.kind = "sync"  # ``del p.grad``: run for real, so that the gradient table sees it (_grad_ran)
+        if node.barrier and node.kind in DEFERRED and catches(frame, self.roots, RuntimeError):
+            # backward (autograd.grad) inside a try of the program's that catches its errors: runs
+            # at once (a sync of the blocks before it). Whether it raises depends on the path the
+            # program took, not on anything the node's key holds (a tensor it saved, modified in
+            # place on one path: the version counter), and a path of known edges may raise where
+            # no trace did. Deferred, the error surfaced at a later sync, outside the try. A loop
+            # with no such try keeps its backward deferred.
+            node.caught = True
+            node.kind = "sync"
         if not self.graph.python_hooks and _registers_python_for_backward(func, info, grad, frame):
             self._hooks_registered()
         if node.barrier and not self.graph.python_hooks and _reaches_hooked_leaves(tensors, self.graph.grad_leaves):
@@ -1939,6 +2075,7 @@ class CoExecutor:
         self.cursor = cursor
         self._validated = 0
         self._restore_locals()
+        self._grad_objs.clear()  # (eager iterations set .grad unseen)
 
     # -- auto's choice: co-execution or eager ---------------------------------------------------
 
@@ -2422,6 +2559,8 @@ class CoExecutor:
     def _note_backward(self) -> None:
         """A backward (or ``autograd.grad``) ran at this op count: see ``_mark``."""
         self._mark(self._backward_at)
+        if self._regrads and self.cursor.family in self._regrads:
+            self._grad_objs.clear()  # backward(create_graph=True) sums into new .grad tensors
 
     def _realize_optimizer_state(self) -> None:
         """Python runs the program itself from here (auto's eager turns, the code after a cell):
@@ -2706,6 +2845,9 @@ _PYTHON_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
 # grad_read_now asks the same in C)
 GRAD_READ = "grad read"
 
+# The gradient table's object for a tensor whose .grad is not followed (see CoExecutor._grad_entry)
+_UNFOLLOWED = "not followed"
+
 # A node's ``immediate`` when the op reads an index tensor whose values may be out of range (an id
 # past an embedding's rows): checked where the index is real and on the CPU, and where it is out
 # of range the op runs at once, so that eager's error comes before the program's next lines run
@@ -2804,6 +2946,8 @@ def _is_alias_of(out, t) -> bool:
         return torch._C._is_alias_of(out, t)  # type: ignore[attr-defined]
     except (RuntimeError, TypeError, NotImplementedError):
         return False  # (no storage)
+
+
 # Ops that return their input itself for some calls and a new tensor for others of one node key
 # (an op that always returns it, in place, is its node's alias). Dropout returns its input where
 # its rate, a float and so a feed, is 0, in training only (each value here is the op's default for
@@ -2833,6 +2977,11 @@ def _returns_input_only_sometimes(name: str, args: tuple, kwargs: dict | None) -
         return any(type(v) is torch.memory_format and v is not torch.preserve_format
                    for v in itertools.chain(args, kwargs.values()))
     return name in _LAYOUT_DECIDES
+
+
+def _descriptor_name(func) -> str | None:
+    """The property a getset descriptor's method-wrapper is for (``Tensor.grad.__delete__``: "grad")."""
+    return getattr(getattr(func, "__self__", None), "__name__", None)
 
 
 def _writes_into(info: OpInfo) -> bool:

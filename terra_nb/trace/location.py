@@ -87,6 +87,105 @@ def caught_here(frame: types.FrameType | None, roots: RootRegistry) -> bool:
     return False
 
 
+def catches(frame: types.FrameType | None, roots: RootRegistry, exc: type[BaseException]) -> bool:
+    """Whether the user's code would catch an ``exc`` raised at this call: as ``caught_here``, but
+    reading what each ``except`` clause names (the frame's names, resolved now) and following an
+    exception that no clause of a ``try`` matches out to the enclosing one, in the frame or its
+    callers. A clause counts where it names ``exc``, a base of it or a subclass of it (torch raises
+    subclasses of ``RuntimeError``); a bare ``except:``, and a clause whose types cannot be read
+    without running code, count as catching. ``try: ... except KeyboardInterrupt:`` around a
+    training loop does not catch a ``RuntimeError``, and an op that raises one stays deferred
+    there. (A ``with`` block's exit is taken to raise again, as in ``caught_here``.)"""
+    while frame is not None:
+        code = frame.f_code
+        name = code.co_filename
+        if not name.startswith(_LIBRARY_DIRS) and "site-packages" not in name and _frame_catches(frame, exc):
+            return True
+        if code in roots:
+            return False
+        frame = frame.f_back
+    return False
+
+
+_CHECKS = ("CHECK_EXC_MATCH", "CHECK_EG_MATCH")
+_JUMPS_IF_NO_MATCH = ("POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_IF_FALSE")
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> (entries, instructions, index by offset)
+
+
+def _frame_catches(frame: types.FrameType, exc: type[BaseException]) -> bool:
+    """Whether a handler of ``frame``'s code catches ``exc`` raised at its current instruction."""
+    code = frame.f_code
+    table = _TABLES.get(code)
+    if table is None:
+        parse = getattr(dis, "_parse_exception_table", None)  # (private, Python 3.11+)
+        instructions = list(dis.get_instructions(code))
+        table = _TABLES[code] = (parse(code) if parse is not None else [], instructions,
+                                 {i.offset: k for k, i in enumerate(instructions)})
+    entries, ops, at = table
+    offset = frame.f_lasti
+    for _ in range(64):  # (each turn moves out to an enclosing handler; the bound is a safeguard)
+        entry = next((e for e in entries if e.start <= offset < e.end), None)
+        if entry is None:
+            return False  # not in a try of this frame: the exception leaves it
+        k = at.get(entry.target)
+        if k is None:
+            return True
+        if ops[k].opname == "PUSH_EXC_INFO" and not any(i.opname == "WITH_EXCEPT_START" for i in ops[k + 1:k + 3]):
+            k += 1
+            while ops[k].opname not in ("RERAISE", *_CHECKS):  # a clause: the types it names, then the check
+                if ops[k].opname == "POP_TOP":
+                    return True  # a bare except
+                j = next((j for j in range(k, len(ops)) if ops[j].opname in ("RERAISE", *_CHECKS)), len(ops))
+                if j == len(ops) or ops[j].opname == "CHECK_EG_MATCH":
+                    return True  # (except*: taken to catch)
+                if ops[j].opname == "RERAISE":  # no clause (a finally): it raises again
+                    k = j
+                    break
+                named = _named_types(ops[k:j], frame)
+                if named is None or any(issubclass(exc, t) or issubclass(t, exc) for t in named):
+                    return True
+                if j + 1 >= len(ops) or ops[j + 1].opname not in _JUMPS_IF_NO_MATCH or ops[j + 1].argval not in at:
+                    return True
+                k = at[ops[j + 1].argval]  # the next clause, or the RERAISE of no match
+            if ops[k].opname != "RERAISE":
+                return True
+        else:  # a with block's exit, or the cleanup of an except clause: it raises again
+            k = next((j for j in range(k, len(ops)) if ops[j].opname == "RERAISE"), -1)
+            if k < 0:
+                return True
+        offset = ops[k].offset  # the exception goes on from there: to the enclosing try's handler
+    return True
+
+
+def _named_types(instructions: list, frame: types.FrameType) -> tuple | None:
+    """The exception types an except clause's instructions name (``RuntimeError``, ``torch.cuda.
+    OutOfMemoryError``, a tuple of them), read in ``frame``; None where that would run code."""
+    stack: list = []
+    builtins = frame.f_builtins
+    try:
+        for ins in instructions:
+            op = ins.opname
+            if op == "LOAD_GLOBAL":
+                stack.append(frame.f_globals[ins.argval] if ins.argval in frame.f_globals else builtins[ins.argval])
+            elif op == "LOAD_NAME":
+                scopes = (frame.f_locals, frame.f_globals, builtins)
+                stack.append(next(s[ins.argval] for s in scopes if ins.argval in s))
+            elif op in ("LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF", "LOAD_CLASSDEREF"):
+                stack.append(frame.f_locals[ins.argval])
+            elif op == "LOAD_ATTR" and stack and isinstance(stack[-1], types.ModuleType):
+                stack.append(getattr(stack.pop(), ins.argval))  # (a module's attribute: no code runs)
+            elif op == "BUILD_TUPLE" and 0 < ins.argval <= len(stack):
+                stack[-ins.argval:] = [tuple(stack[-ins.argval:])]
+            elif op not in ("NOP", "CACHE"):
+                return None
+    except (KeyError, AttributeError, StopIteration):
+        return None
+    if len(stack) != 1:
+        return None
+    named = stack[0] if isinstance(stack[0], tuple) else (stack[0],)
+    return named if all(isinstance(t, type) for t in named) else None
+
+
 _REGIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its except regions
 _HEADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # code -> its FOR_ITER offsets
 
