@@ -3415,3 +3415,18 @@ for i, (x, y) in enumerate(data):
     loss = F.cross_entropy(out, y)
     opt.zero_grad(); loss.backward(); opt.step()
 """)
+
+
+def test_what_an_op_gives_from_a_sparse_tensor_has_its_count_of_values():
+    """``sp.values()`` of a sparse tensor whose count of values changes every iteration: deferred,
+    its result had the count the trace saw (``v.shape`` 4 where its values were 6)."""
+    check_program("""
+import torch
+torch.manual_seed(0)
+for it in range(8):
+    d = torch.randn(3, 3).relu()
+    sp = d.to_sparse()
+    csr = d.to_sparse_csr()
+    v = sp.values()
+    print(it, v.shape, sp._nnz(), sp.indices().shape, round(v.sum().item(), 4), csr.col_indices().shape, csr.values().tolist())
+""")

@@ -1963,11 +1963,12 @@ class CoExecutor:
             # A tensor subclass of the program's (x.as_subclass(Tagged)): its __torch_function__
             # may do anything, and what eager returns is an instance of it, as a future is not.
             node.kind = "sync"
-        if node.kind in DEFERRED and (any(t.layout is not _STRIDED for t in outs)
-                                       or any(t.is_nested for t in itertools.chain(tensors, outs))):
+        if node.kind in DEFERRED and any(t.layout is not _STRIDED or t.is_nested for t in itertools.chain(tensors, outs)):
             # A sparse result (an nn.Embedding(sparse=True)'s .grad): a future is a strided
-            # wrapper, and .is_sparse, or SparseAdam's check of it, would be answered wrong. A
-            # nested tensor (torch.nested) has no shape a future could carry.
+            # wrapper, and .is_sparse, or SparseAdam's check of it, would be answered wrong. An op
+            # on a sparse tensor: what it gives may be as long as the tensor's count of values,
+            # which its metadata (the dense shape) does not hold (``sp.values()`` had the traced
+            # count). A nested tensor (torch.nested) has no shape a future could carry.
             node.kind = "sync"
         node.out_struct = struct
         node.out_meta = [meta_of(t) for t in outs]
