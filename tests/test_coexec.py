@@ -3430,3 +3430,18 @@ for it in range(8):
     v = sp.values()
     print(it, v.shape, sp._nnz(), sp.indices().shape, round(v.sum().item(), 4), csr.col_indices().shape, csr.values().tolist())
 """)
+
+
+def test_a_tensor_and_its_view_deep_copied_together_share_their_copy_of_memory():
+    """``copy.deepcopy((base, base[0]))`` copies the memory once (its memo, handed to each tensor's
+    ``__deepcopy__``, maps the storage to its copy): co-executed, each call got a copy of the memo,
+    and the copied view no longer saw writes into the copied base."""
+    check_program("""
+import copy
+import torch
+for it in range(6):
+    base = torch.zeros(2, 2) + it
+    a, b = copy.deepcopy((base, base[0]))
+    a[0, 0] = 100.0
+    print(it, b[0].item(), a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+""")

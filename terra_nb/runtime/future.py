@@ -123,12 +123,19 @@ def real(x):
     cls = type(x)
     if cls is FutureTensor:
         return x.value()
-    if cls is tuple:
-        return tuple([real(v) for v in x])
-    if cls is list:
-        return [real(v) for v in x]
+    # A container with no future in it is the same object: a call may keep or fill it (the memo
+    # ``copy.deepcopy`` hands each ``__deepcopy__``: a copy of it per call, and a tensor and its
+    # view deep-copied together no longer shared their memory).
+    if cls is tuple or cls is list:
+        values = [real(v) for v in x]
+        if all(a is b for a, b in zip(values, x)):
+            return x
+        return tuple(values) if cls is tuple else values
     if cls is dict:
-        return {k: real(v) for k, v in x.items()}
+        items = {k: real(v) for k, v in x.items()}
+        if all(items[k] is v for k, v in x.items()):
+            return x
+        return items
     if isinstance(x, (tuple, list, dict)):
         return tree_map(_real, x)
     return x
