@@ -3445,3 +3445,22 @@ for it in range(6):
     a[0, 0] = 100.0
     print(it, b[0].item(), a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 """)
+
+
+def test_a_blocks_error_that_surfaces_as_the_program_raises_is_the_only_error_shown():
+    """An index computed by deferred ops goes out of range in iteration 5 (the block raises when it
+    runs); the program's own error comes in iteration 6, before any sync. The block's error is
+    the one raised, as eager's, and its traceback showed the program's error too ("During
+    handling of the above exception"), which eager never reached."""
+    source = """import torch
+emb = torch.nn.Embedding(10, 4)
+def step(i):
+    return emb(torch.tensor([1, 2, 3]) * (1 if i < 5 else 10)).sum()
+for i in range(8):
+    loss = step(i)
+    x = 1 / (i - 6)
+"""
+    with pytest.raises(IndexError) as info:
+        run_terra(source)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "ZeroDivisionError" not in shown and "During handling" not in shown, shown

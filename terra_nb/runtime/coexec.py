@@ -468,6 +468,8 @@ class CoExecutor:
                 self._owner = -1
                 self.cursor = self.graph.root
             if error is not None:
+                if raised:  # (its op came first: eager raised it, and never reached the program's error)
+                    error.exc.__suppress_context__ = True
                 self.raise_block_error()
             if self._interrupted:
                 self._interrupted = False
