@@ -3464,3 +3464,25 @@ for i in range(8):
         run_terra(source)
     shown = "".join(traceback.format_exception(info.value))
     assert "ZeroDivisionError" not in shown and "During handling" not in shown, shown
+
+
+def test_an_op_the_programs_try_catches_raising_every_iteration_runs_at_once_without_a_fallback():
+    """``try: y = x.view(3, 2) except RuntimeError: y = x.view(2, 2)`` where the first always
+    raises: the call never succeeded while traced, so no node had its key, and every co-executed
+    iteration fell back there and traced the rest (modes ``ttff...``). The call is a node that
+    runs for real (its error raised inside the try, as eager's)."""
+    session = check_program("""
+import torch
+torch.manual_seed(0)
+w = torch.randn(4, requires_grad=True)
+for it in range(12):
+    x = torch.randn(4)
+    try:
+        y = (w * x).view(3, 2)
+    except RuntimeError:
+        y = (w * x).view(2, 2)
+    y.sum().backward()
+    print(it, round(w.grad.sum().item(), 5))
+""")
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("fallback") <= 1, modes

@@ -1608,6 +1608,9 @@ class CoExecutor:
             out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
         except Exception:
             self._raised(func, site, kspec, in_meta, grad)
+            if caught_here(frame, self.roots):
+                self._raised_caught((func, site, kspec, in_meta, grad), spec, func, info, args, kwargs,
+                                    tensors, scalars, sources, frame)
             raise
         struct = out_structure(out)
         if not tensors and (struct is None or struct is NONE):
@@ -1671,6 +1674,20 @@ class CoExecutor:
             return
         if node is not None:
             self.graph.step(self.cursor, node)
+
+    def _raised_caught(self, key, spec, func, info, args, kwargs, tensors, scalars, sources, frame) -> None:
+        """A traced call raised inside the program's try, with no node of its key: it becomes one
+        that runs for real (a ``fetch``: its output, none so far, is not predicted), counted after
+        the cursor, so that the skeleton raises it there as eager does, and goes on with what the
+        except clause does. Without it, a call that raised every time (``try: x.view(3, 2)``) was
+        never seen, and every co-executed iteration fell back there."""
+        try:
+            if self.graph.index.get(key) is not None:
+                return
+        except TypeError:
+            return
+        node = self._new_node(key, spec, func, info, args, kwargs, tensors, scalars, None, [], frame)
+        self.graph.observe(node, self.cursor, tensors, scalars, sources)
 
     def _raised_at(self, func, site: tuple) -> None:
         """A call at this site raised: its nodes, and those made there later, say so (``raised``:
