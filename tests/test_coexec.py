@@ -1218,7 +1218,8 @@ def test_auto_measures_coexecution_against_eager_and_goes_on_with_the_faster():
     assert "co-execution is measured again in 50 iterations" in first.reason
     # iterations this short are measured until they add up to milliseconds, not three of them: a
     # hiccup of the machine in two of three eager iterations chose co-execution here
-    coexec_n, eager_n = map(int, re.search(r"medians of (\d+) and (\d+) iterations", first.reason).groups())
+    # (the message names eager's median first, then co-execution's: the counts come in that order)
+    eager_n, coexec_n = map(int, re.search(r"medians of (\d+) and (\d+) iterations", first.reason).groups())
     assert coexec_n >= 5 and eager_n > 3, first.reason
     after = modes[first.iteration - 1:first.iteration + 49]  # (iterations count from 1)
     assert after == ["eager"] * 50, modes

@@ -2418,10 +2418,10 @@ class CoExecutor:
         clean, relapses = self._coexec_ms, self._relapse_ms
         coexec = (statistics.median(clean) * len(clean) + sum(relapses)) / (len(clean) + len(relapses))
         eager = statistics.median(self._eager_ms)
-        measured = f"(medians of {len(clean)} and {len(self._eager_ms)} iterations"
-        if relapses:
-            measured += f", {len(relapses)} fallback{'s' if len(relapses) > 1 else ''} counted in"
-        measured += ")"
+        # (the counts in the order the message names the two: co-execution's first where it is kept)
+        fallbacks = f", {len(relapses)} fallback{'s' if len(relapses) > 1 else ''} counted in" if relapses else ""
+        kept = f"(medians of {len(clean)} and {len(self._eager_ms)} iterations{fallbacks})"
+        measured = f"(medians of {len(self._eager_ms)} and {len(clean)} iterations{fallbacks})"
         self._coexec_ms.clear()
         self._relapse_ms.clear()
         if eager >= coexec:
@@ -2430,7 +2430,7 @@ class CoExecutor:
             close = eager < CHOICE_CLEAR * coexec
             self._probe_after = CHOICE_RETRY if close else CHOICE_KEEP
             self.log.add(Event("choice", self.cell, self.iter_index,
-                               f"co-execution kept: {coexec:.3g} ms per iteration, eager {eager:.3g} ms {measured}; "
+                               f"co-execution kept: {coexec:.3g} ms per iteration, eager {eager:.3g} ms {kept}; "
                                f"measured again in {self._probe_after} iterations"))
             return False
         stay, self._stay_eager = self._stay_eager, min(2 * self._stay_eager, CHOICE_RETRY_MAX)
