@@ -26,11 +26,15 @@ import inspect
 import linecache
 import os
 import sys
+import threading
 import time
 import types
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import torch
+from torch.utils._pytree import tree_map
 
 from .runtime.coexec import CoExecutor
 from .runtime.events import EventLog, Iteration
@@ -122,21 +126,18 @@ class Session:
         namespace[loops.SKIP] = executor.skip
         executor.begin_cell(cell)
         value = None
+        running = _running()
+        running.append(self)  # (a function decorated with @coexecute and no session joins this one)
         try:
             with executor.active(body, mode, baseline, last):
                 _finish(eval(body, namespace))  # (exec's, but a cell with top-level await gives its coroutine)
                 if last is not None:
                     value = _finish(eval(last, namespace))
         except BaseException as exc:
-            from .runtime.events import Event
-            from .trace.location import SourceLine
-
-            where = _user_frame_line(exc.__traceback__, filename)
-            if not getattr(exc, "_tn_logged", False):
-                self.log.add(Event("error", cell, executor.iter_index, f"{type(exc).__name__}: {exc}",
-                                   str(SourceLine(filename, where, "")) if where else ""))
+            self._log_error(exc, cell, filename)
             raise
         finally:
+            running.pop()
             executor.end_cell()
             _make_real(namespace)
         value = _real_value(value)
@@ -152,20 +153,42 @@ class Session:
                                  top_level_await=False)
 
     def call(self, fn, *args, **kwargs):
-        """Call ``fn`` as one iteration (what ``@coexecute`` does)."""
+        """Call ``fn`` as one iteration (what ``@coexecute`` does). Inside a cell this session runs,
+        the call is an iteration of that cell."""
+        code = _code_of(fn)
         executor = self.executor
         if executor._depth:
             executor.mark_iteration()
             return fn(*args, **kwargs)
         self.cells += 1
-        executor.begin_cell(self.cells)
+        cell = self.cells
+        executor.begin_cell(cell)
         executor.mark_iteration()
+        running = _running()
+        running.append(self)
         try:
-            with executor.active(fn.__code__):
+            with executor.active(code):
                 out = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._log_error(exc, cell, code.co_filename)
+            raise
         finally:
+            running.pop()
             executor.end_cell()
         return _real_value(out)
+
+    def _log_error(self, exc: BaseException, cell: int, filename: str) -> None:
+        """An error event for the exception a cell (or a call) ends with, at the user's line in
+        ``filename``; not for one the engine logged already, nor for ``SystemExit`` (a script's
+        ``sys.exit(0)`` is no error)."""
+        from .runtime.events import Event
+        from .trace.location import SourceLine
+
+        if getattr(exc, "_tn_logged", False) or isinstance(exc, SystemExit):
+            return
+        where = _user_frame_line(exc.__traceback__, filename)
+        self.log.add(Event("error", cell, self.executor.iter_index, f"{type(exc).__name__}: {exc}",
+                           str(SourceLine(filename, where, "")) if where else ""))
 
     def trace(self, fn, *args, **kwargs):
         """Call ``fn`` once, traced, and return its :class:`~terra_nb.runtime.replay.Trace`.
@@ -306,22 +329,66 @@ def session() -> Session:
 
 
 def coexecute(fn=None, *, session_: Session | None = None):
-    """Decorator: each call of ``fn`` is one co-executed iteration.
+    """Decorator: each call of ``fn`` is one co-executed iteration, of ``session_`` (or the
+    session running the cell it is called from, else the process's default session).
 
     Example::
 
         >>> @coexecute
         ... def step(x):
         ...     return (x * 2).sum().item()
+
+    ``@coexecute(session)`` names the session.
     """
+    if isinstance(fn, Session):
+        return functools.partial(coexecute, session_=fn)
     if fn is None:
         return functools.partial(coexecute, session_=session_)
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(fn):
+        kind = "coroutine" if inspect.iscoroutinefunction(fn) else "generator"
+        raise TypeError(f"coexecute: {fn.__qualname__} is a {kind} function: a call only makes the {kind}, "
+                        "and its body would run later, outside co-execution; decorate the function "
+                        "that consumes it, or a function its body calls")
+    _code_of(fn)  # (a callable with no Python code: said here, where it is decorated)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        return (session_ or session()).call(fn, *args, **kwargs)
+        running = _running()
+        return (session_ or (running[-1] if running else session())).call(fn, *args, **kwargs)
 
     return wrapper
+
+
+_RUNNING = threading.local()
+
+
+def _running() -> list:
+    """The sessions running a cell or a call in this thread, innermost last."""
+    stack = getattr(_RUNNING, "stack", None)
+    if stack is None:
+        stack = _RUNNING.stack = []
+    return stack
+
+
+def _code_of(fn) -> types.CodeType:
+    """The Python code a call of ``fn`` runs (the root of its co-execution): a function's, a
+    partial's function's, a method's, a module's ``forward``, a callable object's ``__call__``."""
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if isinstance(target, (staticmethod, classmethod)):
+        target = target.__func__
+    if isinstance(target, torch.nn.Module):
+        target = type(target).forward
+    code = getattr(target, "__code__", None)
+    if code is None and callable(target) and not isinstance(target, type):
+        code = getattr(type(target).__call__, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        module, name = getattr(fn, "__module__", None), getattr(fn, "__name__", None)
+        named = f"{module}.{name}" if module and name else repr(fn)
+        raise TypeError(f"terra_nb co-executes Python code, and {named} has none (a builtin or compiled "
+                        "function): call it from a Python function and co-execute that")
+    return code
 
 
 def script_filename(path: str) -> str:
@@ -417,10 +484,15 @@ def _finish(value):
 
 
 def _real_value(x):
+    """``x`` with the futures in it (in its lists, tuples and dicts, any pytree) made real."""
     if type(x) is FutureTensor:
         return x.value()
     if type(x) in (list, tuple):
         return type(x)(_real_value(v) for v in x)
+    if type(x) is dict:
+        return {k: _real_value(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, dict)):
+        return tree_map(lambda v: v.value() if type(v) is FutureTensor else v, x)
     return x
 
 
