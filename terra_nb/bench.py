@@ -153,11 +153,13 @@ def run_bench(args) -> int:
               "state is the median gap between the later half's iterations; give --iters 4 or more, "
               "--repeat and --timeout 1 or more", file=sys.stderr)
         return 2
-    names = [n for n in args.programs.split(",") if n]
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = [n for n in names if n not in PROGRAMS] + [v for v in variants if v not in VARIANTS]
-    if unknown:
-        print(f"terra-nb bench: unknown program or variant: {', '.join(unknown)}", file=sys.stderr)
+    names, programs_problem = _names(args.programs, "--programs", "program", PROGRAMS)
+    variants, variants_problem = _names(args.variants, "--variants", "variant", VARIANTS)
+    json_problem = _json_problem(args.json_path) if args.json_path is not None else None
+    problems = [p for p in (programs_problem, variants_problem, json_problem) if p]
+    if problems:  # all of them, before any program runs (not after the benchmark, its records lost)
+        for problem in problems:
+            print(f"terra-nb bench: {problem}", file=sys.stderr)
         return 2
     import torch
 
@@ -184,9 +186,40 @@ def run_bench(args) -> int:
     records = [_record(name, results[name], args.device) for name in names]
     print(format_table(records))
     if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(records, f, indent=2)
+        try:
+            with open(args.json_path, "w") as f:
+                json.dump(records, f, indent=2)
+        except OSError as exc:  # (checked before the run; gone or full since): the table above keeps the figures
+            print(f"terra-nb bench: could not write --json {args.json_path}: {exc}; the table above has the results",
+                  file=sys.stderr)
+            return 1
     return 0
+
+
+def _names(given: str, option: str, kind: str, known: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """The names of a comma-separated option, and why they cannot be run (None where they can)."""
+    names = [n.strip() for n in given.split(",") if n.strip()]  # ("lstm_lm, gpt2": a space after the comma)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        return names, f"unknown {kind}{plural}: {', '.join(unknown)}; the {kind}s are {', '.join(known)}"
+    if not names:
+        return names, f"{option} {given!r} names no {kind}; give one or more of {', '.join(known)}, separated by commas"
+    return names, None
+
+
+def _json_problem(path: str) -> str | None:
+    """Why the records cannot be written to ``path``, before any program runs; None where they can."""
+    if not path.strip():
+        return f"--json {path!r} names no file; give a path such as bench.json"
+    if os.path.isdir(path):
+        return f"--json {path}: is a folder; give a file name in it, such as {os.path.join(path, 'bench.json')}"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--json {path}: no folder {folder!r}; create it, or give a path in an existing folder"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"--json {path}: not writable here; give a path in a folder you can write to"
+    return None
 
 
 def _run_worker(name: str, variant: str, args) -> dict:

@@ -25,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--always-coexec", action="store_true",
                      help="with --backend auto on a CPU: co-execute even where auto measured eager to be faster")
     run.add_argument("--eager", action="store_true", help="run the script plainly, for comparison")
-    run.add_argument("--export", metavar="PATH", help="write the event log's tables (.csv or .parquet)")
+    run.add_argument("--export", metavar="PATH",
+                     help="write the event log's tables (.csv or .parquet); not with --eager, which keeps no log")
     run.add_argument("--quiet", action="store_true", help="print only the one-line summary to stderr")
 
     demo = sub.add_parser("demo", help="co-execute a small training loop and print its per-iteration table")
-    demo.add_argument("--iters", type=int, default=60)
+    demo.add_argument("--iters", type=int, default=60, help="training steps: --baseline + 4 or more")
     demo.add_argument("--baseline", type=int, default=10, help="eager iterations timed first")
     demo.add_argument("--backend", default="eager", choices=BACKENDS)
 
@@ -116,7 +117,10 @@ def _run_options_problem(args) -> str | None:
         return f"--trace-iters {args.trace_iters}: a node is traced at least once; give 1 or more"
     if args.baseline < 0:
         return f"--baseline {args.baseline}: give 0 (no eager baseline) or more iterations"
-    if args.export and not args.eager:
+    if args.export and args.eager:  # (the script would run, and nothing be written)
+        return (f"--export {args.export} writes the co-executed run's log, and --eager runs the script plainly, "
+                "with no log: drop --eager to export the log, or --export to run plainly")
+    if args.export:
         from .frames import export_problem
 
         return export_problem(args.export)
@@ -143,19 +147,32 @@ def _report(session, quiet: bool) -> None:
     print(f"terra-nb: {session.summary()}", file=sys.stderr)
 
 
+# Steps of the demo's loop before the baseline's eager ones can start: its loop is sure
+# (CoExecutor._anchor_sure) as its 4th step begins, and there the baseline starts (checked by
+# test_demo_with_the_fewest_steps_shows_its_baseline_then_coexecution).
+_DEMO_FINDING_STEPS = 3
+
+
 def _demo(args) -> int:
     from .demo import demo_source
     from .session import Session
     from .table import IterationTable
 
-    if args.iters < 1 or not 0 <= args.baseline < args.iters:
-        print(f"terra-nb demo: --iters {args.iters} --baseline {args.baseline}: give 1 or more training steps, "
-              "and fewer eager ones (0 or more) than steps", file=sys.stderr)
+    if args.baseline < 0:
+        print(f"terra-nb demo: --baseline {args.baseline}: give 0 (no eager baseline) or more steps", file=sys.stderr)
+        return 2
+    fewest = _DEMO_FINDING_STEPS + args.baseline + 1
+    if args.iters < fewest:  # (the table would lack a phase the announcement names)
+        after = f"the {args.baseline} eager steps of the baseline come next, then" if args.baseline else "then come"
+        print(f"terra-nb demo: --iters {args.iters} --baseline {args.baseline}: the loop is found in its first "
+              f"{_DEMO_FINDING_STEPS} steps, {after} co-executed ones; give --iters {fewest} or more"
+              + (" (or a smaller --baseline)" if args.baseline else ""), file=sys.stderr)
         return 2
 
     session = Session(backend=args.backend)
-    print(f"terra-nb demo: {args.iters} training steps of a small MLP: traced, then {args.baseline} eager "
-          f"(the baseline), then co-executed with the {args.backend!r} backend\n")
+    baseline = f"then {args.baseline} eager (the baseline), " if args.baseline else ""
+    print(f"terra-nb demo: {args.iters} training steps of a small MLP: traced, {baseline}then co-executed "
+          f"with the {args.backend!r} backend\n")
     session.run_cell(demo_source(args.iters), {"__name__": "__main__"}, baseline=args.baseline)
     print()
     print(IterationTable(session, session.cells, max_rows=len(session.log.iterations)).text())

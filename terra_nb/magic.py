@@ -13,6 +13,7 @@ A thin shell over :class:`terra_nb.Session` (one per kernel, ``terra_nb.session(
 
 from __future__ import annotations
 
+import keyword
 import time
 
 from IPython.core.error import UsageError
@@ -26,12 +27,28 @@ except ImportError:  # IPython < 8.8: there a closing ``;`` silences no cell mag
     def output_can_be_silenced(magic_func):  # type: ignore[misc]
         return magic_func
 
-from .runtime.backends import BACKENDS
+from .runtime.backends import BACKENDS, BackendError, check_backend
 from .session import session
 from .table import IterationTable
 from .trace.location import drop_engine_frames
 
 _LINE_COMMANDS = ("status", "graph", "table", "export PATH", "reset", "backend NAME")
+_BARE_COMMANDS = ("status", "graph", "table", "reset")  # the commands that take no arguments
+
+
+def _check_cell_options(args) -> None:
+    """Refuse the ``%%terra`` options that cannot be applied, before the cell applies any of them."""
+    if args.trace is not None and args.trace < 1:
+        raise UsageError(f"--trace {args.trace}: a node is traced at least once; give 1 or more")
+    if args.baseline < 0:
+        raise UsageError(f"--baseline {args.baseline}: give 0 (no eager baseline) or more iterations")
+    if args.output is not None and not (args.output.isidentifier() and not keyword.iskeyword(args.output)):
+        raise UsageError(f"-o {args.output}: not a Python name to store the cell's report in; give one such as report")
+    if args.backend:
+        try:
+            check_backend(args.backend)
+        except BackendError as exc:  # (cudagraphs with no CUDA: said as %terra backend says it)
+            raise UsageError(str(exc)) from exc
 
 
 @magics_class
@@ -49,7 +66,8 @@ class TerraMagics(Magics):
               help="run N iterations plain eager first (once the loop is found): with auto's eager ones, the speedup denominator")
     @argument("--always-coexec", action="store_true",
               help="with the auto backend on a CPU: co-execute this cell even where eager measured faster")
-    @argument("--trace", type=int, default=None, metavar="N", help="times each node is traced before it is deferred")
+    @argument("--trace", type=int, default=None, metavar="N",
+              help="times each node is traced before it is deferred, for this cell only (the session's count after it)")
     @argument("--device", default=None, choices=("cpu", "cuda"), help="default device for tensors the cell creates")
     @argument("--no-widget", action="store_true", help="do not show the graph explorer after the cell")
     @argument("--quiet", action="store_true", help="show nothing (use -o to keep the report)")
@@ -60,16 +78,11 @@ class TerraMagics(Magics):
         """Run the cell co-executed: Python runs for real, tensor operations run as graph blocks."""
         __tracebackhide__ = True
         args = parse_argstring(self.terra, line)
+        _check_cell_options(args)  # every option, before any is applied: a refused cell changes nothing
         sess = session()
+        device = self._device(args.device)
         if args.backend:
             sess.set_backend(args.backend)
-        if args.trace is not None:
-            if args.trace < 1:
-                raise UsageError("--trace must be at least 1")
-            sess.executor.trace_iters = args.trace
-        if args.baseline < 0:
-            raise UsageError("--baseline must be 0 or more")
-        device = self._device(args.device)
         shell = self.shell
         assert shell is not None, "%%terra runs inside IPython"
         # IPython's own syntax in the cell (``%time``, ``!ls``, ``files = !ls``) becomes Python, as
@@ -83,8 +96,11 @@ class TerraMagics(Magics):
             handle = display(view, display_id=True)
             listener = _throttled(lambda _it: cleared.show(handle, view))
             sess.log.listeners.append(listener)
-        always_coexec = sess.executor.always_coexec
+        # --always-coexec and --trace are the cell's own: the session's are put back after it
+        always_coexec, trace_iters = sess.executor.always_coexec, sess.executor.trace_iters
         sess.executor.always_coexec = always_coexec or args.always_coexec
+        if args.trace is not None:
+            sess.executor.trace_iters = args.trace
         try:
             with device:
                 report = sess.run_cell(cell, shell.user_ns, filename=filename, baseline=args.baseline)
@@ -92,7 +108,7 @@ class TerraMagics(Magics):
             drop_engine_frames(exc)  # the cell's traceback, as a plain cell's would read
             raise
         finally:
-            sess.executor.always_coexec = always_coexec
+            sess.executor.always_coexec, sess.executor.trace_iters = always_coexec, trace_iters
             if listener is not None:
                 sess.log.listeners.remove(listener)
             if handle is not None:
@@ -110,6 +126,8 @@ class TerraMagics(Magics):
         """``%terra status | graph | table | export PATH | reset | backend NAME``"""
         words = line.split()
         command = words[0] if words else "status"
+        if command in _BARE_COMMANDS and len(words) > 1:  # (``reset now``: not done on a guess at what was meant)
+            raise UsageError(f"usage: %terra {command} (it takes no arguments: {' '.join(words[1:])!r} is not one)")
         sess = session()
         if command == "status":
             executor = sess.executor

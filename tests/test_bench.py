@@ -32,10 +32,39 @@ def test_bench_one_program_all_variants(tmp_path):
     assert record["dynamo_graphs"] >= 1 and record["blocks_per_iter"] >= 1
 
 
-def test_bench_rejects_unknown_programs():
-    result = subprocess.run([sys.executable, "-m", "terra_nb.cli", "bench", "--programs", "nope"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "unknown program" in result.stderr
+def _bench(*args):
+    return subprocess.run([sys.executable, "-m", "terra_nb.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bench_rejects_unknown_programs_and_lists_the_known_ones():
+    """``--programs nope`` said "unknown program or variant: nope" and not which names there are."""
+    result = _bench("--programs", "lstm_lm,nope", "--variants", "eager,fast")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown program: nope" in result.stderr and "unknown variant: fast" in result.stderr
+    assert "dcgan, resnet" in result.stderr and "eager, compile, terra, coexec, graph_only" in result.stderr
+    assert " / " not in result.stderr, "a program ran"
+
+
+@pytest.mark.parametrize("option, value", [("--programs", ","), ("--programs", ""), ("--variants", ","),
+                                           ("--variants", " ")])
+def test_bench_refuses_an_empty_list_of_programs_or_variants(option, value):
+    """``--variants ,`` crashed (ZeroDivisionError: integer modulo by zero); ``--programs ,`` and
+    ``--programs ''`` printed an empty table and exited 0, as if the benchmark had run."""
+    result = _bench("--programs", "lstm_lm", "--variants", "eager", option, value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{option} {value!r} names no" in result.stderr and "give one or more of" in result.stderr
+    assert " / " not in result.stderr and result.stdout == "", "a program ran"
+
+
+@pytest.mark.parametrize("where", ["missing/bench.json", "."])
+def test_bench_refuses_a_json_path_it_cannot_write_before_any_program_runs(tmp_path, where):
+    """``--json /nonexistent/x.json`` ran the whole benchmark, then crashed writing the file
+    (FileNotFoundError): the records were lost. The path is checked first, as ``run --export``'s."""
+    result = _bench("--programs", "lstm_lm", "--variants", "eager", "--iters", "4", "--json", str(tmp_path / where))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "--json" in result.stderr and ("no folder" in result.stderr or "is a folder" in result.stderr)
+    assert " / " not in result.stderr and result.stdout == "", "a program ran"
 
 
 @pytest.mark.slow

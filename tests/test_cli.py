@@ -253,6 +253,40 @@ def test_demo_prints_its_table():
     assert "x eager over" in out
 
 
+@pytest.mark.parametrize("iters, baseline", [(3, 2), (1, 0), (5, 2), (4, -1)])
+def test_demo_refuses_too_few_steps_to_show_its_baseline_and_coexecution(capsys, iters, baseline):
+    """``demo --iters 3 --baseline 2`` announced "then 2 eager (the baseline)" and showed no eager
+    row: the loop is found in its first 3 steps, and the baseline comes after. ``--iters 1``
+    showed 2 rows for its 1 step. Such runs are refused, with the number of steps that shows them."""
+    from terra_nb.cli import main
+
+    status = main(["demo", "--iters", str(iters), "--baseline", str(baseline)])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "" and "Traceback" not in err, err
+    assert (f"give --iters {baseline + 4} or more" if baseline >= 0 else "--baseline -1: give 0") in err, err
+
+
+def test_demo_with_the_fewest_steps_shows_its_baseline_then_coexecution():
+    """The fewest steps the demo takes for its baseline: every phase it announces, in its rows."""
+    result = _cli("demo", "--iters", "6", "--baseline", "2")
+    assert result.returncode == 0, result.stderr
+    assert "then 2 eager (the baseline)" in result.stdout
+    rows = result.stdout.split("iteration ", 1)[1].split("\n\n")[0].splitlines()[1:]
+    modes = [row.split()[1] for row in rows]
+    assert len(modes) == 6 and modes.count("eager") == 2 and modes[-1] == "coexec", modes
+
+
+def test_run_refuses_to_export_a_plain_eager_run(tmp_path):
+    """``run --eager --export log.csv`` ran the script and wrote nothing, silently: a plain run keeps
+    no log. The pair is refused before the script runs, with the way to get either."""
+    script = tmp_path / "train.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    result = _cli("run", str(script), "--eager", "--export", str(tmp_path / "log.csv"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "--eager" in result.stderr and "--export" in result.stderr and "no log" in result.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "log.csv").exists()
+
+
 def test_help():
     result = _cli("--help")
     assert result.returncode == 0 and "run" in result.stdout and "bench" in result.stdout

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
@@ -137,6 +138,75 @@ def test_options_and_errors(ip):
         ip.run_cell_magic("terra", "--quiet -o r", "z = torch.ones(2) * 3")
     assert out.outputs == [] and out.stdout == ""
     assert ip.user_ns["z"].tolist() == [3.0, 3.0]
+
+
+def _session_state():
+    sess = terra_nb.session()
+    return sess.backend, sess.executor.trace_iters, sess.executor.always_coexec, sess.cells
+
+
+REFUSED = ["--backend eager --trace 0", "--trace 4 --baseline -1", "--backend inductor --always-coexec -o 1bad"]
+if not torch.cuda.is_available():
+    REFUSED += ["--backend eager --device cuda", "--trace 3 --backend cudagraphs"]
+
+
+@pytest.mark.parametrize("options", REFUSED)
+def test_a_cell_refused_for_one_bad_option_changes_nothing(ip, options):
+    """Options were applied one by one as they were checked: ``--backend eager --trace 0`` was
+    refused, but had made the session's backend eager, and ``--trace 4 --baseline -1`` its
+    trace count 4. Every option is checked before any is applied: the cell neither runs nor
+    changes the session."""
+    ip.run_line_magic("terra", "backend auto")
+    before = _session_state()
+    with capture_output() as out:
+        result = ip.run_cell(f"%%terra --no-widget {options}\nran = True\n")
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    assert "Traceback" not in out.stdout + out.stderr
+    assert _session_state() == before
+    assert "ran" not in ip.user_ns and "1bad" not in ip.user_ns
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="cudagraphs is usable on a GPU machine")
+def test_the_cell_magic_refuses_a_backend_this_machine_lacks_as_the_line_magic_does(ip):
+    """``%%terra --backend cudagraphs`` on a CPU machine raised a BackendError with its traceback
+    through the session's code, where ``%terra backend cudagraphs`` says why in one line."""
+    with capture_output() as out:
+        result = ip.run_cell("%%terra --no-widget --backend cudagraphs\nran = True\n")
+    with pytest.raises(UsageError) as line:
+        ip.run_line_magic("terra", "backend cudagraphs")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert str(result.error_in_exec) == str(line.value) and "needs a CUDA device" in str(line.value)
+    assert "Traceback" not in out.stdout + out.stderr and "ran" not in ip.user_ns
+
+
+def test_trace_is_for_its_cell_only(ip):
+    """``--trace 5`` on one cell stayed the session's for every later cell (its help did not say
+    so, and ``--always-coexec``, the other per-cell option, is put back after its cell). It is
+    for its cell only now, as its help says."""
+    parser = ip.find_cell_magic("terra").parser
+    (trace_help,) = [action.help for action in parser._actions if "--trace" in action.option_strings]
+    assert "this cell only" in trace_help
+    body = "for i in range(8):\n    h = x * {0}\n    s = h.sum()\n"
+    with capture_output():  # (each cell's ops new: traced afresh)
+        ip.run_cell_magic("terra", "--no-widget --backend eager --trace 5 -o first", body.format(2))
+        ip.run_cell_magic("terra", "--no-widget -o second", body.format(3))
+        ip.run_cell_magic("terra", "--no-widget --trace 1 -o third", body.format(4))
+    traced = [[it.mode for it in ip.user_ns[name].iterations].count("trace") for name in ("first", "second", "third")]
+    assert traced[0] == 5 and traced[1] == traced[2] < 5, traced
+    assert terra_nb.session().executor.trace_iters == 1
+
+
+@pytest.mark.parametrize("line", ["status extra", "reset now", "graph all", "table 2"])
+def test_a_line_command_with_words_it_does_not_take_is_refused(ip, line):
+    """``%terra reset now``, ``%terra status extra``: the extra words were ignored silently (a
+    reset done that the user may have meant otherwise). They are refused, with the command's form."""
+    with capture_output():
+        ip.run_cell_magic("terra", "--no-widget", "for i in range(4):\n    h = x * 2\n")
+    nodes, cells = len(terra_nb.session().graph.nodes), terra_nb.session().cells
+    with capture_output() as out, pytest.raises(UsageError, match=f"^usage: %terra {line.split()[0]} "):
+        ip.run_line_magic("terra", line)
+    assert out.stdout == "" and out.outputs == [], "the command ran"
+    assert len(terra_nb.session().graph.nodes) == nodes and terra_nb.session().cells == cells
 
 
 TINY = """
