@@ -126,3 +126,17 @@ def test_import_terra_nb_does_not_import_widget_libraries():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_fallback_stays_on_its_node_after_a_later_cell_runs_the_node():
+    """A node the cells share takes the latest cell's line; the widget matched events to nodes by
+    that line only, and the first cell's fallback was outlined on no node once the second ran."""
+    session = terra_nb.Session()
+    namespace: dict = {}
+    session.run_cell("import torch\nx = torch.ones(3)\nfor i in range(6):\n    y = x * 2\n    if i == 4:\n        z = y + 1\n",
+                     namespace)
+    session.run_cell("for i in range(3):\n    y = x * 2\n    if i >= 0:\n        z = y + 1\n", namespace)
+    widget = GraphExplorer.from_session(session)
+    fallback = next(e for e in widget.events if e["kind"] == "fallback")
+    assert fallback["location"] == "<terra-cell-1>:6"
+    assert [n["op"] for n in widget.graph["nodes"] if n["fallbacks"] > 0] == ["add"]

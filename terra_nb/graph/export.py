@@ -30,12 +30,14 @@ def graph_to_json(graph: TraceGraph, log=None) -> dict:
     nodes, edges = [], []
     for node in graph.live_nodes():
         location = str(node.line) if node.line else ""
+        # (the events at every line the node ran at: one the cells share moved to the latest's)
+        places = node.places | {location}
         nodes.append({
             "id": node.id, "op": node.name, "module": node.module, "location": location,
             "line": node.line.text if node.line else "", "block": block_of.get(node.id),
             "kind": EXPORT_KIND.get(node.kind, "op"), "count": node.count,
-            "syncs": syncs.get(location, 0) if node.kind in ("fetch", "sync") else 0,
-            "fallbacks": fallbacks.get(location, 0),
+            "syncs": sum(syncs.get(p, 0) for p in places) if node.kind in ("fetch", "sync") else 0,
+            "fallbacks": sum(fallbacks.get(p, 0) for p in places),
         })
         for succ, count in node.succ.items():
             if succ.kind != "root":

@@ -49,7 +49,7 @@ class Node:
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
         "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
-        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "caught", "raised", "line_root", "views", "__weakref__",
+        "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "caught", "raised", "line_root", "views", "places", "__weakref__",
     )
 
     def __init__(self, nid: int, func, info: OpInfo, site: tuple, spec, in_meta: tuple, grad: tuple) -> None:
@@ -77,6 +77,7 @@ class Node:
         self.module = ""
         self.line: SourceLine | None = None
         self.line_root = None  # the root code (a cell's, a @coexecute function's) that ``line`` was taken in
+        self.places: set[str] = set()  # every ``line`` it had, as text (a node the cells share moves on)
         self.caught = False  # an op whose index may be out of range, in the program's try (see CHECK_INDEX)
         self.raised = False  # a call at its site raised (a view its input's strides refused: see CHECK_VIEW)
         self.scalars_seen: list = []

@@ -2453,6 +2453,8 @@ class CoExecutor:
             node.line_root = self._line_root
             here = user_line(sys._getframe(1))
             if here is not None:
+                if node.line is not None:
+                    node.places.add(str(node.line))  # (its events there stay its own: the widget)
                 node.line = here
         before = self.cursor
         if self.state is SKELETON and not stepped:
