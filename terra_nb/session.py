@@ -95,8 +95,10 @@ class Session:
     def set_backend(self, name: str) -> None:
         from .runtime.backends import check_backend
 
-        self.executor.backend = check_backend(name)
-        self.executor.compiled.clear()
+        backend = check_backend(name)
+        if backend != self.executor.backend:  # (the same one named again keeps its compiled blocks)
+            self.executor.backend = backend
+            self.executor.compiled.clear()
 
     def run_cell(self, source: str, namespace: dict | None = None, mode: str = "auto",
                  filename: str | None = None, baseline: int = 0, top_level_await: bool = True) -> CellReport:

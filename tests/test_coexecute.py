@@ -129,3 +129,16 @@ for i in range(6):
     assert not [r for r in reasons if "untyped_storage" in r], reasons
     assert len(terra_nb.session().log.iterations) == before
     assert not _running()
+
+
+def test_naming_the_backend_a_session_has_keeps_its_compiled_blocks():
+    """``%%terra --backend inductor`` on every cell names the backend the session has: its blocks,
+    compiled at a cost of seconds each on a CPU, were thrown away every time."""
+    session = terra_nb.Session()
+    run_terra("import torch\nx = torch.ones(3)\nfor i in range(6):\n    x = (x * 2).relu()\n", session=session)
+    blocks = dict(session.executor.compiled)
+    assert blocks
+    session.set_backend("eager")
+    assert session.executor.compiled == blocks
+    session.set_backend("inductor")
+    assert not session.executor.compiled
