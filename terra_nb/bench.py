@@ -198,7 +198,8 @@ def run_bench(args) -> int:
 
 def _names(given: str, option: str, kind: str, known: tuple[str, ...]) -> tuple[list[str], str | None]:
     """The names of a comma-separated option, and why they cannot be run (None where they can)."""
-    names = [n.strip() for n in given.split(",") if n.strip()]  # ("lstm_lm, gpt2": a space after the comma)
+    # ("lstm_lm, gpt2": a space after the comma; a name given twice runs once: its record is one)
+    names = list(dict.fromkeys(n.strip() for n in given.split(",") if n.strip()))
     unknown = [n for n in names if n not in known]
     if unknown:
         plural = "s" if len(unknown) > 1 else ""

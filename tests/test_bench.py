@@ -77,3 +77,12 @@ def test_skeleton_micro_benchmark_prints_its_table():
     rows = [line.split() for line in lines[2:]]
     assert [(r[0], r[1]) for r in rows] == [("4x4", "4"), ("4x4", "32"), ("64x64", "4"), ("64x64", "32")]
     assert all(float(x) > 0 for r in rows for x in r[2:])
+
+
+def test_a_program_named_twice_runs_once(tmp_path):
+    """``--programs lstm_lm,lstm_lm`` ran it twice and reported the second run's figures twice."""
+    out = tmp_path / "bench.json"
+    result = _bench("--programs", "lstm_lm,lstm_lm", "--variants", "eager", "--iters", "4", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert [r["program"] for r in json.loads(out.read_text())] == ["lstm_lm"]
+    assert result.stderr.count("lstm_lm / eager") == 1, result.stderr
