@@ -3487,3 +3487,26 @@ for it in range(12):
 """)
     modes = [it.mode for it in session.log.iterations]
     assert modes.count("fallback") <= 1, modes
+
+
+@pytest.mark.parametrize("holder", ["opt", "model"])
+def test_zero_grad_that_keeps_the_gradients_waits_once_per_parameter_not_twice(holder):
+    """``zero_grad(set_to_none=False)`` reads each gradient's ``grad_fn`` to choose detach_ or
+    requires_grad_(False): a wait for each gradient's value on top of the ``.grad`` read's (8 syncs
+    an iteration for 4 parameters). A gradient that does not require grad has no grad_fn: its
+    metadata says so without a wait."""
+    session = check_program(f"""
+import torch, torch.nn as nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+for i in range(10):
+    x = torch.randn(8, 6); y = torch.randint(0, 3, (8,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    {holder}.zero_grad(set_to_none=False)
+    loss.backward()
+    opt.step()
+print(loss.item(), [p.grad.requires_grad for p in model.parameters()])
+""")
+    steady = [it.syncs for it in session.log.iterations if it.mode == "coexec"]
+    assert steady and max(steady) <= 4, steady

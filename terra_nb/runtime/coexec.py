@@ -3381,10 +3381,25 @@ def _default_generator_syncs(original, executor, owner_thread: int):
 
 def _unconditional_zero_grad(original, params_of):
     def zero_grad(self, set_to_none: bool = True):
-        if not set_to_none or type(self).zero_grad is not zero_grad:
+        if type(self).zero_grad is not zero_grad or (not set_to_none and getattr(self, "defaults", {}).get("foreach")):
             return original(self, set_to_none)
+        if set_to_none:
+            for p in params_of(self):
+                p.grad = None
+            return
+        # ``set_to_none=False``: upstream reads each gradient's ``grad_fn`` (a wait for a future's
+        # value) to choose detach_ or requires_grad_(False); a gradient that does not require
+        # grad, its metadata says without a wait, has none, and needs neither.
         for p in params_of(self):
-            p.grad = None
+            g = p.grad
+            if g is None:
+                continue
+            if g.requires_grad:
+                if g.grad_fn is not None:
+                    g.detach_()
+                else:
+                    g.requires_grad_(False)
+            g.zero_()
 
     zero_grad.__doc__ = original.__doc__
     return zero_grad
