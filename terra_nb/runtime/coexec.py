@@ -565,14 +565,6 @@ class CoExecutor:
                 return original(*args, **kwargs)
             return wrapper
 
-        def tagging(original):
-            def from_numpy(array):
-                tensor = original(array)
-                if threading.get_ident() == owner_thread:
-                    tensor._tn_numpy = True
-                return tensor
-            return from_numpy
-
         def retyping(original):
             def wrapper(*args, **kwargs):
                 if threading.get_ident() != owner_thread:
@@ -628,9 +620,8 @@ class CoExecutor:
             if original is not None and generators.writable:
                 patches.append((generators, name, original))
                 setattr(generators, name, _default_generator_syncs(original, self, owner_thread))
-        patches.append((torch, "from_numpy", torch.from_numpy))
-        torch.from_numpy = tagging(torch.from_numpy)
-        # Tensor.numpy gives numpy the tensor's memory (torch makes its storage one it cannot
+        # (torch.from_numpy's tensors need no mark of their own: their storage is one torch cannot
+        # resize, which _shares_python_memory reads.) Tensor.numpy gives numpy the tensor's memory (torch makes its storage one it cannot
         # resize): every tensor found not to share memory with Python is asked again.
         raw_numpy = torch.Tensor.numpy
 
@@ -869,9 +860,9 @@ class CoExecutor:
         if node.kind in DEFERRED and not (node.immediate and _all_local(tensors)) and not self._reaches_python_memory(node, tensors):
             if node.immediate is CHECK_INDEX:
                 name = node.info.name
-                out: bool | None = True
+                out: bool | None
                 if node.mask and name in _INDEX_INTS and _ints_out_of_range(name, args, kwargs or {}):
-                    pass
+                    out = True
                 else:
                     idx = _index_of(name, tensors) if _checks_index(name, tensors) else None
                     out = _out_of_range(name, args, kwargs or {}, tensors, idx)
@@ -1607,10 +1598,7 @@ class CoExecutor:
         try:
             out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
         except Exception:
-            self._raised(func, site, kspec, in_meta, grad)
-            if caught_here(frame, self.roots):
-                self._raised_caught((func, site, kspec, in_meta, grad), spec, func, info, args, kwargs,
-                                    tensors, scalars, sources, frame)
+            self._raised((func, site, kspec, in_meta, grad), spec, info, args, kwargs, tensors, scalars, sources, frame)
             raise
         struct = out_structure(out)
         if not tensors and (struct is None or struct is NONE):
@@ -1661,33 +1649,27 @@ class CoExecutor:
             out = self._held_base(given[0], out)
         return out
 
-    def _raised(self, func, site: tuple, kspec, in_meta: tuple, grad: tuple) -> None:
+    def _raised(self, key: tuple, spec, info, args, kwargs, tensors, scalars, sources, frame) -> None:
         """A traced call raised (``x.view(-1)`` of a transposed ``x`` inside the program's try): where
         a node has its key (the call succeeded elsewhere), the edge to it is a path the program
         takes, and the skeleton checks the call there as anywhere else. Without it, the view after
         ``base.t()`` was never seen after ``t``, and fell back every time it came (every other
-        iteration, forever, where the program alternates). The cursor stays: the op did nothing."""
+        iteration, forever, where the program alternates). Inside the program's try, a call with no
+        node of its key becomes one that runs for real (a ``fetch``: its output, none so far, is not
+        predicted), so that the skeleton raises it there as eager does and goes on with the except
+        clause; a call that raised every time (``try: x.view(3, 2)``) fell back every iteration.
+        The cursor stays: the op did nothing."""
+        func, site = key[0], key[1]
         self._raised_at(func, site)
         try:
-            node = self.graph.index.get((func, site, kspec, in_meta, grad))
+            node = self.graph.index.get(key)
         except TypeError:
             return
-        if node is not None:
+        if node is None and caught_here(frame, self.roots):
+            node = self._new_node(key, spec, func, info, args, kwargs, tensors, scalars, None, [], frame)
+            self.graph.observe(node, self.cursor, tensors, scalars, sources)
+        elif node is not None:
             self.graph.step(self.cursor, node)
-
-    def _raised_caught(self, key, spec, func, info, args, kwargs, tensors, scalars, sources, frame) -> None:
-        """A traced call raised inside the program's try, with no node of its key: it becomes one
-        that runs for real (a ``fetch``: its output, none so far, is not predicted), counted after
-        the cursor, so that the skeleton raises it there as eager does, and goes on with what the
-        except clause does. Without it, a call that raised every time (``try: x.view(3, 2)``) was
-        never seen, and every co-executed iteration fell back there."""
-        try:
-            if self.graph.index.get(key) is not None:
-                return
-        except TypeError:
-            return
-        node = self._new_node(key, spec, func, info, args, kwargs, tensors, scalars, None, [], frame)
-        self.graph.observe(node, self.cursor, tensors, scalars, sources)
 
     def _raised_at(self, func, site: tuple) -> None:
         """A call at this site raised: its nodes, and those made there later, say so (``raised``:
