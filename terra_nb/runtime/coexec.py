@@ -961,9 +961,7 @@ class CoExecutor:
         if not tensors and func in self.passthrough:
             return call_from_program(func, args, kwargs)
         frame = sys._getframe(3)
-        if frame.f_code in _REBUILDS:
-            # torch rebuilding a tensor around memory it received (a DataLoader worker's batch,
-            # torch.load, deepcopy): a tensor from outside, as torch.from_numpy's is; run it now
+        if _from_outside(frame, self.roots):
             return func(*real(args), **real(kwargs))
         site = location_key(frame, self.roots)
         grad = _grad_key()
@@ -2749,6 +2747,36 @@ def _rebuilds() -> frozenset:
 
 
 _REBUILDS = _rebuilds()
+
+
+def _worker_loader() -> frozenset:
+    """The code of the iterator of a DataLoader whose batches come from worker processes."""
+    from torch.utils.data import dataloader
+
+    return frozenset(f.__code__ for f in vars(dataloader._MultiProcessingDataLoaderIter).values()
+                     if hasattr(f, "__code__"))
+
+
+# Ops that run for these, at any depth below the program's frame, run at once, untraced:
+# - torch rebuilding a tensor around memory it received (a DataLoader worker's batch, torch.load,
+#   deepcopy): a tensor from outside, as torch.from_numpy's is;
+# - a worker-fed DataLoader's iterator (its sampler's randperm, the batches it receives): which of
+#   its paths runs them depends on the order in which the workers' batches arrive, so a trace of
+#   them would not be met again (an epoch fell back where a batch came before the one before it).
+_OUTSIDE = _REBUILDS | _worker_loader()
+
+
+def _from_outside(frame, roots) -> bool:
+    """Whether an op called at ``frame`` runs for code in ``_OUTSIDE`` (up to the program's frame)."""
+    keys = roots._keys
+    while frame is not None:
+        code = frame.f_code
+        if code in _OUTSIDE:
+            return True
+        if code in keys:
+            return False
+        frame = frame.f_back
+    return False
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _USER_CALLER = os.path.join(_PACKAGE, "session.py")  # runs the user's code (run_cell, call, trace)
 
