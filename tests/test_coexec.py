@@ -1551,6 +1551,64 @@ for epoch in range(4):
     assert [it.mode for it in iterations[7:]] == ["coexec"] * 17, [it.mode for it in iterations]
 
 
+def test_a_train_and_val_phase_loop_keeping_the_best_weights_is_a_row_per_batch():
+    """The transfer-learning tutorial's loop: each epoch a train and a val phase over their loaders,
+    and ``copy.deepcopy(model.state_dict())`` before the epochs and at each new best. state_dict's
+    ops before the loop and at a new best are one node (a location leaves out where the cell
+    called from): it was taken for a loop around the batches' and anchored, so a row ran from one
+    new best to the next, and the epochs after the last new best were one row that fell back
+    throughout (4 rows for 72 batches)."""
+    source = """
+import copy
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+torch.manual_seed(0)
+sets = {p: TensorDataset(torch.randn(n, 16), torch.randint(0, 4, (n,))) for p, n in (("train", 128), ("val", 64))}
+loaders = {p: DataLoader(d, batch_size=16, shuffle=(p == "train")) for p, d in sets.items()}
+sizes = {p: len(d) for p, d in sets.items()}
+model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 4))
+criterion = nn.CrossEntropyLoss()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1)
+best_wts = copy.deepcopy(model.state_dict())
+best_acc = 0.0
+for epoch in range(6):
+    for phase in ["train", "val"]:
+        if phase == "train":
+            model.train()
+        else:
+            model.eval()
+        running_loss = 0.0
+        running_corrects = 0
+        for inputs, labels in loaders[phase]:
+            optimizer.zero_grad()
+            with torch.set_grad_enabled(phase == "train"):
+                outputs = model(inputs)
+                _, preds = torch.max(outputs, 1)
+                loss = criterion(outputs, labels)
+                if phase == "train":
+                    loss.backward()
+                    optimizer.step()
+            running_loss += loss.item() * inputs.size(0)
+            running_corrects += torch.sum(preds == labels.data)
+        if phase == "train":
+            scheduler.step()
+        epoch_loss = running_loss / sizes[phase]
+        epoch_acc = running_corrects.double() / sizes[phase]
+        print(f"{epoch} {phase} Loss: {epoch_loss:.4f} Acc: {epoch_acc:.4f}")
+        if phase == "val" and epoch_acc > best_acc:
+            best_acc = epoch_acc
+            best_wts = copy.deepcopy(model.state_dict())
+model.load_state_dict(best_wts)
+print(best_acc)
+"""
+    session = check_program(source)
+    modes = [it.mode for it in session.log.iterations]
+    assert len(modes) == 72, modes  # 6 epochs of 8 train and 4 val batches
+    assert modes.count("coexec") >= 56, modes  # (each new path falls back once: an epoch's end, a new best or none)
+
+
 def test_checkpoints_written_during_co_execution_are_eagers_byte_for_byte():
     """torch.save of the model and optimizer each epoch (the engine's marks on tensors stay out of
     the pickles: a buffer reused for a smaller checkpoint was left with a corrupt zip), and

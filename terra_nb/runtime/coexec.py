@@ -2488,7 +2488,8 @@ class CoExecutor:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
                 ended = self.anchor is None or now_op > self._anchor_limit
-                if ((ended or (prev < self._anchor_first and self._encloses_more_work(prev, now_op)))
+                if ((ended or (prev < self._anchor_first and self._turning_at(prev)
+                               and self._encloses_more_work(prev, now_op)))
                         and not self._in_loop_header()):
                     # rows of a loop of the cell that ended are kept; an enclosing loop's, or a
                     # setup loop's, merge into iteration 1
@@ -2643,6 +2644,15 @@ class CoExecutor:
         if len(mine) > 2:
             around &= enclosing(mine[-3], mine[-2])
         return not around
+
+    def _turning_at(self, at: int) -> bool:
+        """Whether a loop of the cell was turning at op count ``at``: it ticked before and since
+        (or none of the cell's loops ticked: its loops are elsewhere). A node that ran in setup code
+        and recurs in a loop (``copy.deepcopy(model.state_dict())`` before training and at each new
+        best: one node, since a location leaves out where the root called from) is no sign of a loop
+        around the anchor's: it anchored there, and the epochs after the last new best were one row."""
+        last = self._turn_at
+        return not self._first_tick or any(first < at <= last.get(loop, -1) for loop, first in self._first_tick.items())
 
     def _encloses_more_work(self, prev: int, now_op: int) -> bool:
         """Whether a loop around the anchor's does real work of its own (backward, an optimizer).
