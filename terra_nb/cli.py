@@ -45,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, script_args = argv[:cut], argv[cut + 1:]
     parser.epilog = "terra-nb run SCRIPT [options] -- SCRIPT_ARGS: arguments after -- go to the script"
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and not script_args:
+        # the script's own arguments, given as `python script.py ARGS` takes them
+        print(f"terra-nb run: {' '.join(extra)}: not an option of terra-nb run; the script's arguments "
+              f"go after --: terra-nb run [options] {args.script} -- {' '.join(extra)}", file=sys.stderr)
+        return 2
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.script_args = script_args
     backend = getattr(args, "backend", None)
     if backend is not None and not getattr(args, "eager", False):

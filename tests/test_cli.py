@@ -348,6 +348,9 @@ def test_warnings_name_the_programs_lines_once_each_as_eager(tmp_path):
     (["run", "{script}", "--export", "{tmp}/missing/log.csv"], "no folder"),
     (["run", "{script}", "--trace-iters", "0"], "--trace-iters 0"),
     (["run", "{script}", "--baseline", "-1"], "--baseline -1"),
+    # the script's own arguments without the -- before them (as `python train.py --epochs 2` takes them)
+    (["run", "{script}", "--epochs", "2"], "terra-nb run [options] {script} -- --epochs 2"),
+    (["run", "{script}", "data.csv", "--backend", "eager"], "terra-nb run [options] {script} -- data.csv"),
     (["bench", "--iters", "0"], "--iters 4 or more"),
     (["demo", "--iters", "0"], "--iters 0"),
 ])
@@ -360,5 +363,6 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path, capsys, argv, sa
     script.write_text("print('the script ran')\n")
     status = main([a.format(script=script, tmp=tmp_path) for a in argv])
     out, err = capsys.readouterr()
+    says = says.format(script=script)
     assert status == 2 and says in err and "Traceback" not in err, err
     assert "the script ran" not in out
