@@ -1609,6 +1609,78 @@ print(best_acc)
     assert modes.count("coexec") >= 56, modes  # (each new path falls back once: an epoch's end, a new best or none)
 
 
+_ACCUMULATING_EPOCHS = {
+    # a shuffled order of the batches each epoch, and an evaluation loop as long as the training's
+    "lists": ("""
+train = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(12)]
+val = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(24)]
+""", """
+    order = torch.randperm(len(train)).tolist()
+    for i, k in enumerate(order):
+        x, y = train[k]
+""", """
+        val_loss = 0.0
+        for x, y in val:
+            val_loss += F.cross_entropy(model(x), y).item()
+        val_loss /= len(val)
+"""),
+    # shuffling loaders whose samples are flipped at random (ops in the loop's header), a short
+    # evaluation in a generator expression
+    "loaders": ("""
+from torch.utils.data import DataLoader, Dataset
+
+class Flipped(Dataset):
+    def __init__(self, n):
+        self.x, self.y = torch.randn(n, 6), torch.randint(0, 3, (n,))
+    def __len__(self):
+        return len(self.x)
+    def __getitem__(self, i):
+        x = self.x[i]
+        return (x.flip(0) if torch.rand(1).item() < 0.5 else x), self.y[i]
+
+train = DataLoader(Flipped(96), batch_size=8, shuffle=True)
+val = DataLoader(Flipped(48), batch_size=16)
+""", """
+    for i, (x, y) in enumerate(train):
+""", """
+        val_loss = sum(F.cross_entropy(model(x), y).item() for x, y in val) / len(val)
+"""),
+}
+
+
+@pytest.mark.parametrize("data", sorted(_ACCUMULATING_EPOCHS))
+def test_epochs_of_accumulated_gradients_and_an_evaluation_are_a_row_per_batch(data):
+    """Gradients accumulated over four batches, then an evaluation, each epoch. The epoch's first op
+    (its shuffle) recurs around the batches' anchor with fewer optimizer steps since than batches,
+    and was taken for a loop around them doing work of its own: a row per epoch (5 rows for 60
+    batches, each fallback tracing a whole epoch). Steps every few turns of the anchor's own loop
+    are its own work (``_marks_within_turns``), a backward each turn makes its turns the steps, and
+    an evaluation loop ten training steps long no longer takes the anchor inside the epoch."""
+    setup, loop_head, evaluation = _ACCUMULATING_EPOCHS[data]
+    source = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+accum = 4
+""" + setup + """
+for epoch in range(5):
+    model.train()""" + loop_head + """        loss = F.cross_entropy(model(x), y) / accum
+        loss.backward()
+        if (i + 1) % accum == 0:
+            opt.step()
+            opt.zero_grad()
+    model.eval()
+    with torch.no_grad():""" + evaluation + """    print(epoch, round(val_loss, 5))
+"""
+    session = check_program(source)
+    modes = [it.mode for it in session.log.iterations]
+    assert len(modes) >= 59, modes  # 60 batches (the first row holds the setup)
+    assert modes.count("coexec") >= 50, modes
+
+
 def test_checkpoints_written_during_co_execution_are_eagers_byte_for_byte():
     """torch.save of the model and optimizer each epoch (the engine's marks on tensors stay out of
     the pickles: a buffer reused for a smaller checkpoint was left with a corrupt zip), and

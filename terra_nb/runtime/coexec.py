@@ -2488,6 +2488,11 @@ class CoExecutor:
             if node.cell_mark is self._cell_token:
                 prev = node.seen_at
                 ended = self.anchor is None or now_op > self._anchor_limit
+                if ended and self._anchor_limit >= 0 and self._in_a_loop_around_the_anchors():
+                    # its loop ended inside a turn of a loop around it: an epoch's evaluation
+                    # after its training, whose turns stay part of the epoch's last row
+                    self._anchor_limit = now_op + 10 * self._anchor_period + 10
+                    ended = False
                 if ((ended or (prev < self._anchor_first and self._turning_at(prev)
                                and self._encloses_more_work(prev, now_op)))
                         and not self._in_loop_header()):
@@ -2645,6 +2650,22 @@ class CoExecutor:
             around &= enclosing(mine[-3], mine[-2])
         return not around
 
+    def _in_a_loop_around_the_anchors(self) -> bool:
+        """Whether the anchor's loop (confirmed: a loop of the cell ticked once per turn) ended, and a
+        loop of the cell around it, which turned, still runs. An evaluation loop after each
+        epoch's training, ten of the training step's periods or longer, took the anchor when they
+        had passed (its rows kept); at the next epoch, the op that starts it recurred around that
+        anchor with the training's backwards since, was taken for a loop around it doing work of
+        its own, and anchored: a row per epoch."""
+        loop = self._anchor_loop
+        if loop < 0 or not self._anchor_confirmed():
+            return False
+        frame = sys._getframe(2)
+        if loops.running(loop, frame):
+            return False
+        return any(other != loop and loops.around(other, loop) and loops.running(other, frame)
+                   for other in self._first_tick)
+
     def _turning_at(self, at: int) -> bool:
         """Whether a loop of the cell was turning at op count ``at``: it ticked before and since
         (or none of the cell's loops ticked: its loops are elsewhere). A node that ran in setup code
@@ -2660,11 +2681,21 @@ class CoExecutor:
         ``for epoch: for batch:`` keeps the batch loop; a time loop inside a training step gives
         way to the training loop, and so does an episode's loop of steps in reinforcement
         learning: the enclosing loop's turn ran a backward, but not one per turn of the inner loop.
+        Marks that come every few turns of the anchor's loop itself (``if (i + 1) % accum == 0:
+        opt.step()``: ``_marks_within_turns``) are the inner loop's work, not the enclosing one's
+        (an epoch loop around accumulated gradients took the anchor: a row per epoch).
         """
         inner_passes = _after(self._anchor_hits, prev)
+        each_turn = False
         for at in self._marks():
-            if 0 < _after(at, prev) < inner_passes:
+            marks = _after(at, prev)
+            if 0 < marks < inner_passes and not self._marks_within_turns(self._mark_turns.get(id(at), [])):
                 return True
+            each_turn = each_turn or marks >= inner_passes
+        if each_turn:
+            # a backward (or an optimizer step) in every turn of the anchor's loop: its turns are
+            # the training steps, whatever else the loop around does (an epoch's evaluation)
+            return False
         return now_op - prev > 1.5 * inner_passes * max(self._anchor_period, 1) + 2
 
     def _anchor_confirmed(self) -> bool:

@@ -67,6 +67,12 @@ def running(loop: int, frame) -> bool:
     return False
 
 
+def around(outer: int, inner: int) -> bool:
+    """Whether loop ``outer``'s statement contains loop ``inner``'s (in one file, by their lines)."""
+    (file_o, first_o), (file_i, first_i) = LOOPS[outer], LOOPS[inner]
+    return outer != inner and file_o == file_i and first_o <= first_i and ENDS[inner] <= ENDS[outer]
+
+
 def enclosed(loop: int, frame, ticked) -> bool:
     """Whether a frame of ``frame``'s stack (``frame`` standing in loop ``loop``) stands in another
     loop of ``ticked`` (the loops that turned in this cell) too: one around ``loop``, in its
