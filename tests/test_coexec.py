@@ -3683,3 +3683,51 @@ print(loss.item(), [p.grad.requires_grad for p in model.parameters()])
 """)
     steady = [it.syncs for it in session.log.iterations if it.mode == "coexec"]
     assert steady and max(steady) <= 4, steady
+
+
+# An op inside the program's try fed a number that makes it raise at one iteration (``v``: the good
+# value, and the bad one at i == 6): after the number first varied it was fed to a deferred op, and
+# the error surfaced at the next sync, outside the try (the program died; its later tensors lost).
+NUMBER_INSIDE_TRY = {
+    "floor_division_by_an_int": ("counts.add(1) // v", "2", "0"),
+    "remainder_by_an_int": ("torch.remainder(counts.add(1), v)", "2", "0"),
+    "negative_int_power": ("counts.add(1) ** v", "2", "-1"),
+    "fill_past_the_dtype": ("torch.full((2,), v, dtype=torch.uint8)", "100", "300"),
+    "randint_of_an_empty_range": ("torch.randint(0, v, (3,))", "5", "0"),
+    "normal_of_a_negative_deviation": ("x.mul(1).normal_(0.0, v)", "1.0", "-1.0"),
+    "uniform_of_a_reversed_range": ("x.mul(1).uniform_(0.0, v)", "1.0", "-1.0"),
+    "quantile_past_one": ("x.mul(2).quantile(v)", "0.5", "1.5"),
+    "cdist_of_a_negative_norm": ("torch.cdist(a.mul(1), b, p=v)", "2.0", "-1.0"),
+    "label_smoothing_past_one": ("F.cross_entropy(logits.mul(1), target, label_smoothing=v)", "0.1", "1.5"),
+    # (a tensor divisor: an integer division by a zero it holds raises too)
+    "floor_division_by_a_tensor_with_a_zero": ("counts // (torch.ones(2) * v).long()", "1.0", "0.0"),
+}
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("name", sorted(NUMBER_INSIDE_TRY))
+def test_a_number_that_makes_an_op_raise_inside_try_raises_there(name, native, monkeypatch):
+    """The numbers a node in the program's try ran with defer it; a new one runs it at once
+    (CHECK_SCALARS), so that what it raises is raised at the call, as eager raises it."""
+    monkeypatch.setenv("TERRA_NB_NATIVE", native)
+    expression, good, bad = NUMBER_INSIDE_TRY[name]
+    source = f"""
+import torch
+import torch.nn.functional as F
+torch.manual_seed(0)
+counts = torch.tensor([5, 7])
+x = torch.arange(10.)
+a, b = torch.randn(3, 2), torch.randn(4, 2)
+logits, target = torch.randn(3, 5), torch.tensor([0, 1, 2])
+for i in range(10):
+    v = {good} if i != 6 else {bad}
+    try:
+        y = {expression}
+    except RuntimeError as e:
+        print(i, "caught", e)
+        continue
+    print(i, y.tolist())
+"""
+    printed, _ = run_eager(source)
+    assert "6 caught" in printed, printed
+    check_program(source, require_coexec=False)

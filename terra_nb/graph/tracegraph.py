@@ -48,7 +48,7 @@ class Node:
     __slots__ = (
         "id", "func", "info", "site", "spec", "in_meta", "grad", "kind", "out_struct", "out_meta",
         "alias", "targs", "tkwargs", "passed", "int_pos", "key", "sources", "succ", "pred", "count", "module",
-        "line", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
+        "line", "scalars_ok", "scalars_seen", "scalars_vary", "ext_last", "ext_varies", "_end", "_end_version",
         "cell_mark", "seen_at", "synthesized", "family", "fast", "hot", "last_op", "src_seen", "tail", "mask", "pool", "immediate", "barrier", "flat", "grad_op", "random", "caught", "raised", "line_root", "views", "places", "__weakref__",
     )
 
@@ -80,6 +80,7 @@ class Node:
         self.places: set[str] = set()  # every ``line`` it had, as text (a node the cells share moves on)
         self.caught = False  # an op whose index may be out of range, in the program's try (see CHECK_INDEX)
         self.raised = False  # a call at its site raised (a view its input's strides refused: see CHECK_VIEW)
+        self.scalars_ok: set | None = None  # the numbers it ran with, in the program's try (see CHECK_SCALARS)
         self.scalars_seen: list = []
         self.scalars_vary: set[int] = set()
         self.ext_last: list = [None] * len(in_meta)

@@ -110,6 +110,7 @@ typedef struct {
     PyObject *check_index;   /* coexec.CHECK_INDEX: ... when its index may be out of range (Python checks it) */
     PyObject *shares_memory; /* CoExecutor._shares_python_memory */
     PyObject *check_view;    /* coexec.CHECK_VIEW: ... when it is a view in the program's try (Python checks its strides) */
+    PyObject *check_scalars; /* coexec.CHECK_SCALARS: ... when its fed numbers may make it raise in the program's try (Python checks them) */
     PyObject *unfollowed;    /* coexec._UNFOLLOWED: the gradient table's object for a .grad it does not follow */
     PyObject *canon, *canonical_offsets;  /* location._CANON and location.canonical_offsets */
     PyObject *block_run_type;  /* runner.BlockRun */
@@ -1632,8 +1633,8 @@ fast(FastPath *fp, PyObject *func, PyObject *args, PyObject *kwargs, int *taken)
             now = grad_read_now(fp, tensors, nt, &real);
             if (now < 0)
                 goto error;
-        } else if (deferred && immediate == fp->check_index) {
-            now = 1;  /* CoExecutor._validated_op checks the index's range: it defers or runs the op */
+        } else if (deferred && (immediate == fp->check_index || immediate == fp->check_scalars)) {
+            now = 1;  /* CoExecutor._validated_op checks the index's range (the numbers): it defers or runs the op */
         } else if (deferred && immediate == fp->check_view) {
             now = view_unknown(fp, node, tensors, nt);  /* (coexec._views: 0 where it defers) */
             if (now < 0)
@@ -1855,6 +1856,7 @@ fp_clear(FastPath *fp)
     Py_CLEAR(fp->check_index);
     Py_CLEAR(fp->shares_memory);
     Py_CLEAR(fp->check_view);
+    Py_CLEAR(fp->check_scalars);
     Py_CLEAR(fp->unfollowed);
     Py_CLEAR(fp->canon);
     Py_CLEAR(fp->block_run_type);
@@ -1936,6 +1938,7 @@ fp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TAKE(check_index, "CHECK_INDEX");
     TAKE(shares_memory, "shares_memory");
     TAKE(check_view, "CHECK_VIEW");
+    TAKE(check_scalars, "CHECK_SCALARS");
     TAKE(unfollowed, "UNFOLLOWED");
     TAKE(canon, "CANON");
     TAKE(block_run_type, "BlockRun");

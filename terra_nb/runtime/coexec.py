@@ -257,7 +257,7 @@ def _native_path(executor: CoExecutor, mode: TerraMode | None):
         "saved_hooks": _saved_hooks, "functorch_level": _functorch_level,
         "dispatch_modes": _dispatch_modes, "zero": 0, "GRAD_READ": GRAD_READ, "CHECK_INDEX": CHECK_INDEX,
         "shares_memory": executor._shares_python_memory,
-        "CHECK_VIEW": CHECK_VIEW,
+        "CHECK_VIEW": CHECK_VIEW, "CHECK_SCALARS": CHECK_SCALARS,
         "UNFOLLOWED": _UNFOLLOWED,
         "CANON": location._CANON, "canonical_offsets": location.canonical_offsets, "BlockRun": BlockRun,
     }
@@ -868,14 +868,17 @@ class CoExecutor:
                     out = _out_of_range(name, args, kwargs or {}, tensors, idx)
                     if node.caught and out is False and not self._unwritten(idx):
                         out = None  # (a block may write it yet: its values are not known without waiting)
-                if out is False or (out is None and not node.caught):  # (None: not known without waiting)
-                    return self._defer(node, tensors, scalars)
+                if (out is False or (out is None and not node.caught)) and _scalars_known(node, scalars):
+                    return self._defer(node, tensors, scalars)  # (None: not known without waiting)
             elif node.immediate is CHECK_VIEW:
                 views = _views(node, func, args, kwargs or {}, tensors)
                 if views or (views is None and not node.raised):
                     return self._defer(node, tensors, scalars)
                 if views is False:
                     self._raised_at(node.func, node.site)
+            elif node.immediate is CHECK_SCALARS:
+                if _scalars_known(node, scalars):
+                    return self._defer(node, tensors, scalars)
             elif node.immediate is not GRAD_READ:
                 return self._defer(node, tensors, scalars)
             elif not self._no_grad_yet(tensors[0]):
@@ -889,7 +892,10 @@ class CoExecutor:
             src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
             if src not in sources[slot]:
                 sources[slot].add(src)
-        return self._run_now(node, func, node.info, args, kwargs or {}, tensors, frame, scalars)
+        out = self._run_now(node, func, node.info, args, kwargs or {}, tensors, frame, scalars)
+        if node.scalars_ok is not None:
+            _scalars_ran(node, scalars)
+        return out
 
     def _shares_python_memory(self, t) -> bool:
         """Whether real tensor ``t``'s memory is Python's too: a numpy array's (``torch.from_numpy``,
@@ -1780,6 +1786,13 @@ class CoExecutor:
                 if name in _INDEX_INTS and differ - slices and sibling.kind != "sync" and caught_here(frame, self.roots):
                     sibling.kind = "sync"
                 self.graph.generalize_ints(func, site, differ, by_shape)
+                if caught_here(frame, self.roots):
+                    # ints fed from now on, in the program's try: a new one may make the op raise
+                    for node in self.graph.by_site.get((func, site), ()):
+                        if node.kind in DEFERRED and not node.immediate:
+                            node.immediate, node.scalars_ok = CHECK_SCALARS, set()
+                        elif node.immediate is CHECK_INDEX and node.scalars_ok is None:
+                            node.scalars_ok = set()
                 if name in _INDEX_INTS and differ - slices:
                     # a feed that indexes a dimension may be out of range where the trace's were not
                     self.graph.index_ints.add((func, site))
@@ -1888,10 +1901,12 @@ class CoExecutor:
         node.sources = [set(s) | {t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)}
                         for s, t in zip(known, tensors)]
         node.module, node.line = sibling.module, sibling.line
-        if sibling.immediate in (CHECK_INDEX, CHECK_VIEW, GRAD_READ):
+        if sibling.immediate in (CHECK_INDEX, CHECK_VIEW, GRAD_READ, CHECK_SCALARS):
             # (what the op reads, not its shapes, decides these: an index, a view's strides in the
-            # program's try, a .grad)
+            # program's try, a .grad, the numbers it is fed there)
             node.immediate, node.caught, node.raised = sibling.immediate, sibling.caught, sibling.raised
+            if sibling.scalars_ok is not None:
+                node.scalars_ok = set()
         node.synthesized = True
         self.log.add(Event("node", self.cell, self.iter_index, info.name, str(node.line or ""),
                            block=node.id, nodes=(node.module,), backend=node.kind))
@@ -1980,6 +1995,11 @@ class CoExecutor:
             node.immediate = CHECK_INDEX
         elif node.kind in DEFERRED and node.caught and info.name in _VIEWS:
             node.immediate = CHECK_VIEW
+        elif node.kind in DEFERRED and node.passed and caught_here(frame, self.roots):
+            node.immediate, node.scalars_ok = CHECK_SCALARS, set()
+        if node.immediate is CHECK_INDEX and node.caught and node.passed:
+            node.scalars_ok = set()  # (its numbers too: cross_entropy's label_smoothing)
+        _scalars_ran(node, scalars)
         if struct is TENSOR:
             node.alias = next((i for i, t in enumerate(tensors) if t is outs[0]), -1)
             if node.alias >= 0 and _returns_input_only_sometimes(info.name, args, kwargs):
@@ -2938,6 +2958,35 @@ _INDEX_CHECKED = frozenset({"embedding", "embedding_bag", "cross_entropy", "nll_
 # site (``node.raised``), and waits from then on. (Each view of a future waiting inside a ``try``
 # around a whole training loop, a common form, would cost a sync each.)
 CHECK_VIEW = "check view"
+# An op in the program's try fed numbers (floats, and ints that vary): a new number may make it
+# raise (``counts // k`` for k = 0, ``x ** k`` of an int tensor for k = -1, ``torch.full((2,), v,
+# dtype=torch.uint8)`` for v = 300, ``randint(0, n)`` for n = 0, ``normal_(0, std)`` for std < 0,
+# ``quantile(q)`` for q > 1), which eager raises at the call, inside the try. Deferred, the error
+# surfaced at a later sync, outside it. The numbers the op ran with (traced, or run at once) defer
+# it; another runs it at once (_scalars_ran). (_fastpath.c hands these to _validated_op.)
+CHECK_SCALARS = "check scalars"
+_SCALARS_KEPT = 256  # the most number tuples a node keeps as known to run
+
+
+def _scalars_known(node: Node, scalars: list) -> bool:
+    """Whether ``node`` ran with these numbers before (or does not check them: see CHECK_SCALARS)."""
+    known = node.scalars_ok
+    if known is None:
+        return True
+    try:
+        return tuple(scalars) in known
+    except TypeError:
+        return False
+
+
+def _scalars_ran(node: Node, scalars: list) -> None:
+    """The op of ``node`` (CHECK_SCALARS) ran with ``scalars`` without raising: they defer it from now on."""
+    known = node.scalars_ok
+    if known is not None and len(known) < _SCALARS_KEPT:
+        try:
+            known.add(tuple(scalars))
+        except TypeError:
+            pass
 _VIEWS = frozenset({"view", "view_as"})
 
 
@@ -3082,6 +3131,11 @@ _RAISES_ON_VALUES = frozenset({
     # a probability outside [0, 1], a distribution of no mass, a negative deviation
     "multinomial", "bernoulli", "bernoulli_", "binary_cross_entropy", "normal", "poisson",
 })
+# An integer division by a tensor holding a zero raises (ZeroDivisionError); a float one does not.
+_INT_DIVISIONS = frozenset({
+    "floor_divide", "floor_divide_", "__floordiv__", "__rfloordiv__", "__ifloordiv__", "remainder", "remainder_",
+    "__mod__", "__rmod__", "__imod__", "fmod", "fmod_", "div", "div_", "divide", "divide_",
+})
 # Indexing raises on the values of a tensor among its indices (``out[idx]``, ``x[idx] = v``).
 _INDEXING = frozenset({"__getitem__", "__setitem__"})
 # Ops whose int feeds index a dimension (``xs[i]``, ``x.select(0, i)``): a new one may be out of range.
@@ -3090,7 +3144,9 @@ _GENERALIZED = DEFERRED | {"sync"}  # (a sync node runs for real: any int it is 
 
 
 def _may_raise_on_values(info: OpInfo, tensors: list) -> bool:
-    return info.name in _RAISES_ON_VALUES or (info.name in _INDEXING and len(tensors) > 1)
+    return (info.name in _RAISES_ON_VALUES or (info.name in _INDEXING and len(tensors) > 1)
+            or (info.name in _INT_DIVISIONS and len(tensors) > 1
+                and not any(t.dtype.is_floating_point or t.dtype.is_complex for t in tensors)))
 
 
 def _checks_index(name: str, tensors: list) -> bool:
