@@ -1478,6 +1478,15 @@ print(round(library["fit"](model, opt, data, F, 90), 5))
     assert choices and choices[0].iteration >= CHOICE_UNTICKED, [(c.iteration, c.reason) for c in choices]
 
 
+# a training step on a loader's batch (x, y), the loss printed after each epoch
+_LOADER_STEP = """        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    print(epoch, round(loss.item(), 5))
+"""
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_dataloaders_batches_are_the_iterations(workers):
     """A DataLoader collates each batch inside the ``for`` statement's iterator: those ops never anchor
@@ -1493,12 +1502,7 @@ model = torch.nn.Linear(6, 3)
 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 for epoch in range(3):
     for x, y in DataLoader(dataset, batch_size=16, shuffle=True, num_workers={workers}):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-    print(epoch, round(loss.item(), 5))
-"""
+""" + _LOADER_STEP
     session = check_program(source)
     iterations = session.log.iterations
     assert 17 <= len(iterations) <= 19, [it.mode for it in iterations]  # 18 batches (the first merges setup)
@@ -1538,12 +1542,7 @@ opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 for epoch in range(4):
     data.slow_worker = epoch % 2
     for x, y in DataLoader(data, batch_size=16, shuffle=True, num_workers=2):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-    print(epoch, round(loss.item(), 5))
-"""
+""" + _LOADER_STEP
     session = check_program(source)
     iterations = session.log.iterations
     assert len(iterations) == 24, [it.mode for it in iterations]
