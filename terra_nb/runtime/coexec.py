@@ -892,6 +892,9 @@ class CoExecutor:
             src = t._tn_src if type(t) is FutureTensor else getattr(t, "_tn_src", EXTERNAL)
             if src not in sources[slot]:
                 sources[slot].add(src)
+        if node.kind == "fetch" and node.info.prop == "grad" and self._grad_known(tensors):
+            out = call_from_program(func, args, kwargs or {})
+            return self._ran_now(node, node.info, tensors, frame, scalars, out)
         out = self._run_now(node, func, node.info, args, kwargs or {}, tensors, frame, scalars)
         if node.scalars_ok is not None:
             _scalars_ran(node, scalars)
@@ -1238,6 +1241,19 @@ class CoExecutor:
         # (busy first: while a block runs on the GraphRunner's thread, its backward may be writing
         # this .grad, and reading it meanwhile races with the autograd engine)
         return not self.runner.busy and type(t) is not FutureTensor and t.grad is None
+
+    def _grad_known(self, tensors: list) -> bool:
+        """Whether a ``.grad`` read of real tensor ``tensors[0]`` (a getter: one tensor) is answered by
+        the real ``.grad`` without waiting: no block is queued (on a CPU, blocks run at each
+        backward), and the pending one sets no ``.grad`` of it (the gradient table's object was not
+        recorded there). A read the trace first saw as None (``zero_grad(set_to_none=False)``
+        before the first backward) is a fetch, and waited for the blocks before it at each
+        iteration, for each parameter. (What the gradient's values will be, the pending block may
+        still write: ops on it are deferred after those writes, and a read of its values waits.)"""
+        if len(tensors) != 1 or type(tensors[0]) is FutureTensor or self.runner.busy:
+            return False
+        entry = self._grad_entry(tensors[0])
+        return entry[1] is not _UNFOLLOWED and entry[2] is not self.block
 
     def _grad_entry(self, owner) -> list:
         """The gradient table's entry of real tensor ``owner`` (see ``_grad_object``), made where it
