@@ -76,8 +76,10 @@ def ops_frame(log: EventLog):
     nodes = {e.block: e for e in log.events if e.kind == "node"}
     counts: dict[int, tuple] = {}
     for event in log.events:
-        if event.kind == "counts":
-            counts.update({nid: (count, kind) for nid, count, kind in event.nodes})
+        if event.kind == "counts":  # (a node's count only grows: the @coexecute calls' event may come first)
+            for nid, count, kind in event.nodes:
+                if count >= counts.get(nid, (0,))[0]:
+                    counts[nid] = (count, kind)
     block_of: dict[int, int] = {}
     for event in log.events:
         if event.kind == "block":

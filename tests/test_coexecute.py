@@ -142,3 +142,20 @@ def test_naming_the_backend_a_session_has_keeps_its_compiled_blocks():
     assert session.executor.compiled == blocks
     session.set_backend("inductor")
     assert not session.executor.compiled
+
+
+def test_the_log_does_not_grow_by_the_graph_at_each_call():
+    """Each call is a cell of its own, and each cell's end logged an event naming every node of the
+    graph with its count: a training loop of decorated steps grew the log by the graph's size per
+    step. The calls share one such event; the ops table still counts every call."""
+    session = terra_nb.Session()
+    _train(session, calls=40)
+    counts = session.log.of_kind("counts")
+    assert len(counts) == 1, len(counts)
+    ops = session.to_pandas("ops")
+    linear = ops[ops["op"] == "linear"]
+    assert len(linear) == 1 and int(linear["count"].iloc[0]) == 40, ops
+    run_terra("import torch\nx = torch.ones(3) * 2\n", session=session)  # (a cell after the calls)
+    assert len(session.log.of_kind("counts")) == 2
+    ops = session.to_pandas("ops")
+    assert int(ops[ops["op"] == "linear"]["count"].iloc[0]) == 40, ops

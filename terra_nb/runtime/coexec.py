@@ -354,6 +354,7 @@ class CoExecutor:
         self._cell_mode = "auto"
         self.baseline = self._baseline_asked = 0
         self.explicit_iterations = False
+        self._call_counts: Event | None = None  # the counts event of @coexecute calls (see end_cell)
         self._cell_token: object = object()
         self.iter_index = 0
         self._hold_trace = False
@@ -532,7 +533,16 @@ class CoExecutor:
         if self.iter_index:
             self._close_iteration(_perf())
         self.iter_index = 0
-        self.log.add(Event("counts", self.cell, 0, nodes=tuple((n.id, n.count, n.kind) for n in self.graph.nodes[1:])))
+        nodes = tuple((n.id, n.count, n.kind) for n in self.graph.nodes[1:])
+        if self.explicit_iterations and self._call_counts is not None:
+            # a @coexecute call: one event for all the calls, the latest counts (an event per call,
+            # each naming every node, grew the log by the graph's size at each training step)
+            self._call_counts.cell, self._call_counts.nodes = self.cell, nodes
+            return
+        event = Event("counts", self.cell, 0, nodes=nodes)
+        self.log.add(event)
+        if self.explicit_iterations:
+            self._call_counts = event
 
     def mark_iteration(self) -> None:
         """Start a new iteration here (``@coexecute`` calls this on every call)."""
