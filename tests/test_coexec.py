@@ -3734,3 +3734,46 @@ for i in range(10):
     printed, _ = run_eager(source)
     assert "6 caught" in printed, printed
     check_program(source, require_coexec=False)
+
+
+@pytest.mark.parametrize("shown", ["always", "once"])
+def test_an_op_that_warns_at_every_call_where_every_warning_shows_warns_at_its_line(shown):
+    """Under ``simplefilter("always")`` eager shows an op's warning at every call. Deferred, the
+    op's later warnings came from its block when it ran, at the line of the sync that ran it and
+    outside the ``with`` around the op (``catch_warnings(record=True)`` recorded nothing, then the
+    warning a turn late). Entering ``catch_warnings`` at each turn shows them again at each turn,
+    whatever the filter. Such an op now runs at once."""
+    source = f"""
+import warnings
+import torch
+import torch.nn.functional as F
+x = torch.ones(2, 3)
+seen = []
+for i in range(10):
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("{shown}")
+        y = x.new_tensor(x) * 2
+        p = F.softmax(y)
+    seen.append(sorted((w.category.__name__, w.lineno) for w in ws))
+    print(i, seen[-1], round(p.sum().item(), 4))
+"""
+    session = check_program(source)
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("coexec") >= 6, modes
+    syncs = {e.location.rsplit(":", 1)[1] for e in session.log.of_kind("sync") if e.iteration > 3}
+    assert syncs == {"11", "13"}, syncs  # (softmax's, and the print's .item(); new_tensor of x waits for nothing)
+
+
+def test_an_op_whose_warning_shows_once_per_line_stays_deferred():
+    """Under the default filters a warning shows once per line (eager's, while traced); the op that
+    warned stays deferred (a softmax without its dim, common in older code, would wait at each turn)."""
+    session = check_program(PRELUDE + """
+for i, (x, y) in enumerate(data * 2):
+    p = F.softmax(model(x))
+    loss = F.nll_loss(p.log(), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(round(loss.item(), 5))
+""")
+    modes = [it.mode for it in session.log.iterations]
+    assert modes.count("coexec") >= 18, modes
+    assert not [e for e in session.log.of_kind("sync") if e.iteration > 3], session.log.of_kind("sync")

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 import weakref
 from array import array
 from typing import Any
@@ -514,6 +515,7 @@ class CoExecutor:
     def begin_cell(self, cell: int) -> None:
         self.cell = cell
         self._memory_epoch = object()  # (a plain cell before may have given numpy a tensor's memory)
+        self._filters_at_start = warnings.filters  # (see _shown_every_time)
         self.anchor = None
         self._turn_ends, self._turn_starts = set(), set()
         self._anchor_limit = -1
@@ -1625,6 +1627,7 @@ class CoExecutor:
         # before the call: an op that changes its input's metadata in place (requires_grad_,
         # unsqueeze_, resize_) is keyed by what the skeleton will see when it comes again
         in_meta = tuple([meta_of(t) for t in tensors])
+        shown = _SHOWN[0]
         try:
             out = call_from_program(func, args, kwargs)  # (its warnings: eager's)
         except Exception:
@@ -1651,6 +1654,8 @@ class CoExecutor:
             node.kind = "fetch"
         elif node.kind == "op" and node.alias < 0 and [meta_of(t) for t in outs] != node.out_meta:
             node.kind = "sync"  # same inputs, another output shape: the shape depends on data
+        if _SHOWN[0] != shown and node.kind in DEFERRED and _shown_every_time(_SHOWN[1], self._filters_at_start):
+            node.kind = "sync"  # (see _SHOWN)
         if node.kind == "feed":
             self._mark_shared(out)
         self._track_locals(node, tensors, outs)
@@ -2992,6 +2997,51 @@ CHECK_VIEW = "check view"
 # it; another runs it at once (_scalars_ran). (_fastpath.c hands these to _validated_op.)
 CHECK_SCALARS = "check scalars"
 _SCALARS_KEPT = 256  # the most number tuples a node keeps as known to run
+
+
+# Warnings shown (a count, and the last one's WarningMessage), by a wrapper of the warnings module's
+# hook that every shown warning passes (``warnings._showwarnmsg``; catch_warnings replaces what it
+# calls, not it). A traced op that showed a warning under a filter that shows it every time
+# (``simplefilter("always")``, often in ``catch_warnings(record=True)``) runs at once from then on
+# (a sync): deferred, its later warnings came from its block when the block ran, at the line of the
+# sync that ran it, outside a ``with`` around the op. (Under the default filters a warning shows
+# once per line, and the block's are ignored: ignore_block_warnings.)
+_SHOWN: list = [0, None]
+
+
+def _install_warning_hook() -> None:
+    show = getattr(warnings, "_showwarnmsg", None)
+    if show is None or getattr(show, "_tn_hook", False):
+        return
+
+    def _showwarnmsg(msg, _show=show):
+        _SHOWN[0] += 1
+        _SHOWN[1] = msg
+        return _show(msg)
+
+    _showwarnmsg._tn_hook = True  # type: ignore[attr-defined]
+    warnings._showwarnmsg = _showwarnmsg  # type: ignore[attr-defined]
+
+
+def _shown_every_time(msg, filters_at_start: list) -> bool:
+    """Whether warning ``msg`` may show again at the op's next call: the program is inside a
+    ``catch_warnings`` it entered in this cell (the filters are another list than at the cell's
+    start: entered at each turn, each entry makes every line show its warnings again), or the first
+    filter matching its text, category and line (one naming a module matches the program's) shows
+    it at every call (``always``)."""
+    if msg is None:
+        return False
+    if warnings.filters is not filters_at_start:
+        return True
+    text = str(msg.message)
+    for action, pattern, category, module, lineno in warnings.filters:
+        if ((pattern is None or pattern.match(text)) and issubclass(msg.category, category)
+                and (module is None or module.match("__main__")) and (lineno == 0 or lineno == msg.lineno)):
+            return action in ("always", "all")
+    return warnings.defaultaction in ("always", "all")
+
+
+_install_warning_hook()
 
 
 def _scalars_known(node: Node, scalars: list) -> bool:
