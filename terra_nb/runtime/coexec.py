@@ -3023,7 +3023,7 @@ def _install_warning_hook() -> None:
     warnings._showwarnmsg = _showwarnmsg  # type: ignore[attr-defined]
 
 
-def _shown_every_time(msg, filters_at_start: list) -> bool:
+def _shown_every_time(msg, filters_at_start: object) -> bool:
     """Whether warning ``msg`` may show again at the op's next call: the program is inside a
     ``catch_warnings`` it entered in this cell (the filters are another list than at the cell's
     start: entered at each turn, each entry makes every line show its warnings again), or the first
@@ -3038,7 +3038,7 @@ def _shown_every_time(msg, filters_at_start: list) -> bool:
         if ((pattern is None or pattern.match(text)) and issubclass(msg.category, category)
                 and (module is None or module.match("__main__")) and (lineno == 0 or lineno == msg.lineno)):
             return action in ("always", "all")
-    return warnings.defaultaction in ("always", "all")
+    return getattr(warnings, "defaultaction", "default") in ("always", "all")
 
 
 _install_warning_hook()
